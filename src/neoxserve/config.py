@@ -1,0 +1,65 @@
+"""Settings: command-line flags override NEOXSERVE_* environment variables, which override a TOML file.
+
+One `Settings` object is built in the CLI and handed down; library code never reads the environment itself.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NEOXSERVE_", extra="forbid")
+
+    # model
+    model: str = Field("demo", description="Hugging Face model directory, or 'demo' for the embedded demo model")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    torch_threads: int = Field(0, ge=0, description="threads for the engine's torch ops; 0 = all cores")
+
+    # service
+    host: str = "127.0.0.1"
+    port: int = Field(8360, ge=1, le=65535)
+    api_name: str | None = Field(None, description="name the loaded model is published under; default from the model")
+    data_dir: Path = Path("neoxserve-data")
+    store_url: str = Field("", description="'' = SQLite file in data_dir; redis://host:port/db for several replicas")
+    secret_key: str = Field("", description="key that encrypts stored IAM secret keys; '' = data_dir/secret.key")
+    token_ttl_seconds: int = Field(2_592_000, gt=0, description="access token lifetime, 30 days by default")
+    quota_timezone: str = Field("Asia/Shanghai", description="the day that daily quotas and usage are counted in")
+    iam_clock_skew_seconds: int = Field(300, ge=0)
+
+    # engine
+    kv_cache_memory_mb: int = Field(512, gt=0, description="memory budget for the paged KV cache")
+    kv_block_size: int = Field(16, gt=0)
+    max_num_seqs: int = Field(32, gt=0, description="cap on running sequences")
+    max_num_batched_tokens: int = Field(512, gt=0, description="token budget of one engine step")
+    max_waiting_requests: int = Field(256, ge=0, description="bounded waiting queue: length")
+    max_queued_tokens: int = Field(262_144, ge=0, description="bounded waiting queue: prompt tokens waiting")
+    queue_timeout_seconds: float = Field(0.0, ge=0, description="max time a request may wait to start; 0 = none")
+    enable_prefix_caching: bool = True
+
+    # responses
+    stream_chunk_tokens: int = Field(16, gt=0, description="a stream chunk closes after this many tokens at most")
+    default_max_output_tokens: int = Field(256, gt=0)
+    moderation_file: Path | None = Field(None, description="word and pattern list for is_safe; none = nothing flagged")
+    moderation_action: Literal["answer", "empty"] = "answer"
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        # flags (init) > NEOXSERVE_* environment > TOML file
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **flags: Any) -> "Settings":
+        """Build settings; flags that are None (not given on the command line) do not override anything."""
+        path = config_file or os.environ.get("NEOXSERVE_CONFIG")
+
+        class FromFile(cls):  # type: ignore[valid-type,misc]
+            model_config = SettingsConfigDict(**{**cls.model_config, "toml_file": path})
+
+        return FromFile(**{k: v for k, v in flags.items() if v is not None})

@@ -1,0 +1,30 @@
+"""What a request asks of the sampler. Plain data: it crosses the process boundary as is."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0          # (0, 1]; see docs/sampling.md for the service defaults
+    top_k: int = 0                    # 0 = off
+    top_p: float = 1.0                # (0, 1]; 1 = off (0 is treated as greedy by the API layer's mapping)
+    penalty_score: float = 1.0        # [1, 2]; transformers' RepetitionPenaltyLogitsProcessor over prompt + output
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()        # generation ends before the first of these strings; never emitted
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    seed: int | None = None           # same seed => same tokens, whatever else runs in the batch
+    greedy: bool = False              # argmax, regardless of temperature / top_k / top_p
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.temperature <= 1.0 and not self.greedy:
+            raise ValueError(f"temperature must be in (0, 1], got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
+        if not 1.0 <= self.penalty_score <= 2.0:
+            raise ValueError(f"penalty_score must be in [1, 2], got {self.penalty_score}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
