@@ -1,0 +1,119 @@
+"""Which sequences run in the next step, and with how many tokens each.
+
+There is no prefill or decode phase. Each step has one token budget; every running sequence asks for the tokens
+it has not computed yet (`num_tokens - num_computed_tokens`: 1 for a decode, the rest of the prompt for a
+prefill) and gets as many as the budget still allows, in FCFS order, running sequences first. Long prompts
+therefore prefill in chunks alongside ongoing decodes. When KV blocks run out, the newest running sequence is
+preempted by recompute: its blocks are freed and it goes back to the front of the waiting queue (its full
+blocks usually stay in the prefix cache, so the recompute is cheap).
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from neoxserve.engine.block_manager import BlockManager
+from neoxserve.engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledBatch:
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)   # per sequence, this step
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+    def __bool__(self) -> bool:
+        return bool(self.seqs)
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        self.bm = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_waiting_tokens = 0        # prompt tokens of waiting sequences (for the bounded queue)
+        # prefix cache counters, over first admissions (in prompt tokens)
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+        self.num_waiting_tokens += seq.num_prompt_tokens
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def remove(self, seq: Sequence) -> None:
+        """Take a sequence out (finished or aborted) and free its blocks."""
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+            self.num_waiting_tokens -= seq.num_prompt_tokens
+        self.bm.free_sequence(seq)
+        seq.status = SequenceStatus.FINISHED
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.bm.free_sequence(seq)
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+        self.num_waiting_tokens += seq.num_prompt_tokens
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self.max_num_batched_tokens
+        bm = self.bm
+        running = self.running
+
+        i = 0
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            n = min(seq.num_uncomputed_tokens, budget)
+            need = bm.blocks_needed(seq, n)
+            while need > bm.num_free_blocks and len(running) > i:
+                victim = running.pop()
+                self._preempt(victim)
+                batch.preempted.append(victim)
+            if seq.status is not SequenceStatus.RUNNING:
+                break                      # it preempted itself: nothing more fits
+            bm.allocate(seq, need)
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(n)
+            budget -= n
+            i += 1
+
+        # admit waiting sequences, but not in a step that had to preempt (that would just thrash)
+        now = time.monotonic()
+        while self.waiting and budget > 0 and len(running) < self.max_num_seqs and not batch.preempted:
+            seq = self.waiting[0]
+            hits = bm.lookup_prefix(seq) if not seq.block_table else []
+            n = min(seq.num_tokens - len(hits) * bm.block_size, budget)
+            need = -(-(len(hits) * bm.block_size + n) // bm.block_size) - len(hits)
+            if need > bm.num_free_after_taking(hits):
+                break
+            self.waiting.popleft()
+            self.num_waiting_tokens -= seq.num_prompt_tokens
+            if seq.first_scheduled_time is None:
+                seq.first_scheduled_time = now
+                seq.num_cached_prompt_tokens = len(hits) * bm.block_size
+                self.prefix_queries += seq.num_prompt_tokens
+                self.prefix_hits += seq.num_cached_prompt_tokens
+            bm.take_prefix(seq, hits)
+            bm.allocate(seq, need)
+            seq.status = SequenceStatus.RUNNING
+            running.append(seq)
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(n)
+            budget -= n
+        return batch

@@ -1,0 +1,77 @@
+"""One request inside the engine: its tokens, how many of them are in the KV cache, and its blocks."""
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any
+
+from neoxserve.engine.sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    """`token_ids` is prompt + output so far. `num_computed_tokens` of them have K/V in the cache; the scheduler
+    lets it catch up with `num_tokens` a chunk at a time (a whole decode step is a chunk of one)."""
+
+    __slots__ = (
+        "request_id", "params", "token_ids", "num_prompt_tokens", "num_computed_tokens", "block_table",
+        "num_hashed_blocks", "block_hashes", "status", "arrival_time", "deadline", "first_scheduled_time",
+        "first_token_time", "last_token_time", "num_cached_prompt_tokens", "num_preemptions", "detokenizer",
+        "stop_token_ids", "sampler_state",
+    )
+
+    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                 stop_token_ids: frozenset[int] = frozenset(), deadline: float | None = None) -> None:
+        self.request_id = request_id
+        self.params = params
+        self.token_ids: list[int] = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.num_computed_tokens = 0
+        self.block_table: list[int] = []
+        # prefix-cache hashes of this sequence's full blocks, in order (a chain: each covers its parent)
+        self.block_hashes: list[int] = []
+        self.num_hashed_blocks = 0
+        self.status = SequenceStatus.WAITING
+        self.arrival_time = time.monotonic()
+        self.deadline = deadline
+        self.first_scheduled_time: float | None = None
+        self.first_token_time: float | None = None
+        self.last_token_time: float | None = None
+        self.num_cached_prompt_tokens = 0     # prompt tokens found in the prefix cache (first admission)
+        self.num_preemptions = 0
+        self.detokenizer: Any = None
+        self.stop_token_ids = stop_token_ids
+        self.sampler_state: Any = None        # whatever the sampler keeps per request (e.g. its generator)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        return self.token_ids[:self.num_prompt_tokens]
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    def __repr__(self) -> str:
+        return (f"Sequence({self.request_id!r}, {self.status.value}, tokens={self.num_tokens}, "
+                f"computed={self.num_computed_tokens}, blocks={len(self.block_table)})")
