@@ -1,0 +1,132 @@
+"""Paged attention: K/V live in fixed-size blocks; each sequence's block table lists the blocks of its context.
+
+One engine step runs S sequences with T new tokens in total, flattened into one batch. The K/V of the new tokens
+are written into the cache first (by `slot_mapping`), then each sequence attends over its whole cached context,
+so prefill, chunked prefill, prefix-cache hits and decode are all the same computation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from neoxserve.model.config import NeoXConfig
+
+KVCache = tuple[Tensor, Tensor]  # (k_cache, v_cache), each [num_blocks, block_size, num_heads, head_dim]
+
+
+@dataclass
+class AttentionMetadata:
+    query_start_loc: Tensor   # [S+1] offsets of each sequence's new tokens in the flat batch
+    seq_lens: Tensor          # [S] tokens in the cache for that sequence after this step
+    block_tables: Tensor      # [S, max_blocks] block ids, padded with 0
+    slot_mapping: Tensor      # [T] flat slot (block * block_size + offset) of each new token
+    query_lens: list[int]     # the same as Python lists, so loops need no device sync
+    seq_lens_list: list[int]
+    # Derived once per step and shared by every layer (built lazily by paged_attention).
+    _decode_plan: tuple[Tensor, Tensor | None] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def is_decode(self) -> bool:
+        return all(q == 1 for q in self.query_lens)
+
+    @classmethod
+    def build(cls, query_lens: list[int], seq_lens: list[int], block_tables: list[list[int]], block_size: int,
+              device: torch.device | str = "cpu") -> "AttentionMetadata":
+        """Metadata from plain lists (new tokens are the last `query_len` of each sequence's `seq_len`)."""
+        starts = [0]
+        slots: list[int] = []
+        for q, n, table in zip(query_lens, seq_lens, block_tables):
+            starts.append(starts[-1] + q)
+            slots.extend(table[p // block_size] * block_size + p % block_size for p in range(n - q, n))
+        width = max((len(t) for t in block_tables), default=0)
+        padded = [list(t) + [0] * (width - len(t)) for t in block_tables]
+        as_long = dict(dtype=torch.long, device=device)
+        return cls(query_start_loc=torch.tensor(starts, **as_long), seq_lens=torch.tensor(seq_lens, **as_long),
+                   block_tables=torch.tensor(padded, **as_long).view(len(block_tables), width),
+                   slot_mapping=torch.tensor(slots, **as_long),
+                   query_lens=list(query_lens), seq_lens_list=list(seq_lens))
+
+
+def allocate_kv_cache(cfg: NeoXConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
+                      device: torch.device | str) -> list[KVCache]:
+    shape = (num_blocks, block_size, cfg.num_attention_heads, cfg.head_dim)
+    return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(cfg.num_hidden_layers)]
+
+
+def paged_attention(q: Tensor, k: Tensor, v: Tensor, kv_cache: KVCache, meta: AttentionMetadata,
+                    scale: float) -> Tensor:
+    """q, k, v: [T, nh, hd] for the new tokens -> attention output [T, nh, hd]. Writes k, v into the cache."""
+    k_cache, v_cache = kv_cache
+    num_blocks, block_size, nh, hd = k_cache.shape
+    k_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, k)
+    v_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, v)
+
+    if meta.is_decode:
+        return _decode_attention(q, k_cache, v_cache, meta, scale)
+
+    out = torch.empty_like(q)
+    start = 0
+    for s, (q_len, n) in enumerate(zip(meta.query_lens, meta.seq_lens_list)):
+        end = start + q_len
+        if q_len == n:  # nothing cached before this step: attend over the new tokens themselves
+            ks, vs = k[start:end], v[start:end]
+        else:
+            ks, vs = _gather(k_cache, v_cache, meta.block_tables[s], n, block_size)
+        out[start:end] = _sdpa(q[start:end], ks, vs, scale, q_len, n)
+        start = end
+    return out
+
+
+def _gather(k_cache: Tensor, v_cache: Tensor, table: Tensor, n: int, block_size: int) -> tuple[Tensor, Tensor]:
+    """The first n cached tokens of one sequence: [n, nh, hd] each."""
+    blocks = table[: (n + block_size - 1) // block_size]
+    nh, hd = k_cache.shape[2:]
+    return k_cache[blocks].view(-1, nh, hd)[:n], v_cache[blocks].view(-1, nh, hd)[:n]
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float, q_len: int, n: int) -> Tensor:
+    """q [q_len, nh, hd] over k, v [n, nh, hd]; query i sits at position n - q_len + i (causal, end-aligned)."""
+    q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+    if q_len == 1:
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    elif q_len == n:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    else:
+        rows = torch.arange(n - q_len, n, device=q.device)[:, None]
+        mask = torch.arange(n, device=q.device)[None, :] <= rows
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return out.transpose(0, 1)
+
+
+def _decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, meta: AttentionMetadata,
+                      scale: float) -> Tensor:
+    """Every sequence has one new token: one batched SDPA over contexts padded to the longest, masked."""
+    num_seqs = len(meta.seq_lens_list)
+    _, block_size, nh, hd = k_cache.shape
+    if meta._decode_plan is None:
+        nb = (max(meta.seq_lens_list) + block_size - 1) // block_size
+        blocks = meta.block_tables[:, :nb]
+        mask = None
+        if num_seqs > 1 and min(meta.seq_lens_list) != nb * block_size:
+            positions = torch.arange(nb * block_size, device=q.device)
+            mask = (positions[None, :] < meta.seq_lens[:, None]).view(num_seqs, 1, 1, -1)
+        elif num_seqs == 1:  # single stream: slice the exact context instead of masking
+            blocks = blocks[0]
+        meta._decode_plan = (blocks, mask)
+    blocks, mask = meta._decode_plan
+
+    if num_seqs == 1:
+        n = meta.seq_lens_list[0]
+        ks = k_cache[blocks].view(-1, nh, hd)[:n].transpose(0, 1)     # [nh, n, hd]
+        vs = v_cache[blocks].view(-1, nh, hd)[:n].transpose(0, 1)
+        out = F.scaled_dot_product_attention(q.transpose(0, 1), ks, vs, scale=scale)  # [nh, 1, hd]
+        return out.transpose(0, 1)
+
+    ks = k_cache[blocks].view(num_seqs, -1, nh, hd).transpose(1, 2)   # [S, nh, L, hd]
+    vs = v_cache[blocks].view(num_seqs, -1, nh, hd).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q.unsqueeze(2), ks, vs, attn_mask=mask, scale=scale)
+    return out.squeeze(2)

@@ -1,0 +1,107 @@
+"""GPT-NeoX (StableLM-Alpha v1) as a flat-batch module over a paged KV cache.
+
+Shapes: T = new tokens in this step (all sequences flattened), H = hidden, nh = heads, hd = head dim,
+rot = rotary dims, I = intermediate, V = vocab. Parameter names follow the Hugging Face checkpoint without the
+`gpt_neox.` prefix, except that the fused QKV is stored as [q heads | k heads | v heads] (see loader.py).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from neoxserve.model.attention import AttentionMetadata, KVCache, paged_attention
+from neoxserve.model.config import NeoXConfig
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: NeoXConfig):
+        super().__init__()
+        self.nh, self.hd, self.rot = cfg.num_attention_heads, cfg.head_dim, cfg.rotary_dim
+        self.scale = cfg.head_dim ** -0.5
+        self.query_key_value = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, meta: AttentionMetadata, kv_cache: KVCache) -> Tensor:
+        T = x.shape[0]
+        qkv = self.query_key_value(x).view(T, 3, self.nh, self.hd)      # [T, 3, nh, hd], fresh buffer
+        _rotate_(qkv[:, :2, :, : self.rot], cos, sin)                    # q and k together, in place
+        q, k, v = qkv.unbind(1)                                          # [T, nh, hd] each
+        out = paged_attention(q, k, v, kv_cache, meta, self.scale)       # [T, nh, hd]
+        return self.dense(out.reshape(T, self.nh * self.hd))            # [T, H]
+
+
+def _rotate_(x: Tensor, cos: Tensor, sin: Tensor) -> None:
+    """Rotary "rotate half" in place on x [T, 2, nh, rot]; cos, sin [T, 1, 1, rot]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    x.mul_(cos).addcmul_(rotated, sin)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: NeoXConfig):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.dense_4h_to_h = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x)))           # exact (erf) GELU
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: NeoXConfig):
+        super().__init__()
+        self.parallel = cfg.use_parallel_residual
+        self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.post_attention_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.attention = Attention(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, meta: AttentionMetadata, kv_cache: KVCache) -> Tensor:
+        attn = self.attention(self.input_layernorm(x), cos, sin, meta, kv_cache)
+        if self.parallel:  # x + attn(ln1(x)) + mlp(ln2(x)), summed in the reference's order
+            return self.mlp(self.post_attention_layernorm(x)) + attn + x
+        x = attn + x
+        return self.mlp(self.post_attention_layernorm(x)) + x
+
+
+class GPTNeoX(nn.Module):
+    def __init__(self, cfg: NeoXConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_in = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.embed_out = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.register_buffer("rotary_cos", torch.empty(0), persistent=False)
+        self.register_buffer("rotary_sin", torch.empty(0), persistent=False)
+        if self.embed_in.weight.device.type != "meta":
+            self.init_rotary()
+
+    def init_rotary(self) -> None:
+        """(Re)build the cos/sin tables [max_pos, rot] on the parameters' device and dtype.
+
+        Computed in float32 then cast, as the reference does. Call again after materializing a meta-device model.
+        """
+        cfg, weight = self.cfg, self.embed_in.weight
+        rot = cfg.rotary_dim
+        inv_freq = 1.0 / cfg.rotary_emb_base ** (torch.arange(0, rot, 2, dtype=torch.int64).float() / rot)
+        freqs = torch.outer(torch.arange(cfg.max_position_embeddings, dtype=torch.int64).float(), inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)                             # [max_pos, rot]
+        self.rotary_cos = emb.cos().to(device=weight.device, dtype=weight.dtype)
+        self.rotary_sin = emb.sin().to(device=weight.device, dtype=weight.dtype)
+
+    def forward(self, input_ids: Tensor, positions: Tensor, meta: AttentionMetadata,
+                kv_caches: list[KVCache]) -> Tensor:
+        """input_ids, positions: [T] -> final-normed hidden states [T, H]."""
+        T = input_ids.shape[0]
+        cos = self.rotary_cos[positions].view(T, 1, 1, -1)                   # [T, 1, 1, rot], shared by layers
+        sin = self.rotary_sin[positions].view(T, 1, 1, -1)
+        x = self.embed_in(input_ids)                                       # [T, H]
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            x = layer(x, cos, sin, meta, kv_cache)
+        return self.final_layer_norm(x)
+
+    def compute_logits(self, hidden: Tensor) -> Tensor:
+        """hidden [N, H] (rows to sample from) -> float32 logits [N, V]."""
+        return self.embed_out(hidden).float()
