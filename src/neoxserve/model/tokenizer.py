@@ -1,0 +1,134 @@
+"""The GPT-NeoX byte-level BPE tokenizer (a model directory's `tokenizer.json`), plus the tuned chat template."""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+
+ENDOFTEXT = "<|endoftext|>"
+PADDING = "<|padding|>"
+SYSTEM = "<|SYSTEM|>"
+USER = "<|USER|>"
+ASSISTANT = "<|ASSISTANT|>"
+
+# The published StableLM Tuned (Alpha) system prompt, after `<|SYSTEM|>`. The trailing newline is part of it: the
+# model card's prompt is `f"{system_prompt}<|USER|>..."` with a triple-quoted prompt ending in a newline.
+DEFAULT_SYSTEM_PROMPT = (
+    "# StableLM Tuned (Alpha version)\n"
+    "- StableLM is a helpful and harmless open-source AI language model developed by StabilityAI.\n"
+    "- StableLM is excited to be able to help the user, but will refuse to do anything that could be considered"
+    " harmful to the user.\n"
+    "- StableLM is more than just an information source, StableLM is also able to write poetry, short stories,"
+    " and make jokes.\n"
+    "- StableLM will refuse to participate in anything that could harm a human.\n"
+)
+
+
+@lru_cache(maxsize=1)
+def byte_decoder() -> dict[str, int]:
+    """Inverse of GPT-2's `bytes_to_unicode`: the printable character each byte is spelled as -> that byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+class Tokenizer:
+    def __init__(self, hf: HFTokenizer, eos_token_id: int | None = None) -> None:
+        self._hf = hf
+        self.vocab_size: int = hf.get_vocab_size(with_added_tokens=True)
+        self.eos_token_id: int | None = eos_token_id if eos_token_id is not None else hf.token_to_id(ENDOFTEXT)
+        self.is_chat: bool = hf.token_to_id(USER) is not None and hf.token_to_id(ASSISTANT) is not None
+        if self.is_chat:
+            found = (hf.token_to_id(t) for t in (USER, ASSISTANT, SYSTEM, PADDING, ENDOFTEXT))
+            stop = [i for i in found if i is not None]
+        else:
+            stop = []
+        if self.eos_token_id is not None and self.eos_token_id not in stop:
+            stop.append(self.eos_token_id)
+        self.stop_token_ids: tuple[int, ...] = tuple(stop)
+        self._bytes, self._special = self._build_byte_table()
+
+    @classmethod
+    def from_file(cls, path: str | Path, eos_token_id: int | None = None) -> "Tokenizer":
+        return cls(HFTokenizer.from_file(str(path)), eos_token_id)
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, eos_token_id: int | None = None) -> "Tokenizer":
+        """`model_dir/tokenizer.json`; eos from the argument, else config.json's `eos_token_id`, else
+        `<|endoftext|>`."""
+        model_dir = Path(model_dir)
+        if eos_token_id is None:
+            eos_token_id = _config_eos(model_dir / "config.json")
+        return cls.from_file(model_dir / "tokenizer.json", eos_token_id)
+
+    def _build_byte_table(self) -> tuple[list[bytes], frozenset[int]]:
+        table = [b""] * self.vocab_size
+        inverse = byte_decoder()
+        for token, i in self._hf.get_vocab(with_added_tokens=False).items():
+            if 0 <= i < self.vocab_size:
+                # a character outside the byte alphabet cannot occur in a byte-level vocab; keep it as UTF-8
+                table[i] = b"".join(bytes([inverse[c]]) if c in inverse else c.encode() for c in token)
+        special = set()
+        for i, added in self._hf.get_added_tokens_decoder().items():
+            if 0 <= i < self.vocab_size:
+                table[i] = added.content.encode()
+                if added.special:
+                    special.add(i)
+        return table, frozenset(special)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, no BOS; special-token text such as `<|endoftext|>` becomes its id."""
+        return self._hf.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_bytes(self, token_id: int, skip_special_tokens: bool = True) -> bytes:
+        """The raw bytes token `token_id` stands for (b"" for ids outside the tokenizer, e.g. padded
+        embedding rows, and for special tokens when they are skipped)."""
+        if not 0 <= token_id < self.vocab_size:
+            return b""
+        if skip_special_tokens and token_id in self._special:
+            return b""
+        return self._bytes[token_id]
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._hf.token_to_id(token)
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]], system: str | None = None) -> str:
+        """The tuned-model prompt: `<|SYSTEM|>{system}` then `<|USER|>{text}` / `<|ASSISTANT|>{text}` per message,
+        then `<|ASSISTANT|>` for the reply. `system=None` uses the published default system prompt."""
+        parts = [SYSTEM, DEFAULT_SYSTEM_PROMPT if system is None else system]
+        for message in messages:
+            role = message["role"]
+            if role == "user":
+                parts.append(USER)
+            elif role == "assistant":
+                parts.append(ASSISTANT)
+            else:
+                raise ValueError(f"unknown chat role {role!r}: expected 'user' or 'assistant'")
+            parts.append(message["content"])
+        parts.append(ASSISTANT)
+        return "".join(parts)
+
+
+def _config_eos(config_path: Path) -> int | None:
+    try:
+        value = json.loads(config_path.read_text()).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value if isinstance(value, int) else None
