@@ -1,0 +1,107 @@
+"""create_app: the Qianfan-compatible HTTP surface over an engine client and a platform (spec section 1)."""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .completions import Completions
+from .errors import INTERNAL, INVALID_HTTP_METHOD, UNSUPPORTED_METHOD, ApiError, error_response
+from .metrics import Metrics
+from .moderation import Moderator
+from .oauth import issue_token
+
+log = logging.getLogger("neoxserve.api")
+
+MODEL_ROUTE = "/rpc/2.0/ai_custom/v1/wenxinworkshop/{kind}/{api_name}"
+OTHER_METHODS = ["GET", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+ALL_METHODS = ["POST", *OTHER_METHODS]
+
+
+class RequestIdMiddleware:
+    """Echoes the client's `Request_id` header (or a new id) as `X-Baidu-Request-Id` on every response.
+
+    Pure ASGI rather than BaseHTTPMiddleware, which would buffer streams and hide client disconnects.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request_id = b""
+        for name, value in scope["headers"]:
+            if name.lower() == b"request_id":
+                request_id = value
+        request_id = request_id or uuid.uuid4().hex.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-baidu-request-id", request_id)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def create_app(settings: Any, engine_client: Any, platform: Any) -> FastAPI:
+    app = FastAPI(title="neoxserve", docs_url=None, redoc_url=None, openapi_url=None)
+    metrics = Metrics(engine_client.stats)
+    completions = Completions(settings, engine_client, platform, Moderator.from_file(settings.moderation_file),
+                              metrics)
+    app.state.metrics = metrics
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.api_route("/oauth/2.0/token", methods=["GET", "POST"])
+    async def token(request: Request) -> Response:
+        started = time.monotonic()
+        response, outcome = await issue_token(platform, request)
+        metrics.observe("oauth", outcome, time.monotonic() - started)
+        return response
+
+    @app.post("/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/{api_name}")
+    async def completion(request: Request, api_name: str) -> Response:
+        return await completions.handle(request, api_name, chat=False)
+
+    @app.post("/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{api_name}")
+    async def chat(request: Request, api_name: str) -> Response:
+        return await completions.handle(request, api_name, chat=True)
+
+    @app.api_route("/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/{api_name}", methods=OTHER_METHODS)
+    @app.api_route("/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{api_name}", methods=OTHER_METHODS)
+    async def wrong_method(request: Request, api_name: str) -> Response:
+        metrics.observe("other", INVALID_HTTP_METHOD, 0.0)
+        return error_response(ApiError(INVALID_HTTP_METHOD))
+
+    @app.api_route("/rpc/{rest:path}", methods=ALL_METHODS)
+    async def unknown_route(request: Request, rest: str) -> Response:
+        metrics.observe("other", UNSUPPORTED_METHOD, 0.0)
+        return error_response(ApiError(UNSUPPORTED_METHOD))
+
+    @app.get("/health")
+    async def health() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        loaded = getattr(engine_client, "model_info", None) is not None
+        alive = engine_client.is_alive()
+        ok = loaded and alive
+        return JSONResponse({"status": "ready" if ok else "not ready", "model_loaded": loaded,
+                             "engine_alive": alive}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(ApiError(INTERNAL))
+
+    return app

@@ -1,0 +1,161 @@
+"""The completion and chat handlers: authenticate, look up the service, validate, admit, generate, answer."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from ..engine.errors import EngineOverloaded, QueueTimeout, RequestRejected
+from ..engine.outputs import Delta
+from .errors import INTERNAL, OVERLOADED, ApiError, compact, error_body, error_response, new_id, out_of_range
+from .metrics import Metrics
+from .moderation import Moderator
+from .params import max_new_tokens, sampling_params
+from .platform_calls import authenticate, call
+from .responses import ClientGone, StreamResponse, unless_disconnected
+from .streaming import Chunk, chunks, collect, frame
+from .validation import CompletionRequest, parse_json, parse_request
+
+log = logging.getLogger("neoxserve.api")
+
+
+def engine_error(e: BaseException, request_id: str) -> ApiError:
+    if isinstance(e, ApiError):
+        return e
+    if isinstance(e, (EngineOverloaded, QueueTimeout)):
+        return ApiError(OVERLOADED)
+    if isinstance(e, RequestRejected):
+        return out_of_range(str(e) or "request rejected by the engine")
+    log.error("request %s failed: %s", request_id, e, exc_info=e)
+    return ApiError(INTERNAL)
+
+
+async def _no_output(prompt_tokens: int) -> AsyncIterator[Delta]:
+    """What a flagged input gets under moderation_action "empty": no generation at all."""
+    yield Delta("", "", [], prompt_tokens, 0, finished=True, finish_reason="stop")
+
+
+class Completions:
+    def __init__(self, settings: Any, engine: Any, platform: Any, moderator: Moderator, metrics: Metrics) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.platform = platform
+        self.moderator = moderator
+        self.metrics = metrics
+
+    def _prompt_ids(self, req: CompletionRequest) -> list[int]:
+        tokenizer = self.engine.tokenizer
+        text = tokenizer.render_chat(req.messages, req.system) if req.messages else req.prompt
+        return tokenizer.encode(text)
+
+    def _body(self, rid: str, object_: str, chunk: Chunk, is_safe: bool, sentence_id: int | None) -> dict:
+        body: dict[str, Any] = {"id": rid, "object": object_, "created": int(time.time())}
+        if sentence_id is not None:
+            body.update(sentence_id=sentence_id, is_end=chunk.is_end)
+        body.update(result=chunk.text, is_safe=int(is_safe), usage={
+            "prompt_tokens": chunk.prompt_tokens,
+            "completion_tokens": chunk.tokens,
+            "total_tokens": chunk.prompt_tokens + chunk.completion_tokens,
+        })
+        return body
+
+    async def handle(self, request: Request, api_name: str, chat: bool) -> Response:
+        route = "chat" if chat else "completions"
+        started = time.monotonic()
+        rid = new_id()
+        headers: dict[str, str] = {}
+        try:
+            app = await authenticate(self.platform, request)
+            service = await call(self.platform.get_service, api_name)
+            await call(self.platform.check_permission, app, service)
+            info = self.engine.model_info
+            if chat and not info.is_chat:
+                raise out_of_range(f"the chat route needs a chat model; the model of {api_name} is a completion "
+                                   f"model: use /completions/{api_name}")
+            req = parse_request(parse_json(await request.body()), chat)
+            prompt_ids = self._prompt_ids(req)
+            service_max = getattr(service, "max_output_tokens", None) or self.settings.default_max_output_tokens
+            max_tokens = max_new_tokens(req, service_max, len(prompt_ids), info.max_context)
+            stop_ids = tuple(self.engine.tokenizer.stop_token_ids)
+            params = sampling_params(req, service, max_tokens, stop_ids)
+            is_safe = self.moderator.is_safe(req.input_text())
+            admission = await call(self.platform.admit, app, service)
+            rpm = getattr(getattr(admission, "limits", None), "requests_per_minute", None)
+            if rpm is not None:
+                headers["X-Ratelimit-Limit-Requests"] = str(rpm)
+            if not is_safe:
+                log.info("request %s: input flagged by moderation (action %s)", rid,
+                         self.settings.moderation_action)
+            if not is_safe and self.settings.moderation_action == "empty":
+                deltas = _no_output(len(prompt_ids))
+            else:
+                deltas = self.engine.generate(rid, prompt_ids, params)
+            object_ = "chat.completion" if chat else "completion"
+            usage = _Usage(self, app, service, route, started, len(prompt_ids))
+            if req.stream:
+                return await self._stream(request, rid, object_, deltas, is_safe, headers, usage)
+            try:
+                chunk = await unless_disconnected(collect(deltas), request.receive)
+            except ClientGone:
+                await usage.done(0, 0)
+                return Response(status_code=204)
+            await usage.done(0, chunk.completion_tokens)
+            return Response(compact(self._body(rid, object_, chunk, is_safe, None)),
+                            media_type="application/json", headers=headers)
+        except Exception as e:
+            error = engine_error(e, rid)
+            self.metrics.observe(route, error.code, time.monotonic() - started)
+            return error_response(error, rid, headers)
+
+    async def _stream(self, request: Request, rid: str, object_: str, deltas: AsyncIterator[Delta],
+                      is_safe: bool, headers: dict[str, str], usage: "_Usage") -> Response:
+        parts = chunks(deltas, self.settings.stream_chunk_tokens)
+        try:
+            # An error before the first chunk is answered like a non-stream error, so wait for it here.
+            first = await unless_disconnected(parts.__anext__(), request.receive)
+        except ClientGone:
+            await parts.aclose()
+            await usage.done(0, 0)
+            return Response(status_code=204)
+        except BaseException:
+            await parts.aclose()
+            raise
+
+        async def frames() -> AsyncIterator[bytes]:
+            chunk, sentence_id, code = first, 0, 0
+            try:
+                while True:
+                    yield frame(self._body(rid, object_, chunk, is_safe, sentence_id))
+                    if chunk.is_end:
+                        break
+                    chunk = await parts.__anext__()
+                    sentence_id += 1
+            except Exception as e:
+                error = engine_error(e, rid)
+                code = error.code
+                yield (compact(error_body(error, rid)) + "\n").encode()
+            finally:
+                await parts.aclose()
+                await usage.done(code, chunk.completion_tokens)
+
+        return StreamResponse(frames(), headers=headers)
+
+
+class _Usage:
+    """Records usage and metrics once per request that reached the engine."""
+
+    def __init__(self, owner: Completions, app: Any, service: Any, route: str, started: float,
+                 prompt_tokens: int) -> None:
+        self.owner, self.app, self.service, self.route = owner, app, service, route
+        self.started, self.prompt_tokens = started, prompt_tokens
+
+    async def done(self, code: int, completion_tokens: int) -> None:
+        self.owner.metrics.observe(self.route, code, time.monotonic() - self.started, completion_tokens)
+        try:
+            await call(self.owner.platform.record_usage, self.app, self.service, self.prompt_tokens,
+                       completion_tokens)
+        except Exception:
+            log.exception("recording usage failed")

@@ -1,0 +1,79 @@
+"""Prometheus metrics: HTTP requests by route and error code, plus the engine's own stats.
+
+Each app gets its own registry, so several apps (tests) can live in one process.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+PREFIX = "neoxserve_"
+_NAME_SAFE = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+class EngineStatsCollector:
+    """Turns `engine_client.stats()` (layout in engine/stats.py) into metrics at scrape time.
+
+    Numbers are gauges, or counters when the key ends in `_total`; a dict with `buckets` is a histogram; a
+    dict of numbers under a `_total` key is a counter labelled by `reason`.
+    """
+
+    def __init__(self, stats: Callable[[], dict]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            stats = self._stats() or {}
+        except Exception:
+            return []
+        metrics: list[Metric] = []
+        for key, value in stats.items():
+            name = PREFIX + "engine_" + _NAME_SAFE.sub("_", str(key))
+            doc = f"engine {key}"
+            if isinstance(value, dict) and "buckets" in value:
+                buckets = [("+Inf" if le == float("inf") else repr(float(le)), n) for le, n in value["buckets"]]
+                metrics.append(HistogramMetricFamily(name, doc, buckets=buckets, sum_value=value.get("sum", 0.0)))
+            elif isinstance(value, dict) and name.endswith("_total"):
+                family = CounterMetricFamily(name[: -len("_total")], doc, labels=["reason"])
+                for sub, v in value.items():
+                    if (n := _number(v)) is not None:
+                        family.add_metric([str(sub)], n)
+                metrics.append(family)
+            elif (n := _number(value)) is not None:
+                if name.endswith("_total"):
+                    metrics.append(CounterMetricFamily(name[: -len("_total")], doc, value=n))
+                else:
+                    metrics.append(GaugeMetricFamily(name, doc, value=n))
+        return metrics
+
+
+class Metrics:
+    def __init__(self, engine_stats: Callable[[], dict]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(PREFIX + "http_requests", "HTTP requests by route and Qianfan error code (0 = ok)",
+                                ["route", "error_code"], registry=self.registry)
+        self.latency = Histogram(PREFIX + "http_request_duration_seconds", "time to the end of the response",
+                                 ["route"], registry=self.registry)
+        self.tokens = Counter(PREFIX + "completion_tokens", "completion tokens sent to clients",
+                              registry=self.registry)
+        self.registry.register(EngineStatsCollector(engine_stats))
+
+    def observe(self, route: str, error_code: int | str, seconds: float, completion_tokens: int = 0) -> None:
+        self.requests.labels(route, str(error_code)).inc()
+        self.latency.labels(route).observe(seconds)
+        if completion_tokens:
+            self.tokens.inc(completion_tokens)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,47 @@
+"""A validated request + the service's defaults -> SamplingParams, with the output-length and context checks."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..engine.sampling_params import SamplingParams
+from .errors import out_of_range
+from .validation import CompletionRequest
+
+
+def _pick(requested: Any, service_default: Any, fallback: Any) -> Any:
+    if requested is not None:
+        return requested
+    return fallback if service_default is None else service_default
+
+
+def max_new_tokens(req: CompletionRequest, service_max: int, prompt_tokens: int, context: int) -> int:
+    """The request's max_output_tokens (at most the service's), or the service's limit cut to what the context
+    leaves; 336003 when the prompt leaves no room."""
+    if prompt_tokens >= context:
+        raise out_of_range(f"prompt is too long: {prompt_tokens} tokens, the model context is {context} tokens")
+    if req.max_output_tokens is None:
+        return min(service_max, context - prompt_tokens)
+    if req.max_output_tokens > service_max:
+        raise out_of_range(f"max_output_tokens is {req.max_output_tokens}, "
+                           f"this service allows at most {service_max}")
+    if prompt_tokens + req.max_output_tokens > context:
+        raise out_of_range(f"prompt is too long: {prompt_tokens} prompt tokens + {req.max_output_tokens} "
+                           f"max_output_tokens exceed the model context of {context} tokens")
+    return req.max_output_tokens
+
+
+def sampling_params(req: CompletionRequest, service: Any, max_tokens: int,
+                    stop_token_ids: tuple[int, ...] = ()) -> SamplingParams:
+    base = SamplingParams()
+    top_p = _pick(req.top_p, getattr(service, "top_p", None), base.top_p)
+    return SamplingParams(
+        temperature=_pick(req.temperature, getattr(service, "temperature", None), base.temperature),
+        top_k=_pick(req.top_k, getattr(service, "top_k", None), base.top_k),
+        top_p=top_p,
+        penalty_score=_pick(req.penalty_score, getattr(service, "penalty_score", None), base.penalty_score),
+        max_new_tokens=max_tokens,
+        stop=req.stop,
+        stop_token_ids=stop_token_ids,
+        seed=req.seed,
+        greedy=top_p == 0.0,  # top_p 0 keeps no candidate but the most likely one
+    )

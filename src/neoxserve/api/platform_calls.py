@@ -1,0 +1,32 @@
+"""Calling the platform from request handlers: sync or async methods alike, PlatformError -> ApiError."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from fastapi import Request
+
+from ..platform.errors import PlatformError
+from .errors import INVALID_PARAMETER, ApiError
+
+
+async def call(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        result = fn(*args)
+        if inspect.isawaitable(result):
+            result = await result
+    except PlatformError as e:
+        raise ApiError(e.code, e.message) from e
+    return result
+
+
+async def authenticate(platform: Any, request: Request) -> Any:
+    """The calling app: from an IAM signature (`Authorization: bce-auth-v1/...`) or `?access_token=`."""
+    authorization = request.headers.get("authorization", "")
+    if authorization.lower().startswith("bce-auth-v1/"):
+        return await call(platform.authenticate_iam, request.method, request.url.path,
+                          request.query_params, request.headers)
+    token = request.query_params.get("access_token")
+    if not token:
+        raise ApiError(INVALID_PARAMETER)
+    return await call(platform.authenticate_token, token)

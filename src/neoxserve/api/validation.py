@@ -1,0 +1,172 @@
+"""Request bodies -> a validated CompletionRequest (spec section 4).
+
+Wrong or missing types are 336001 (fixed message); values out of range are 336003 with a message naming the
+field and the rule. Unknown fields (extra_parameters, user_id, ...) are accepted and ignored.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import INVALID_ARGUMENT, INVALID_JSON, ApiError, out_of_range
+
+log = logging.getLogger(__name__)
+
+MAX_STOP = 4
+MAX_STOP_CHARS = 20
+
+
+@dataclass
+class CompletionRequest:
+    prompt: str = ""                               # completion route
+    messages: list[dict[str, str]] = field(default_factory=list)  # chat route
+    system: str | None = None
+    stream: bool = False
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    penalty_score: float | None = None
+    stop: tuple[str, ...] = ()
+    max_output_tokens: int | None = None
+    seed: int | None = None
+    user_id: str | None = None
+
+    def input_text(self) -> str:
+        """Everything the caller wrote, for moderation."""
+        parts = [self.prompt] if self.prompt else []
+        if self.system:
+            parts.append(self.system)
+        parts.extend(m["content"] for m in self.messages)
+        return "\n".join(parts)
+
+
+def _bad_type(name: str, expected: str) -> ApiError:
+    log.info("invalid argument: %s must be %s", name, expected)
+    return ApiError(INVALID_ARGUMENT)
+
+
+def _number(body: dict, name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad_type(name, "a number")
+    return float(value)
+
+
+def _integer(body: dict, name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    # 5.0 from a JSON encoder that writes every number as float is still the integer 5
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad_type(name, "an integer")
+    return value
+
+
+def _string(body: dict, name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _bad_type(name, "a string")
+    return value
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(INVALID_JSON) from None
+    if not isinstance(body, dict):
+        raise _bad_type("body", "a JSON object")
+    return body
+
+
+def _stop(body: dict) -> tuple[str, ...]:
+    value = body.get("stop")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise _bad_type("stop", "a list of strings")
+    if len(value) > MAX_STOP:
+        raise out_of_range(f"stop has {len(value)} entries, at most {MAX_STOP} are allowed")
+    for i, s in enumerate(value):
+        if not s:
+            raise out_of_range(f"stop[{i}] is empty")
+        if len(s) > MAX_STOP_CHARS:
+            raise out_of_range(f"stop[{i}] is {len(s)} characters long, at most {MAX_STOP_CHARS} are allowed")
+    return tuple(value)
+
+
+def _messages(body: dict) -> list[dict[str, str]]:
+    value = body.get("messages")
+    if value is None:
+        raise _bad_type("messages", "present")
+    if not isinstance(value, list):
+        raise _bad_type("messages", "a list")
+    messages = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise _bad_type(f"messages[{i}]", "an object with string role and content")
+        messages.append({"role": m["role"], "content": m["content"]})
+    if not messages:
+        raise out_of_range("messages is empty")
+    if len(messages) % 2 == 0:
+        raise out_of_range(f"messages has {len(messages)} entries: the count must be odd "
+                           "(alternating user and assistant, ending with user)")
+    for i, m in enumerate(messages):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            raise out_of_range(f"messages[{i}].role is '{m['role']}', expected '{expected}' "
+                               "(roles alternate user, assistant, ..., ending with user)")
+        if not m["content"]:
+            raise out_of_range(f"messages[{i}].content is empty")
+    return messages
+
+
+def parse_request(body: dict[str, Any], chat: bool) -> CompletionRequest:
+    req = CompletionRequest()
+    if chat:
+        req.messages = _messages(body)
+        req.system = _string(body, "system")
+    else:
+        prompt = body.get("prompt")
+        if prompt is None:
+            raise _bad_type("prompt", "present")
+        if not isinstance(prompt, str):
+            raise _bad_type("prompt", "a string")
+        if not prompt:
+            raise out_of_range("prompt is empty")
+        req.prompt = prompt
+
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _bad_type("stream", "a boolean")
+    req.stream = bool(stream)
+
+    req.temperature = _number(body, "temperature")
+    if req.temperature is not None and not 0.0 < req.temperature <= 1.0:
+        raise out_of_range(f"temperature is {req.temperature:g}, it must be in (0, 1.0]")
+    req.top_k = _integer(body, "top_k")
+    if req.top_k is not None and req.top_k < 1:
+        raise out_of_range(f"top_k is {req.top_k}, it must be a positive integer")
+    req.top_p = _number(body, "top_p")
+    if req.top_p is not None and not 0.0 <= req.top_p <= 1.0:
+        raise out_of_range(f"top_p is {req.top_p:g}, it must be in [0, 1.0]")
+    req.penalty_score = _number(body, "penalty_score")
+    if req.penalty_score is not None and not 1.0 <= req.penalty_score <= 2.0:
+        raise out_of_range(f"penalty_score is {req.penalty_score:g}, it must be in [1.0, 2.0]")
+    req.stop = _stop(body)
+    req.max_output_tokens = _integer(body, "max_output_tokens")
+    if req.max_output_tokens is not None and req.max_output_tokens < 1:
+        raise out_of_range(f"max_output_tokens is {req.max_output_tokens}, it must be a positive integer")
+    req.seed = _integer(body, "seed")
+    if req.seed is not None and not 0 <= req.seed < 2**63:
+        raise out_of_range(f"seed is {req.seed}, it must be in [0, 2^63)")
+    req.user_id = _string(body, "user_id")
+    return req
