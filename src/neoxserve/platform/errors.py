@@ -1,0 +1,72 @@
+"""Errors the platform raises, carrying Qianfan's codes and exact messages (spec sections 2 and 6).
+
+`message` is what goes on the wire. `detail` says what was actually wrong, for logs only: it never contains a
+secret, and it is not sent to clients where the spec fixes the message (a signature failure must not tell an
+attacker which part was wrong).
+"""
+from __future__ import annotations
+
+# Codes the platform raises, with their exact Qianfan messages. 336004 has a cause-specific message.
+IAM_FAILED = 14
+DAILY_LIMIT = 17
+QPS_LIMIT = 18
+TOTAL_LIMIT = 19
+INVALID_PARAMETER = 100
+TOKEN_INVALID = 110
+TOKEN_EXPIRED = 111
+NO_PERMISSION = 336004
+API_NAME_NOT_EXIST = 336005
+
+MESSAGES = {
+    IAM_FAILED: "IAM Certification failed",
+    DAILY_LIMIT: "Open api daily request limit reached",
+    QPS_LIMIT: "Open api qps request limit reached",
+    TOTAL_LIMIT: "Open api total request limit reached",
+    INVALID_PARAMETER: "Invalid parameter",
+    TOKEN_INVALID: "Access token invalid or no longer valid",
+    TOKEN_EXPIRED: "Access token expired",
+    API_NAME_NOT_EXIST: "API name not exist",
+}
+
+
+class PlatformError(Exception):
+    """A Qianfan business error: the API answers HTTP 200 with {"error_code": code, "error_msg": message}."""
+
+    def __init__(self, code: int, message: str | None = None, detail: str = ""):
+        self.code = code
+        self.message = message if message is not None else MESSAGES[code]
+        self.detail = detail or self.message
+        super().__init__(f"{code}: {self.message}" + (f" ({detail})" if detail else ""))
+
+
+class OAuthError(Exception):
+    """A token endpoint error: the API answers `status` with {"error": error, "error_description": description}."""
+
+    def __init__(self, status: int, error: str, description: str):
+        self.status = status
+        self.error = error
+        self.description = description
+        super().__init__(f"{status} {error}: {description}")
+
+    def to_dict(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.description}
+
+
+class AdminError(Exception):
+    """Bad input to an administrative operation (unknown app, duplicate name, invalid value): the CLI exits 2."""
+
+
+def unknown_client() -> OAuthError:
+    return OAuthError(401, "invalid_client", "unknown client id")
+
+
+def bad_client_secret() -> OAuthError:
+    return OAuthError(401, "invalid_client", "Client authentication failed")
+
+
+def unsupported_grant() -> OAuthError:
+    return OAuthError(400, "unsupported_grant_type", "The authorization grant type is not supported")
+
+
+def missing_parameter(name: str) -> OAuthError:
+    return OAuthError(400, "invalid_request", f"missing required parameter: {name}")

@@ -1,0 +1,97 @@
+"""The storage contract. Every method is one atomic step, safe to call from many threads and processes."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from ..models import Admission, App, Counters, Limits, Service, StoredSecrets, TokenRecord, UsageRow
+
+
+class Store(ABC):
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def claim_meta(self, key: str, value: str) -> str:
+        """Set `key` to `value` unless it is already set; return the stored value (the first writer wins)."""
+
+    # apps
+    @abstractmethod
+    def create_app(self, name: str, api_key: str, access_key: str, secrets: StoredSecrets, limits: Limits,
+                   services: list[str], created_at: float) -> App:
+        """Raise AdminError if the name is taken or a service is not published."""
+
+    @abstractmethod
+    def get_app(self, app_id: int) -> App | None: ...
+
+    @abstractmethod
+    def app_by_name(self, name: str) -> App | None: ...
+
+    @abstractmethod
+    def app_by_api_key(self, api_key: str) -> App | None: ...
+
+    @abstractmethod
+    def app_by_access_key(self, access_key: str) -> App | None: ...
+
+    @abstractmethod
+    def list_apps(self) -> list[App]: ...
+
+    @abstractmethod
+    def rotate_app(self, app_id: int, api_key: str, access_key: str, secrets: StoredSecrets) -> bool:
+        """Replace the credentials and bump the token generation (revoking every access token issued so far)."""
+
+    @abstractmethod
+    def set_limits(self, app_id: int, limits: Limits) -> bool: ...
+
+    @abstractmethod
+    def delete_app(self, app_id: int) -> bool:
+        """Delete the app, its permissions, tokens and quota counters (usage history is kept)."""
+
+    @abstractmethod
+    def grant(self, app_id: int, api_name: str) -> None:
+        """Raise AdminError if the app or the service does not exist."""
+
+    @abstractmethod
+    def revoke(self, app_id: int, api_name: str) -> bool: ...
+
+    # access tokens, by hash
+    @abstractmethod
+    def put_token(self, token_hash: bytes, record: TokenRecord) -> None: ...
+
+    @abstractmethod
+    def get_token(self, token_hash: bytes) -> TokenRecord | None: ...
+
+    @abstractmethod
+    def delete_token(self, token_hash: bytes) -> bool: ...
+
+    # services
+    @abstractmethod
+    def create_service(self, service: Service) -> None:
+        """Raise AdminError if the api_name is taken."""
+
+    @abstractmethod
+    def get_service(self, api_name: str) -> Service | None: ...
+
+    @abstractmethod
+    def list_services(self) -> list[Service]: ...
+
+    @abstractmethod
+    def delete_service(self, api_name: str) -> bool:
+        """Unpublish: the service and every app's permission for it go."""
+
+    # quotas and usage
+    @abstractmethod
+    def admit(self, app_id: int, api_name: str, app_name: str, second: int, day: str) -> Admission:
+        """Check the app's limits and count one request, atomically; raise PlatformError 19, 17 or 18 (checked in
+        that order) without counting anything. Also adds one request to the (day, app, service) usage row."""
+
+    @abstractmethod
+    def record_usage(self, day: str, app_id: int, app_name: str, api_name: str,
+                     prompt_tokens: int, completion_tokens: int) -> None: ...
+
+    @abstractmethod
+    def counters(self, app_id: int, day: str) -> Counters: ...
+
+    @abstractmethod
+    def usage(self, app_name: str | None = None, api_name: str | None = None,
+              since: str | None = None) -> list[UsageRow]:
+        """Rows sorted by day, app name, api_name."""

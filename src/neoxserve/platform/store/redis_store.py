@@ -1,0 +1,189 @@
+"""The Redis store, for several server replicas sharing apps, tokens and quotas (one Redis instance).
+
+Multi-key changes run as Lua scripts (atomic in Redis); access tokens are keys that expire on their own a week
+after the token does (so an expired token is reported as expired for a while, then as unknown).
+"""
+from __future__ import annotations
+
+from ..errors import DAILY_LIMIT, QPS_LIMIT, TOKEN_INVALID, TOTAL_LIMIT, AdminError, PlatformError
+from ..models import Admission, App, Counters, Limits, Service, StoredSecrets, TokenRecord, UsageRow
+from . import redis_scripts as lua
+from .base import Store
+
+TOKEN_GRACE_SECONDS = 7 * 86400
+_LIMIT_DETAIL = {TOTAL_LIMIT: "total", DAILY_LIMIT: "daily", QPS_LIMIT: "qps"}
+
+
+def _opt(value) -> str:
+    return "" if value is None else str(value)
+
+
+def _num(raw: bytes | None, kind=int):
+    return None if raw in (None, b"") else kind(raw.decode())
+
+
+class RedisStore(Store):
+    def __init__(self, url: str, prefix: str = "neoxserve:"):
+        import redis  # optional dependency: only needed with store_url=redis://...
+
+        self.r = redis.Redis.from_url(url, decode_responses=False, socket_timeout=10)
+        self.p = prefix
+        self.r.ping()
+        self._scripts = {name: self.r.register_script(getattr(lua, name)) for name in (
+            "CREATE_APP", "ROTATE_APP", "SET_LIMITS", "DELETE_APP", "GRANT", "REVOKE", "CREATE_SERVICE",
+            "DELETE_SERVICE", "ADMIT")}
+
+    def _run(self, name: str, *args):
+        return self._scripts[name](keys=[], args=[self.p, *args])
+
+    def close(self) -> None:
+        self.r.close()
+
+    def claim_meta(self, key: str, value: str) -> str:
+        self.r.hsetnx(self.p + "meta", key, value)
+        return self.r.hget(self.p + "meta", key).decode()
+
+    # apps
+    def get_app(self, app_id) -> App | None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hgetall(f"{self.p}app:{app_id}")
+        pipe.smembers(f"{self.p}app:{app_id}:svcs")
+        h, svcs = pipe.execute()
+        if not h:
+            return None
+        return App(id=int(app_id), name=h[b"name"].decode(), api_key=h[b"api_key"].decode(),
+                   access_key=h[b"access_key"].decode(),
+                   limits=Limits(qps=_num(h.get(b"qps")), daily=_num(h.get(b"daily")), total=_num(h.get(b"total"))),
+                   services=tuple(sorted(s.decode() for s in svcs)), created_at=float(h[b"created_at"]),
+                   token_generation=int(h[b"generation"]),
+                   secrets=StoredSecrets(h[b"sk_hash"], h[b"sk_salt"], h[b"sak_enc"]))
+
+    def _app_by(self, index: str, value: str) -> App | None:
+        app_id = self.r.hget(f"{self.p}app:{index}", value)
+        return None if app_id is None else self.get_app(int(app_id))
+
+    def app_by_name(self, name):
+        return self._app_by("by_name", name)
+
+    def app_by_api_key(self, api_key):
+        return self._app_by("by_api_key", api_key)
+
+    def app_by_access_key(self, access_key):
+        return self._app_by("by_access_key", access_key)
+
+    def list_apps(self):
+        apps = [self.get_app(int(i)) for i in self.r.smembers(self.p + "app:index")]
+        return sorted((a for a in apps if a is not None), key=lambda a: a.name)
+
+    def create_app(self, name, api_key, access_key, secrets, limits, services, created_at) -> App:
+        result = self._run("CREATE_APP", name, api_key, access_key, secrets.secret_key_hash,
+                           secrets.secret_key_salt, secrets.secret_access_key_enc, _opt(limits.qps),
+                           _opt(limits.daily), _opt(limits.total), repr(created_at), *services)
+        if result[0] == -1:
+            raise AdminError(f"an app named {name!r} already exists")
+        if result[0] == -2:
+            raise AdminError(f"no published service named {result[1].decode()!r}")
+        return self.get_app(int(result[0]))
+
+    def rotate_app(self, app_id, api_key, access_key, secrets) -> bool:
+        return self._run("ROTATE_APP", app_id, api_key, access_key, secrets.secret_key_hash,
+                         secrets.secret_key_salt, secrets.secret_access_key_enc) == 1
+
+    def set_limits(self, app_id, limits) -> bool:
+        return self._run("SET_LIMITS", app_id, _opt(limits.qps), _opt(limits.daily), _opt(limits.total)) == 1
+
+    def delete_app(self, app_id) -> bool:
+        return self._run("DELETE_APP", app_id) == 1
+
+    def grant(self, app_id, api_name) -> None:
+        result = self._run("GRANT", app_id, api_name)
+        if result == -1:
+            raise AdminError(f"no app with id {app_id}")
+        if result == -2:
+            raise AdminError(f"no published service named {api_name!r}")
+
+    def revoke(self, app_id, api_name) -> bool:
+        return self._run("REVOKE", app_id, api_name) == 1
+
+    # tokens
+    def put_token(self, token_hash, record, prune_expired_before: int = 0) -> None:
+        self.r.set(f"{self.p}tok:{token_hash.hex()}",
+                   f"{record.app_id}:{record.generation}:{record.expires_at}",
+                   exat=record.expires_at + TOKEN_GRACE_SECONDS)
+
+    def get_token(self, token_hash):
+        raw = self.r.get(f"{self.p}tok:{token_hash.hex()}")
+        if raw is None:
+            return None
+        app_id, generation, expires_at = raw.decode().split(":")
+        return TokenRecord(int(app_id), int(generation), int(expires_at))
+
+    def delete_token(self, token_hash) -> bool:
+        return self.r.delete(f"{self.p}tok:{token_hash.hex()}") == 1
+
+    # services
+    def create_service(self, service) -> None:
+        ok = self._run("CREATE_SERVICE", service.api_name, service.model, _opt(service.temperature),
+                       _opt(service.top_p), _opt(service.top_k), _opt(service.penalty_score),
+                       _opt(service.max_output_tokens), repr(service.created_at))
+        if ok != 1:
+            raise AdminError(f"a service named {service.api_name!r} is already published")
+
+    def get_service(self, api_name):
+        h = self.r.hgetall(f"{self.p}svc:{api_name}")
+        if not h:
+            return None
+        return Service(api_name=api_name, model=h[b"model"].decode(), temperature=_num(h[b"temperature"], float),
+                       top_p=_num(h[b"top_p"], float), top_k=_num(h[b"top_k"]),
+                       penalty_score=_num(h[b"penalty_score"], float),
+                       max_output_tokens=_num(h[b"max_output_tokens"]), created_at=float(h[b"created_at"]))
+
+    def list_services(self):
+        names = sorted(n.decode() for n in self.r.smembers(self.p + "svc:index"))
+        return [s for s in (self.get_service(n) for n in names) if s is not None]
+
+    def delete_service(self, api_name) -> bool:
+        return self._run("DELETE_SERVICE", api_name) == 1
+
+    # quotas and usage
+    def admit(self, app_id, api_name, app_name, second, day) -> Admission:
+        result = self._run("ADMIT", app_id, api_name, app_name, second, day)
+        code = int(result[0])
+        if code == -1:
+            raise PlatformError(TOKEN_INVALID, detail=f"app {app_id} was deleted")
+        if code:
+            raise PlatformError(code, detail=f"{_LIMIT_DETAIL[code]} limit reached")
+        # Limits are re-read here only for the caller's headers; the script already applied the current ones.
+        h = self.r.hmget(f"{self.p}app:{app_id}", "qps", "daily", "total")
+        return Admission(Limits(_num(h[0]), _num(h[1]), _num(h[2])), int(result[1]), int(result[2]),
+                         int(result[3]))
+
+    def record_usage(self, day, app_id, app_name, api_name, prompt_tokens, completion_tokens) -> None:
+        key = f"{self.p}usage:{day}:{app_id}:{api_name}"
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hincrby(key, "prompt_tokens", prompt_tokens)
+        pipe.hincrby(key, "completion_tokens", completion_tokens)
+        pipe.hsetnx(key, "app_name", app_name)
+        pipe.sadd(self.p + "usage:index", f"{day}|{app_id}|{api_name}")
+        pipe.execute()
+
+    def counters(self, app_id, day) -> Counters:
+        total, today = self.r.mget(f"{self.p}q:{app_id}:total", f"{self.p}q:{app_id}:day:{day}")
+        return Counters(day, int(today or 0), int(total or 0))
+
+    def usage(self, app_name=None, api_name=None, since=None):
+        entries = []
+        for member in self.r.smembers(self.p + "usage:index"):
+            day, app_id, svc = member.decode().split("|")
+            if (since is None or day >= since) and (api_name is None or svc == api_name):
+                entries.append((day, int(app_id), svc))
+        pipe = self.r.pipeline(transaction=False)
+        for day, app_id, svc in entries:
+            pipe.hgetall(f"{self.p}usage:{day}:{app_id}:{svc}")
+        rows = []
+        for (day, app_id, svc), h in zip(entries, pipe.execute()):
+            name = h.get(b"app_name", b"").decode()
+            if app_name is None or name == app_name:
+                rows.append(UsageRow(day, app_id, name, svc, int(h.get(b"requests", 0)),
+                                     int(h.get(b"prompt_tokens", 0)), int(h.get(b"completion_tokens", 0))))
+        return sorted(rows, key=lambda r: (r.day, r.app_name, r.api_name))
