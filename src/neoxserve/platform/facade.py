@@ -20,7 +20,6 @@ from .store import Store, open_store
 
 log = logging.getLogger("neoxserve.platform")
 
-TOKEN_PRUNE_AFTER = 7 * 86400
 _KEY_CHECK = "neoxserve key check"
 SCOPE = "public brain_all_scope ai_custom_wenxinworkshop"
 
@@ -94,7 +93,7 @@ class Platform:
         expires_at = now + self.token_ttl
         token = tokens.new_access_token(app.id, self.token_ttl, expires_at)
         self.store.put_token(cred.token_hash(token), TokenRecord(app.id, app.token_generation, expires_at),
-                             prune_expired_before=now - TOKEN_PRUNE_AFTER)
+                             now)
         return {"access_token": token, "expires_in": self.token_ttl,
                 "refresh_token": tokens.new_refresh_token(self.token_ttl, expires_at), "scope": SCOPE,
                 "session_key": _random.token_urlsafe(48), "session_secret": _random.token_hex(16)}

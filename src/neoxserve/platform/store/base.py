@@ -5,6 +5,9 @@ from abc import ABC, abstractmethod
 
 from ..models import Admission, App, Counters, Limits, Service, StoredSecrets, TokenRecord, UsageRow
 
+# An expired token is remembered this long, so that it is reported as expired (111) rather than unknown (110).
+TOKEN_GRACE_SECONDS = 7 * 86400
+
 
 class Store(ABC):
     @abstractmethod
@@ -55,7 +58,8 @@ class Store(ABC):
 
     # access tokens, by hash
     @abstractmethod
-    def put_token(self, token_hash: bytes, record: TokenRecord) -> None: ...
+    def put_token(self, token_hash: bytes, record: TokenRecord, now: int) -> None:
+        """Store a token; the store may forget tokens that expired more than a week before `now`."""
 
     @abstractmethod
     def get_token(self, token_hash: bytes) -> TokenRecord | None: ...

@@ -8,9 +8,8 @@ from __future__ import annotations
 from ..errors import DAILY_LIMIT, QPS_LIMIT, TOKEN_INVALID, TOTAL_LIMIT, AdminError, PlatformError
 from ..models import Admission, App, Counters, Limits, Service, StoredSecrets, TokenRecord, UsageRow
 from . import redis_scripts as lua
-from .base import Store
+from .base import TOKEN_GRACE_SECONDS, Store
 
-TOKEN_GRACE_SECONDS = 7 * 86400
 _LIMIT_DETAIL = {TOTAL_LIMIT: "total", DAILY_LIMIT: "daily", QPS_LIMIT: "qps"}
 
 
@@ -106,10 +105,10 @@ class RedisStore(Store):
         return self._run("REVOKE", app_id, api_name) == 1
 
     # tokens
-    def put_token(self, token_hash, record, prune_expired_before: int = 0) -> None:
+    def put_token(self, token_hash, record, now) -> None:
         self.r.set(f"{self.p}tok:{token_hash.hex()}",
                    f"{record.app_id}:{record.generation}:{record.expires_at}",
-                   exat=record.expires_at + TOKEN_GRACE_SECONDS)
+                   ex=max(1, record.expires_at - now + TOKEN_GRACE_SECONDS))
 
     def get_token(self, token_hash):
         raw = self.r.get(f"{self.p}tok:{token_hash.hex()}")

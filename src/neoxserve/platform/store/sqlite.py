@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import DAILY_LIMIT, QPS_LIMIT, TOKEN_INVALID, TOTAL_LIMIT, AdminError, PlatformError
 from ..models import Admission, App, Counters, Limits, Service, StoredSecrets, TokenRecord, UsageRow
-from .base import Store
+from .base import TOKEN_GRACE_SECONDS, Store
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -178,12 +178,11 @@ class SQLiteStore(Store):
                              (app_id, api_name)).rowcount == 1
 
     # tokens
-    def put_token(self, token_hash, record, prune_expired_before: int = 0) -> None:
+    def put_token(self, token_hash, record, now) -> None:
         with self._tx() as c:
             c.execute("INSERT INTO tokens (hash, app_id, generation, expires_at) VALUES (?, ?, ?, ?)",
                       (token_hash, record.app_id, record.generation, record.expires_at))
-            if prune_expired_before:
-                c.execute("DELETE FROM tokens WHERE expires_at < ?", (prune_expired_before,))
+            c.execute("DELETE FROM tokens WHERE expires_at < ?", (now - TOKEN_GRACE_SECONDS,))
 
     def get_token(self, token_hash):
         row = self._conn().execute("SELECT app_id, generation, expires_at FROM tokens WHERE hash = ?",
