@@ -1,0 +1,155 @@
+"""Batched sampling of the next token for many sequences, each with its own parameters.
+
+Order per row (docs/sampling.md): repetition penalty, then argmax if greedy, else temperature, top-k, top-p (all as
+transformers' logits processors define them), then an exponential race: `argmax(probs / q)` with `q ~ Exp(1)`
+picks token i with probability probs[i]. A seeded request draws its `q` from a generator seeded with a hash of
+(seed, index of the token), so its token depends only on that and its own logits: not on what else is in the batch,
+nor on whether it was preempted and recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+
+import torch
+
+from neoxserve.engine.sampling_params import SamplingParams
+
+_NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    params: SamplingParams
+    token_ids: Sequence[int]     # prompt + generated so far (what the repetition penalty looks at)
+    num_generated: int           # index of the token being sampled among the generated ones (0 = first)
+
+
+def row_seed(seed: int, n: int) -> int:
+    """The 64-bit generator seed for token `n` of a request seeded with `seed`."""
+    digest = hashlib.blake2b(f"{seed}/{n}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def apply_repetition_penalty(logits: torch.Tensor, token_ids: Sequence[Sequence[int]],
+                             penalties: Sequence[float]) -> torch.Tensor:
+    """transformers' RepetitionPenaltyLogitsProcessor per row: every token id present in the row's `token_ids`
+    has its logit multiplied by the penalty if negative, else divided by it. Returns a new tensor unless no row
+    is penalized."""
+    rows = [i for i, p in enumerate(penalties) if p != 1.0]
+    if not rows:
+        return logits
+    vocab = logits.shape[1]
+    row_idx = torch.tensor(list(chain.from_iterable([i] * len(token_ids[i]) for i in rows)), dtype=torch.long)
+    col_idx = torch.tensor(list(chain.from_iterable(token_ids[i] for i in rows)), dtype=torch.long)
+    valid = (col_idx >= 0) & (col_idx < vocab)
+    seen = torch.zeros(logits.shape, dtype=torch.bool)
+    seen[row_idx[valid], col_idx[valid]] = True
+    penalty = torch.tensor(penalties, dtype=logits.dtype).unsqueeze(1)
+    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def apply_top_k_top_p(logits: torch.Tensor, top_k: Sequence[int], top_p: Sequence[float],
+                      candidates: int = 256) -> torch.Tensor:
+    """transformers' TopKLogitsWarper then TopPLogitsWarper (min_tokens_to_keep=1) per row; top_k 0 and top_p 1
+    are off. Removed entries become -inf; returns a new tensor.
+
+    A full sort of the vocabulary costs ~3 ms a row, so both are looked for among the `candidates` largest logits
+    first (top_k beyond that widens them); rows whose nucleus is wider fall back to a full sort."""
+    vocab = logits.shape[1]
+    k = torch.tensor([min(kk, vocab) if kk > 0 else 0 for kk in top_k], dtype=torch.long)
+    p = torch.tensor(top_p, dtype=logits.dtype)
+    width = min(vocab, max(candidates, int(k.max())))
+    values, idx = torch.topk(logits, width, dim=-1) if width < vocab else torch.sort(logits, dim=-1, descending=True)
+    # ties with the k-th largest are kept, as in TopKLogitsWarper
+    kth = values.gather(1, (k - 1).clamp_min(0).unsqueeze(1)).masked_fill((k == 0).unsqueeze(1), _NEG_INF)
+    logits = logits.masked_fill(logits < kth, _NEG_INF)
+
+    nucleus_rows = p < 1.0
+    if not bool(nucleus_rows.any()):
+        return logits
+    probs = logits.softmax(dim=-1)
+    # the top-k mask only touched the smallest logits, so idx still lists the largest probabilities in order
+    keep, fits = _nucleus(probs, probs.gather(1, idx), idx, p)
+    wide = torch.nonzero(nucleus_rows & ~fits).flatten()
+    if len(wide):
+        top, full_idx = torch.sort(probs[wide], dim=-1, descending=True)
+        keep[wide], _ = _nucleus(probs[wide], top, full_idx, p[wide])
+    keep |= ~nucleus_rows.unsqueeze(1)
+    return logits.masked_fill(~keep, _NEG_INF)
+
+
+def _nucleus(probs: torch.Tensor, top: torch.Tensor, idx: torch.Tensor,
+             top_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """TopPLogitsWarper's kept set, from the largest probabilities `top` (descending, at `idx`) of each row: a
+    token is removed when the mass of it and of everything smaller is <= 1 - top_p; the largest is always kept.
+    Returns (keep mask over the vocabulary, whether every removed token could be decided from `top`)."""
+    outside = (probs.sum(dim=-1, keepdim=True) - top.sum(dim=-1, keepdim=True)).clamp_min(0.0)
+    mass_at_and_below = top.flip(-1).cumsum(dim=-1).flip(-1) + outside
+    remove = mass_at_and_below <= (1.0 - top_p).unsqueeze(1)
+    remove[:, 0] = False
+    fits = remove[:, -1] | (top.shape[1] == probs.shape[1])
+    keep = torch.zeros(probs.shape, dtype=torch.bool).scatter(1, idx, ~remove)
+    return keep, fits
+
+
+class Sampler:
+    """Holds the process-wide generator that requests without a seed draw from."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
+        self._row_generator = torch.Generator()
+
+    def sample(self, logits: torch.Tensor, requests: Sequence[SampleRequest]) -> list[int]:
+        """One next token per row of `logits` [S, V] (float, on CPU), for `requests[row]`."""
+        if logits.dim() != 2 or logits.shape[0] != len(requests):
+            raise ValueError(f"logits {tuple(logits.shape)} do not match {len(requests)} requests")
+        if not requests:
+            return []
+        raw = logits
+        finite = torch.isfinite(logits)
+        logits = logits.float().masked_fill(~finite, _NEG_INF)
+        logits = apply_repetition_penalty(
+            logits, [r.token_ids for r in requests], [r.params.penalty_score for r in requests])
+
+        tokens = torch.empty(len(requests), dtype=torch.long)
+        greedy = [i for i, r in enumerate(requests) if r.params.greedy]
+        sampled = [i for i, r in enumerate(requests) if not r.params.greedy]
+        if greedy:
+            tokens[greedy] = logits[greedy].argmax(dim=-1)
+        if sampled:
+            tokens[sampled] = self._sample_rows(logits[sampled], [requests[i] for i in sampled])
+
+        dead = ~finite.any(dim=-1)
+        if dead.any():  # nothing finite to sample from: the raw argmax is as good a guess as any
+            tokens[dead] = raw[dead].argmax(dim=-1)
+        return tokens.tolist()
+
+    def _sample_rows(self, logits: torch.Tensor, requests: Sequence[SampleRequest]) -> torch.Tensor:
+        params = [r.params for r in requests]
+        temperature = torch.tensor([p.temperature for p in params], dtype=logits.dtype).unsqueeze(1)
+        logits = logits / temperature
+        if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
+            logits = apply_top_k_top_p(logits, [p.top_k for p in params], [p.top_p for p in params])
+        probs = logits.softmax(dim=-1)
+        return probs.div_(self._noise(requests, logits.shape[1])).argmax(dim=-1)
+
+    def _noise(self, requests: Sequence[SampleRequest], vocab: int) -> torch.Tensor:
+        """Exp(1) noise [len(requests), vocab]; seeded rows from their own (seed, n) generator."""
+        noise = torch.empty(len(requests), vocab)
+        unseeded = []
+        for row, r in enumerate(requests):
+            if r.params.seed is None:
+                unseeded.append(row)
+            else:
+                self._row_generator.manual_seed(row_seed(r.params.seed, r.num_generated))
+                noise[row].uniform_(generator=self._row_generator)
+        if unseeded:
+            noise[unseeded] = torch.empty(len(unseeded), vocab).uniform_(generator=self.generator)
+        # -log(u) is Exp(1) and much cheaper than exponential_(); q = 0 would turn a zero probability into
+        # 0/0 = NaN, which argmax prefers
+        return noise.log_().neg_().clamp_min_(torch.finfo(noise.dtype).tiny)
