@@ -1,0 +1,82 @@
+"""`neoxserve generate`: complete one prompt in-process and stream the text to stdout.
+
+stdout carries the completion text only (streamed as it is made); timing and notes go to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from ..config import Settings
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("generate", help="complete one prompt locally (no server)", description=__doc__)
+    p.add_argument("prompt", help="the prompt text")
+    p.add_argument("--model", help="Hugging Face model directory, or 'demo' (default)")
+    p.add_argument("--data-dir", dest="data_dir", help="where the demo model is written")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.8, help="(0, 1]; 0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=0.8, help="(0, 1]; 1 = off")
+    p.add_argument("--penalty-score", type=float, default=1.0, help="repetition penalty in [1, 2]")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); never printed")
+    p.add_argument("--seed", type=int, help="same seed, same text")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.core import LLMEngine
+    from ..engine.sampling_params import SamplingParams
+
+    settings = Settings.load(getattr(args, "config", None), model=args.model, data_dir=args.data_dir,
+                             dtype=args.dtype, device=args.device)
+    greedy = args.temperature == 0
+    try:
+        params = SamplingParams(temperature=1.0 if greedy else args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, penalty_score=args.penalty_score,
+                                max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), seed=args.seed,
+                                greedy=greedy)
+    except ValueError as e:
+        print(f"neoxserve generate: {e}", file=sys.stderr)
+        return 2
+    if settings.model == "demo":
+        print("Using the demo model: its weights are random, so its text is noise.", file=sys.stderr)
+
+    if settings.torch_threads:
+        import torch
+        torch.set_num_threads(settings.torch_threads)
+    engine = LLMEngine.from_settings(settings)
+    prompt_ids = engine.tokenizer.encode(args.prompt)
+    engine.add_request("generate", prompt_ids, params)
+
+    start = time.perf_counter()
+    first = None
+    new_tokens = 0
+    reason = None
+    while engine.has_unfinished():
+        for delta in engine.step():
+            if delta.token_ids and first is None:
+                first = time.perf_counter()
+            new_tokens = delta.completion_tokens
+            if delta.text:
+                sys.stdout.write(delta.text)
+                sys.stdout.flush()
+            if delta.finished:
+                reason = delta.finish_reason
+                if delta.error:
+                    print(f"\nneoxserve generate: {delta.error}", file=sys.stderr)
+    end = time.perf_counter()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+    first = first or end
+    decode_rate = (new_tokens - 1) / (end - first) if new_tokens > 1 and end > first else 0.0
+    print(f"prompt tokens: {len(prompt_ids)}, new tokens: {new_tokens} (finish: {reason}), "
+          f"first token after {first - start:.3f} s, {decode_rate:.1f} tokens/s decoding, "
+          f"{new_tokens / (end - start):.1f} tokens/s overall", file=sys.stderr)
+    return 1 if reason == "error" else 0

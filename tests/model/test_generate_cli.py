@@ -1,0 +1,63 @@
+"""`neoxserve generate` and `neoxserve demo write`, end to end in a subprocess."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+from neoxserve.config import Settings
+from neoxserve.engine.core import LLMEngine
+from neoxserve.engine.sampling_params import SamplingParams
+from neoxserve.model.tokenizer import Tokenizer
+
+PROMPT = "The city of Beijing"
+
+
+def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "neoxserve.cli", *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+def _expected_text(model_dir, max_new_tokens: int) -> str:
+    engine = LLMEngine.from_settings(Settings.load(None, model=str(model_dir)))
+    engine.add_request("r", engine.tokenizer.encode(PROMPT), SamplingParams(greedy=True,
+                                                                            max_new_tokens=max_new_tokens))
+    text = ""
+    while engine.has_unfinished():
+        text += "".join(d.text for d in engine.step())
+    return text
+
+
+def test_generate_on_demo_model(tmp_path, demo_model_dir):
+    result = _cli("generate", "--data-dir", str(tmp_path / "data"), PROMPT, "--max-new-tokens", "12",
+                  "--temperature", "0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == _expected_text(demo_model_dir, 12) + "\n"   # the text alone
+    assert "noise" in result.stderr
+    assert "new tokens: 12" in result.stderr and "tokens/s" in result.stderr
+    assert f"prompt tokens: {len(Tokenizer.from_dir(demo_model_dir).encode(PROMPT))}," in result.stderr
+    assert (tmp_path / "data" / "demo-model" / "model.safetensors").is_file()
+
+
+def test_generate_with_model_dir_and_sampling_flags(tmp_path, demo_model_dir):
+    args = ["generate", "--model", str(demo_model_dir), PROMPT, "--max-new-tokens", "10", "--temperature", "0.7",
+            "--top-k", "20", "--top-p", "0.9", "--penalty-score", "1.2", "--seed", "7", "--stop", "zzz",
+            "--stop", "qqq", "--dtype", "float32", "--device", "cpu"]
+    first, second = _cli(*args, cwd=tmp_path), _cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout                                # same seed, same text
+    assert "noise" not in first.stderr
+
+
+def test_generate_rejects_bad_flags(tmp_path, demo_model_dir):
+    result = _cli("generate", "--model", str(demo_model_dir), PROMPT, "--top-p", "1.5", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "top_p" in result.stderr
+
+
+def test_demo_write(tmp_path, demo_model_dir):
+    result = _cli("demo", "write", str(tmp_path / "d"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md"):
+        assert (hashlib.sha256((tmp_path / "d" / name).read_bytes()).digest()
+                == hashlib.sha256((demo_model_dir / name).read_bytes()).digest())
