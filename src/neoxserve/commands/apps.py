@@ -1,0 +1,232 @@
+"""`neoxserve apps ...`: create, list, show, rotate, delete apps, set their limits and allowed services.
+
+Also holds the helpers the other admin commands (services, usage) share: store flags, opening the platform,
+and turning bad input into a one-line error with exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from typing import Any, Callable
+
+EXIT_BAD_INPUT = 2
+EXIT_STORE_FAILED = 1
+
+
+# ----- shared by the admin commands -----
+
+def add_store_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", dest="data_dir", help="data directory holding the SQLite store (NEOXSERVE_DATA_DIR)")
+    p.add_argument("--store-url", dest="store_url", help="redis://host:port/db for a Redis store (NEOXSERVE_STORE_URL)")
+
+
+def open_platform(args: argparse.Namespace):
+    from ..config import Settings
+    from ..platform import Platform
+
+    settings = Settings.load(getattr(args, "config", None), data_dir=getattr(args, "data_dir", None),
+                             store_url=getattr(args, "store_url", None))
+    return Platform.open(settings)
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(f"neoxserve: error: {message}", file=sys.stderr)
+    return code
+
+
+def admin_command(fn: Callable[[Any, argparse.Namespace], int | None]) -> Callable[[argparse.Namespace], int]:
+    """Open the platform, run fn(platform, args), close; bad input exits 2 with a message, never a traceback."""
+
+    @functools.wraps(fn)
+    def run(args: argparse.Namespace) -> int:
+        from pydantic import ValidationError
+
+        from ..platform import AdminError
+
+        try:
+            platform = open_platform(args)
+        except ValidationError as e:
+            return fail(f"invalid settings: {_first_error(e)}")
+        except (AdminError, ValueError) as e:
+            return fail(str(e))
+        except Exception as e:  # store unreachable (Redis down, unreadable file): not the operator's input
+            return fail(f"cannot open the store: {type(e).__name__}: {e}", EXIT_STORE_FAILED)
+        try:
+            return int(fn(platform, args) or 0)
+        except AdminError as e:
+            return fail(str(e))
+        finally:
+            platform.close()
+
+    return run
+
+
+def _first_error(e) -> str:
+    err = e.errors()[0]
+    return f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
+
+
+def limit_value(text: str) -> int:
+    """A limit flag: a positive integer, or 0 / none for no limit (returned as 0)."""
+    if text.strip().lower() in ("0", "none"):
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid limit {text!r}: use a positive integer, or 0 / none") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid limit {text!r}: use a positive integer, or 0 / none")
+    return value
+
+
+def name_list(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+# ----- apps -----
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("apps", help="manage apps and their keys, limits and services", description=__doc__)
+    actions = p.add_subparsers(dest="apps_command", required=True)
+
+    def action(name: str, help: str, fn, with_name: bool = True, json_flag: bool = True):
+        a = actions.add_parser(name, help=help)
+        if with_name:
+            a.add_argument("name", help="app name")
+        if json_flag:
+            a.add_argument("--json", action="store_true", help="print JSON")
+        add_store_flags(a)
+        a.set_defaults(run=fn)
+        return a
+
+    create = action("create", "create an app and print its keys (shown once)", _create)
+    create.add_argument("--services", type=name_list, default=[], help="comma-separated api_names it may call")
+    _add_limit_flags(create)
+    action("list", "list apps", _list, with_name=False)
+    action("show", "show one app, its limits and today's counts", _show)
+    action("rotate", "new keys; old keys and all access tokens stop working", _rotate)
+    action("delete", "delete an app and revoke its access tokens", _delete, json_flag=False)
+    limits = action("limits", "set or remove limits (0 or none removes one); no flags: show them", _limits)
+    _add_limit_flags(limits)
+    for verb, fn, help in (("allow", _allow, "let the app call these services"),
+                           ("disallow", _disallow, "stop the app calling these services")):
+        a = action(verb, help, fn, json_flag=False)
+        a.add_argument("services", nargs="+", metavar="API_NAME")
+
+
+def _add_limit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--qps", type=limit_value, help="requests per second (error 18 beyond)")
+    p.add_argument("--daily", type=limit_value, help="requests per day in quota_timezone (error 17 beyond)")
+    p.add_argument("--total", type=limit_value, help="requests in total (error 19 beyond)")
+
+
+def _limit(value: int | None) -> int | None:
+    return value or None
+
+
+def _show_keys(keys, as_json: bool, verb: str) -> None:
+    if as_json:
+        print_json(keys.to_dict())
+        return
+    print(f"{verb} app '{keys.name}' (id {keys.app_id})")
+    print(f"  API Key:            {keys.api_key}")
+    print(f"  Secret Key:         {keys.secret_key}")
+    print(f"  Access Key:         {keys.access_key}")
+    print(f"  Secret Access Key:  {keys.secret_access_key}")
+    print("The secret keys are shown only now: store them safely.", file=sys.stderr)
+
+
+def _limits_text(limits) -> str:
+    return " ".join(f"{k}={getattr(limits, k) if getattr(limits, k) is not None else '-'}"
+                    for k in ("qps", "daily", "total"))
+
+
+@admin_command
+def _create(platform, args) -> int:
+    from ..platform import Limits
+
+    keys = platform.create_app(args.name, services=args.services,
+                               limits=Limits(_limit(args.qps), _limit(args.daily), _limit(args.total)))
+    _show_keys(keys, args.json, "created")
+    return 0
+
+
+@admin_command
+def _list(platform, args) -> int:
+    apps = platform.list_apps()
+    if args.json:
+        print_json([a.to_dict() for a in apps])
+        return 0
+    print(f"{'ID':>5}  {'NAME':<20} {'API KEY':<26} {'LIMITS':<28} SERVICES")
+    for a in apps:
+        print(f"{a.id:>5}  {a.name:<20} {a.api_key:<26} {_limits_text(a.limits):<28} {','.join(a.services) or '-'}")
+    return 0
+
+
+@admin_command
+def _show(platform, args) -> int:
+    app = platform.get_app(args.name)
+    counters = platform.counters(args.name)
+    if args.json:
+        print_json({**app.to_dict(), "today": counters.day, "requests_today": counters.day_count,
+                    "requests_total": counters.total_count})
+        return 0
+    print(f"app '{app.name}' (id {app.id})")
+    print(f"  API Key:     {app.api_key}")
+    print(f"  Access Key:  {app.access_key}")
+    print(f"  limits:      {_limits_text(app.limits)}")
+    print(f"  services:    {', '.join(app.services) or '-'}")
+    print(f"  requests:    {counters.day_count} today ({counters.day}), {counters.total_count} in total")
+    return 0
+
+
+@admin_command
+def _rotate(platform, args) -> int:
+    _show_keys(platform.rotate_app(args.name), args.json, "rotated keys of")
+    return 0
+
+
+@admin_command
+def _delete(platform, args) -> int:
+    platform.delete_app(args.name)
+    print(f"deleted app '{args.name}'; its access tokens no longer work")
+    return 0
+
+
+@admin_command
+def _limits(platform, args) -> int:
+    from ..platform import Limits
+
+    app = platform.get_app(args.name)
+    current = app.limits
+    if any(v is not None for v in (args.qps, args.daily, args.total)):
+        new = Limits(*(getattr(current, k) if getattr(args, k) is None else _limit(getattr(args, k))
+                       for k in ("qps", "daily", "total")))
+        app = platform.set_limits(args.name, new)
+    if args.json:
+        print_json({"name": app.name, "qps": app.limits.qps, "daily": app.limits.daily, "total": app.limits.total})
+    else:
+        print(f"app '{app.name}': {_limits_text(app.limits)}")
+    return 0
+
+
+@admin_command
+def _allow(platform, args) -> int:
+    for api_name in args.services:
+        platform.allow(args.name, api_name)
+    print(f"app '{args.name}' may call: {', '.join(platform.get_app(args.name).services) or '-'}")
+    return 0
+
+
+@admin_command
+def _disallow(platform, args) -> int:
+    for api_name in args.services:
+        platform.disallow(args.name, api_name)
+    print(f"app '{args.name}' may call: {', '.join(platform.get_app(args.name).services) or '-'}")
+    return 0
