@@ -1,0 +1,118 @@
+"""`neoxserve serve`: start the engine process and the Qianfan-compatible HTTP server.
+
+On a fresh data directory the loaded model is published as a service and an app `default` is created; its keys
+and a ready-to-paste curl pair are printed once.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import shlex
+import signal
+import sys
+from typing import Any, Iterator
+
+import uvicorn
+
+from ..config import Settings
+
+log = logging.getLogger("neoxserve.serve")
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("serve", help="serve the Qianfan v1 completions API",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="Hugging Face model directory, or 'demo' (default)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8360)")
+    p.add_argument("--data-dir", dest="data_dir", help="apps, tokens, usage and the demo model live here")
+    p.add_argument("--api-name", dest="api_name", help="name the model is published under")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--store-url", dest="store_url", help="'' = SQLite in the data dir; redis://host:port/db")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    flags = {k: getattr(args, k) for k in ("model", "host", "port", "data_dir", "api_name", "dtype", "device",
+                                           "store_url")}
+    settings = Settings.load(getattr(args, "config", None), **flags)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from ..engine.errors import EngineDead
+    from ..platform import AdminError
+    from ..api.moderation import ModerationError
+
+    try:
+        return asyncio.run(serve(settings))
+    except (EngineDead, AdminError, ModerationError, OSError) as e:
+        print(f"neoxserve serve: {e}", file=sys.stderr)
+        return 1
+
+
+def banner(settings: Settings, api_name: str, keys: Any, is_demo: bool) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    base = f"http://{host}:{settings.port}"
+    token_url = (f"{base}/oauth/2.0/token?grant_type=client_credentials"
+                 f"&client_id={keys.api_key}&client_secret={keys.secret_key}")
+    completion_url = f"{base}/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/{api_name}?access_token=ACCESS_TOKEN"
+    lines = [
+        f"Published service '{api_name}' and created app '{keys.name}'. Its keys are shown only this once:",
+        f"  API Key:    {keys.api_key}",
+        f"  Secret Key: {keys.secret_key}",
+    ]
+    if getattr(keys, "access_key", ""):
+        lines += [f"  IAM Access Key: {keys.access_key}",
+                  f"  IAM Secret Key: {keys.secret_access_key}"]
+    lines += [
+        "Try it (put the access_token of the first answer in place of ACCESS_TOKEN):",
+        f"  curl {shlex.quote(token_url)}",
+        f"  curl -XPOST {shlex.quote(completion_url)} -d '{{\"prompt\":\"Introduce the city Beijing\"}}'",
+    ]
+    if is_demo:
+        lines.append("The demo model has random weights: its output is random noise.")
+    return "\n".join(lines)
+
+
+class _Server(uvicorn.Server):
+    """Without uvicorn's own signal capture: it re-raises SIGTERM after shutdown, which would kill this process
+    before the engine process is stopped."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(settings: Settings) -> int:
+    from ..api.app import create_app
+    from ..engine.client import AsyncEngineClient
+    from ..platform import Platform
+
+    platform = Platform.open(settings)   # first: a bad store or key fails before the model is loaded
+    engine = None
+    try:
+        engine = await AsyncEngineClient.start(settings)
+        info = engine.model_info
+        api_name = settings.api_name or info.name
+        keys = platform.bootstrap(api_name, info.name)
+        if keys is not None:
+            print(banner(settings, api_name, keys, settings.model == "demo"), flush=True)
+        app = create_app(settings, engine, platform)
+        server = _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+                                        access_log=False))
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            server.force_exit = server.should_exit  # a second signal skips waiting for open streams
+            server.should_exit = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)
+        await server.serve()
+        return 0 if server.started else 1
+    finally:
+        if engine is not None:
+            await engine.shutdown()
+        platform.close()
+        log.info("stopped")

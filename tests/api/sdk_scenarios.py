@@ -1,0 +1,89 @@
+"""Run one official-SDK (or LangChain) scenario against a live server, in a fresh interpreter.
+
+The qianfan SDK reads its configuration once, at import, so each scenario runs as its own process with the
+environment already set. Usage: python sdk_scenarios.py <scenario>; env TEST_ENDPOINT names the api_name.
+Prints one line `RESULT <json>`.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+ENDPOINT = os.environ.get("TEST_ENDPOINT", "demo")
+PROMPT = "Introduce the city Beijing"
+KW = {"max_output_tokens": 12, "seed": 7}
+
+
+def body(resp) -> dict:
+    return dict(resp.body)
+
+
+def sync_calls() -> dict:
+    import qianfan
+
+    c = qianfan.Completion()
+    full = body(c.do(endpoint=ENDPOINT, prompt=PROMPT, **KW))
+    chunks = [body(r) for r in c.do(endpoint=ENDPOINT, prompt=PROMPT, stream=True, **KW)]
+    return {"full": full, "chunks": chunks}
+
+
+async def async_calls() -> dict:
+    import qianfan
+
+    c = qianfan.Completion()
+    full = body(await c.ado(endpoint=ENDPOINT, prompt=PROMPT, **KW))
+    chunks = [body(r) async for r in await c.ado(endpoint=ENDPOINT, prompt=PROMPT, stream=True, **KW)]
+    return {"full": full, "chunks": chunks}
+
+
+def one_call() -> dict:
+    import qianfan
+
+    return {"full": body(qianfan.Completion().do(endpoint=ENDPOINT, prompt=PROMPT, **KW))}
+
+
+def stream_call() -> dict:
+    import qianfan
+
+    return {"chunks": [body(r) for r in qianfan.Completion().do(endpoint=ENDPOINT, prompt=PROMPT, stream=True,
+                                                                **KW)]}
+
+
+async def concurrent_calls() -> dict:
+    import qianfan
+
+    c = qianfan.Completion()
+    n = int(os.environ.get("TEST_CONCURRENCY", "3"))
+    results = await asyncio.gather(*(c.ado(endpoint=ENDPOINT, prompt=PROMPT, **KW) for _ in range(n)))
+    return {"fulls": [body(r) for r in results]}
+
+
+def sdk_error() -> dict:
+    import qianfan
+    from qianfan.errors import APIError
+
+    try:
+        qianfan.Completion().do(endpoint=ENDPOINT, prompt=PROMPT, **KW)
+    except APIError as e:
+        return {"error_code": e.error_code, "error_msg": e.error_msg}
+    return {"error_code": None}
+
+
+def langchain_calls() -> dict:
+    from langchain_community.llms import QianfanLLMEndpoint
+
+    llm = QianfanLLMEndpoint(endpoint=ENDPOINT, model_kwargs=KW)
+    text = llm.invoke(PROMPT)
+    pieces = list(llm.stream(PROMPT))
+    return {"invoke": text, "stream": pieces}
+
+
+SCENARIOS = {"sync": sync_calls, "async": lambda: asyncio.run(async_calls()), "one": one_call,
+             "stream": stream_call, "concurrent": lambda: asyncio.run(concurrent_calls()), "error": sdk_error,
+             "langchain": langchain_calls}
+
+if __name__ == "__main__":
+    result = SCENARIOS[sys.argv[1]]()
+    print("RESULT " + json.dumps(result, ensure_ascii=False), flush=True)

@@ -1,0 +1,116 @@
+"""What clients see when the engine refuses or fails a request, and moderation's "empty" action.
+
+These need an engine that fails on demand, so they use a fake engine client (same interface) behind the real
+app and the real platform (SQLite in a temporary directory).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from neoxserve.api.app import create_app
+from neoxserve.api.streaming import chunks
+from neoxserve.config import Settings
+from neoxserve.engine.errors import (EngineDead, EngineInternalError, EngineOverloaded, QueueTimeout,
+                                     RequestRejected)
+from neoxserve.platform import Platform
+
+from fakes import FakeEngine
+
+OVERLOADED = "人工智能是一项革命性的技术。与我互动的人过多，请您稍后重新向我提问。"
+
+
+@pytest.fixture
+def setup(tmp_path):
+    def make(engine: FakeEngine, **overrides):
+        settings = Settings(data_dir=tmp_path, **overrides)
+        platform = Platform.open(settings)
+        keys = platform.bootstrap("svc", "fake")
+        client = TestClient(create_app(settings, engine, platform))
+        token = client.get("/oauth/2.0/token", params={"grant_type": "client_credentials",
+                                                       "client_id": keys.api_key,
+                                                       "client_secret": keys.secret_key}).json()["access_token"]
+        return client, f"/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/svc?access_token={token}", platform
+    return make
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("error,code,msg", [
+    (EngineOverloaded("queue full"), 336100, OVERLOADED),
+    (QueueTimeout("waited too long"), 336100, OVERLOADED),
+    (RequestRejected("prompt + max_new_tokens exceed the context"), 336003,
+     "prompt + max_new_tokens exceed the context"),
+    (EngineDead("engine process exited"), 336000, "Internal error"),
+    (EngineInternalError("out of memory"), 336000, "Internal error"),
+])
+def test_errors_before_the_first_delta(setup, error, code, msg, stream):
+    client, url, platform = setup(FakeEngine(fail=error))
+    r = client.post(url, json={"prompt": "hi", "stream": stream})
+    assert r.headers["content-type"] == "application/json"   # a failed stream answers like a non-stream
+    assert r.text.count("\n") == 0
+    body = r.json()
+    assert body["id"].startswith("as-") and (body["error_code"], body["error_msg"]) == (code, msg)
+    # admitted (the platform counts the request) but no tokens recorded
+    assert [(u.requests, u.prompt_tokens, u.completion_tokens) for u in platform.usage()] == [(1, 0, 0)]
+
+
+def test_error_after_chunks_is_one_bare_json_line(setup):
+    engine = FakeEngine(text="One. Two. Three.", fail_after=6)
+    client, url, platform = setup(engine)
+    r = client.post(url, json={"prompt": "hi", "stream": True})
+    lines = r.text.split("\n")
+    assert lines[0].startswith("data: ") and json.loads(lines[0][6:])["result"] == "One."
+    assert lines[-1] == ""
+    error = json.loads(lines[-2])
+    assert (error["error_code"], error["error_msg"]) == (336000, "Internal error")
+    assert not lines[-2].startswith("data:")
+    assert engine.running == 0
+
+
+def test_moderation_empty_action_skips_generation(setup, tmp_path):
+    words = tmp_path / "words.txt"
+    words.write_text("# comment\n\nSecretWord\nre:^bad\\d+$\n", encoding="utf-8")
+    engine = FakeEngine()
+    client, url, platform = setup(engine, moderation_file=words, moderation_action="empty")
+    for prompt in ("say secretword now", "bad42"):
+        body = client.post(url, json={"prompt": prompt}).json()
+        assert (body["is_safe"], body["result"], body["usage"]["completion_tokens"]) == (0, "", 0)
+        assert body["usage"]["prompt_tokens"] == len(prompt)
+        frames = [json.loads(f[6:]) for f in client.post(url, json={"prompt": prompt, "stream": True})
+                  .text.split("\n\n") if f]
+        assert [(f["is_safe"], f["result"], f["is_end"]) for f in frames] == [(0, "", True)]
+    assert engine.calls == []
+    assert client.post(url, json={"prompt": "a bad42 b"}).json()["is_safe"] == 1   # the regex is anchored
+
+
+def test_moderation_answer_action_still_answers(setup, tmp_path):
+    words = tmp_path / "words.txt"
+    words.write_text("secretword\n", encoding="utf-8")
+    engine = FakeEngine()
+    client, url, _ = setup(engine, moderation_file=words)
+    body = client.post(url, json={"prompt": "SECRETWORD"}).json()
+    assert (body["is_safe"], body["result"]) == (0, engine.text)
+
+
+async def _deltas(texts):
+    from neoxserve.engine.outputs import Delta
+    for i, t in enumerate(texts):
+        yield Delta("r", t, [i], 3, i + 1, finished=i == len(texts) - 1)
+
+
+async def _collect(texts, max_tokens):
+    return [(c.text, c.tokens) async for c in chunks(_deltas(texts), max_tokens)]
+
+
+@pytest.mark.parametrize("texts,max_tokens,expected", [
+    (["Hi", ".", " Yo", "!", " end"], 16, [("Hi.", 2), (" Yo!", 2), (" end", 1)]),
+    (["a", "b", "c", "d", "e"], 2, [("ab", 2), ("cd", 2), ("e", 1)]),
+    (["北京", "。", "好", "\n", "x"], 16, [("北京。", 2), ("好\n", 2), ("x", 1)]),
+    (["One", "."], 16, [("One.", 2)]),
+])
+def test_chunking_policy(texts, max_tokens, expected):
+    import asyncio
+
+    assert asyncio.run(_collect(texts, max_tokens)) == expected
