@@ -1,0 +1,285 @@
+"""AsyncEngineClient: the HTTP process's handle on the engine process (see engine/process.py for the wire).
+
+Threads in the HTTP process: a reader (engine -> per-request asyncio queues, one loop callback per engine
+message), a sender (so a full pipe never blocks the event loop), and a watchdog on the process sentinel. If the
+engine process dies, every pending request fails with EngineDead at once and `is_alive()` turns false.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import queue
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from neoxserve.engine.core import QUEUE_TIMEOUT_PREFIX
+from neoxserve.engine.errors import (EngineDead, EngineInternalError, EngineOverloaded, QueueTimeout,
+                                     RequestRejected)
+from neoxserve.engine.outputs import Delta
+from neoxserve.engine.process import engine_main, settings_to_dict
+from neoxserve.engine.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+_ACK_ERRORS = {"overloaded": EngineOverloaded, "rejected": RequestRejected}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str          # the name the model is published under
+    path: str          # model directory
+    max_context: int   # max_position_embeddings: prompt + max_new_tokens must fit
+    is_chat: bool      # the tokenizer has the tuned model's chat tokens
+
+
+class RequestStream:
+    """What `generate` returns: an async iterator of Deltas for one request.
+
+    Raises EngineOverloaded / RequestRejected / EngineDead on the first `__anext__` (before any delta),
+    QueueTimeout if it waited past queue_timeout_seconds, EngineInternalError if the step running it failed, and
+    EngineDead if the engine dies meanwhile. The last delta has `finished=True`. Leaving early (`aclose()`,
+    cancellation of the awaiting task, or dropping the object) aborts the request in the engine.
+    """
+
+    def __init__(self, client: "AsyncEngineClient", request_id: str) -> None:
+        self._client = client
+        self.request_id = request_id
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._ack: asyncio.Future[Any] = client._loop.create_future()
+        self._done = False
+
+    def __aiter__(self) -> "RequestStream":
+        return self
+
+    async def __anext__(self) -> Delta:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            error = await self._ack      # done after the first call: returns at once
+            if error is not None:
+                self._close(abort=False)
+                kind, message = error
+                raise _ACK_ERRORS[kind](message)
+            item = await self._queue.get()
+        except asyncio.CancelledError:
+            self._close(abort=True)
+            raise
+        except BaseException:
+            self._close(abort=False)
+            raise
+        if isinstance(item, BaseException):
+            self._close(abort=False)
+            raise item
+        if item.finished:
+            self._close(abort=False)
+            if item.finish_reason == "error":
+                error = item.error or "engine error"
+                if error.startswith(QUEUE_TIMEOUT_PREFIX):
+                    raise QueueTimeout(error)
+                raise EngineInternalError(error)
+        return item
+
+    async def aclose(self) -> None:
+        self._close(abort=True)
+
+    def _close(self, abort: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._client._streams.pop(self.request_id, None)
+        if abort:
+            self._client._send(("abort", self.request_id))
+
+    def __del__(self) -> None:
+        if not self._done:
+            try:
+                self._close(abort=True)
+            except Exception:
+                pass
+
+
+class AsyncEngineClient:
+    def __init__(self, process: mp.process.BaseProcess, requests: Connection, outputs: Connection,
+                 model_info: ModelInfo, tokenizer: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._process = process
+        self._requests = requests
+        self._outputs = outputs
+        self.model_info = model_info
+        self.tokenizer = tokenizer
+        self._loop = loop
+        self._streams: dict[str, RequestStream] = {}
+        self._stats: dict[str, Any] = {}
+        self._dead: str | None = None          # why the engine is gone
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=f, name=f"engine-{f.__name__.strip('_')}", daemon=True)
+                         for f in (self._reader, self._sender, self._watchdog)]
+        for t in self._threads:
+            t.start()
+
+    @classmethod
+    async def start(cls, settings: Any, startup_timeout: float | None = None) -> "AsyncEngineClient":
+        """Spawn the engine process and return once its model is loaded. A load failure raises EngineDead
+        with the engine's error text (e.g. the CheckpointError message)."""
+        loop = asyncio.get_running_loop()
+        ctx = mp.get_context("spawn")
+        req_read, req_write = ctx.Pipe(duplex=False)
+        out_read, out_write = ctx.Pipe(duplex=False)
+        process = ctx.Process(target=engine_main, args=(settings_to_dict(settings), req_read, out_write),
+                              name="neoxserve-engine", daemon=True)
+        process.start()
+        req_read.close()
+        out_write.close()   # so that the engine's death reads as EOF here
+        try:
+            msg = await loop.run_in_executor(None, _wait_ready, process, out_read, startup_timeout)
+            info = ModelInfo(**msg)
+            from neoxserve.model.tokenizer import Tokenizer
+            tokenizer = await loop.run_in_executor(None, Tokenizer.from_dir, info.path)
+        except BaseException:
+            _stop_process(process)
+            req_write.close()
+            out_read.close()
+            raise
+        return cls(process, req_write, out_read, info, tokenizer, loop)
+
+    # ---- requests ---------------------------------------------------------------------------------------
+
+    def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> RequestStream:
+        """Submit a request; iterate the result for its deltas (errors surface on the first `__anext__`)."""
+        stream = RequestStream(self, request_id)
+        if self._dead is not None:
+            stream._ack.set_exception(EngineDead(self._dead))
+            stream._ack.exception()   # mark retrieved; __anext__ raises it
+            return stream
+        if request_id in self._streams:
+            stream._ack.set_result(("rejected", f"request id {request_id!r} is already in use"))
+            return stream
+        self._streams[request_id] = stream
+        self._send(("add", request_id, list(prompt_token_ids), params))
+        return stream
+
+    async def abort(self, request_id: str) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream._close(abort=True)
+        else:
+            self._send(("abort", request_id))
+
+    def is_alive(self) -> bool:
+        return self._dead is None and self._process.is_alive()
+
+    def stats(self) -> dict[str, Any]:
+        """The latest stats dict pushed by the engine (see engine/stats.py for its keys and layout)."""
+        return self._stats
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        if self._dead is None:
+            self._send(("shutdown",))
+        await self._loop.run_in_executor(None, self._process.join, timeout)
+        _stop_process(self._process)
+        self._mark_dead("the engine was shut down")
+        self._outbox.put(None)
+
+    # ---- threads and plumbing ---------------------------------------------------------------------------
+
+    def _send(self, msg: tuple) -> None:
+        if self._dead is None:
+            self._outbox.put(msg)
+
+    def _sender(self) -> None:
+        while (msg := self._outbox.get()) is not None:
+            try:
+                self._requests.send(msg)
+            except (OSError, ValueError):
+                self._died("the engine process is gone (pipe closed)")
+                return
+
+    def _reader(self) -> None:
+        try:
+            while True:
+                msg = self._outputs.recv()
+                self._loop.call_soon_threadsafe(self._dispatch, msg)
+        except (EOFError, OSError):
+            pass
+        except RuntimeError:   # the event loop is closed
+            return
+        self._process.join(0.5)
+        self._died(f"the engine process exited (exit code {self._process.exitcode})")
+
+    def _watchdog(self) -> None:
+        wait([self._process.sentinel])
+        # let the reader hand over what the engine sent before it died, then fail whatever is still pending
+        self._threads[0].join(timeout=1.0)
+        self._died(f"the engine process exited (exit code {self._process.exitcode})")
+
+    def _died(self, reason: str) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._mark_dead, reason)
+        except RuntimeError:
+            self._dead = self._dead or reason
+
+    def _mark_dead(self, reason: str) -> None:
+        if self._dead is not None and not self._streams:
+            return
+        if self._dead is None:
+            log.error("engine dead: %s", reason)
+            self._dead = reason
+            self._outbox.put(None)
+        for stream in list(self._streams.values()):
+            error = EngineDead(self._dead)
+            if not stream._ack.done():
+                stream._ack.set_exception(error)
+            else:
+                stream._queue.put_nowait(error)
+            self._streams.pop(stream.request_id, None)
+
+    def _dispatch(self, msg: tuple) -> None:
+        if msg[0] != "out":
+            return
+        _, acks, deltas, stats = msg
+        streams = self._streams
+        for request_id, error in acks:
+            stream = streams.get(request_id)
+            if stream is not None and not stream._ack.done():
+                stream._ack.set_result(error)
+        for delta in deltas:
+            stream = streams.get(delta.request_id)
+            if stream is not None:
+                stream._queue.put_nowait(delta)
+        if stats is not None:
+            self._stats = stats
+
+
+def _wait_ready(process: mp.process.BaseProcess, outputs: Connection, timeout: float | None) -> dict[str, Any]:
+    import time
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        if outputs.poll(0.1):
+            try:
+                kind, payload = outputs.recv()
+            except EOFError:
+                raise EngineDead(f"the engine process exited while loading (exit code {process.exitcode})") from None
+            if kind == "ready":
+                return payload
+            raise EngineDead(f"the engine failed to start: {payload}")
+        if not process.is_alive():
+            if outputs.poll(0):
+                continue
+            raise EngineDead(f"the engine process exited while loading (exit code {process.exitcode})")
+        if deadline is not None and time.monotonic() > deadline:
+            raise EngineDead(f"the engine did not load within {timeout} s")
+
+
+def _stop_process(process: mp.process.BaseProcess) -> None:
+    if process.is_alive():
+        process.terminate()
+        process.join(5)
+    if process.is_alive():
+        process.kill()
+        process.join(5)

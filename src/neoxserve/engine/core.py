@@ -1,0 +1,221 @@
+"""LLMEngine: the whole engine in-process and synchronous. `add_request`, then call `step()` while
+`has_unfinished()`; each step returns the deltas it produced. The engine process runs exactly this in a loop."""
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from neoxserve.engine.block_manager import BlockManager, bytes_per_block
+from neoxserve.engine.errors import EngineOverloaded, RequestRejected
+from neoxserve.engine.outputs import Delta
+from neoxserve.engine.runner import ModelRunner
+from neoxserve.engine.sampling import new_detokenizer
+from neoxserve.engine.sampling_params import SamplingParams
+from neoxserve.engine.scheduler import ScheduledBatch, Scheduler
+from neoxserve.engine.sequence import Sequence, SequenceStatus
+from neoxserve.engine.stats import EngineStats
+
+if TYPE_CHECKING:
+    from neoxserve.config import Settings
+    from neoxserve.model.loader import LoadedModel
+
+log = logging.getLogger(__name__)
+
+# Delta.error of a request that waited past its deadline starts with this; the client raises QueueTimeout.
+QUEUE_TIMEOUT_PREFIX = "queue timeout:"
+
+
+def resolve_model_dir(settings: "Settings") -> Path:
+    if settings.model == "demo":
+        from neoxserve.model.demo import ensure_demo_model
+        return Path(ensure_demo_model(settings.data_dir))
+    return Path(settings.model)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class LLMEngine:
+    def __init__(self, loaded: "LoadedModel", settings: "Settings") -> None:
+        self.loaded = loaded
+        self.config = cfg = loaded.config
+        self.tokenizer = loaded.tokenizer
+        self.settings = settings
+        self.max_context = cfg.max_position_embeddings
+        self.block_size = settings.kv_block_size
+        self.max_waiting_requests = settings.max_waiting_requests
+        self.max_queued_tokens = settings.max_queued_tokens
+        self.queue_timeout = settings.queue_timeout_seconds
+
+        param = next(loaded.model.parameters())
+        per_block = bytes_per_block(cfg.num_hidden_layers, self.block_size, cfg.num_attention_heads, cfg.head_dim,
+                                    param.element_size())
+        num_blocks = settings.kv_cache_memory_mb * 2**20 // per_block
+        if num_blocks < 1:
+            raise ValueError(f"kv_cache_memory_mb={settings.kv_cache_memory_mb} holds no KV block "
+                             f"({per_block} bytes each)")
+        self.block_manager = BlockManager(num_blocks, self.block_size, settings.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, settings.max_num_seqs, settings.max_num_batched_tokens)
+        self.runner = ModelRunner(loaded.model, cfg, num_blocks, self.block_size)
+        self.requests: dict[str, Sequence] = {}
+        self.pending: list[Delta] = []          # deltas produced outside step() (aborts), sent with the next one
+        self.counters = EngineStats()
+        self.last_step_ran = False              # whether the latest step() ran a batch
+        tok = self.tokenizer
+        self._tokenizer_stop_ids = frozenset(getattr(tok, "stop_token_ids", ()) or ()) | (
+            frozenset([tok.eos_token_id]) if getattr(tok, "eos_token_id", None) is not None else frozenset())
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "LLMEngine":
+        from neoxserve.model.loader import load_model
+        loaded = load_model(resolve_model_dir(settings), resolve_device(settings.device), settings.dtype)
+        return cls(loaded, settings)
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return self.block_manager.num_blocks
+
+    # ---- requests ---------------------------------------------------------------------------------------
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Queue a request. RequestRejected if it can never run, EngineOverloaded if the queue is full."""
+        n = len(prompt_token_ids)
+        if request_id in self.requests:
+            raise RequestRejected(f"request id {request_id!r} is already in use")
+        if n == 0:
+            raise RequestRejected("the prompt is empty")
+        if n + params.max_new_tokens > self.max_context:
+            raise RequestRejected(
+                f"prompt ({n} tokens) + max_new_tokens ({params.max_new_tokens}) = {n + params.max_new_tokens} "
+                f"exceeds the model's context of {self.max_context} tokens")
+        vocab = self.config.vocab_size
+        if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab:
+            raise RequestRejected(f"prompt token ids must be in [0, {vocab})")
+        blocks = -(-(n + params.max_new_tokens) // self.block_size)
+        if blocks > self.block_manager.num_blocks:
+            raise RequestRejected(
+                f"prompt + max_new_tokens needs {blocks} KV blocks but the cache has {self.block_manager.num_blocks}"
+                " (raise kv_cache_memory_mb)")
+        sched = self.scheduler
+        # requests that will start at the next step (free running slots) are not "queued"
+        free_slots = max(0, sched.max_num_seqs - len(sched.running))
+        if len(sched.waiting) - free_slots >= self.max_waiting_requests:
+            raise EngineOverloaded(f"{len(sched.waiting)} requests are waiting (max_waiting_requests="
+                                   f"{self.max_waiting_requests})")
+        if sched.num_waiting_tokens + n > self.max_queued_tokens and sched.waiting:
+            raise EngineOverloaded(f"{sched.num_waiting_tokens} prompt tokens are waiting (max_queued_tokens="
+                                   f"{self.max_queued_tokens})")
+
+        stop_ids = frozenset(params.stop_token_ids)
+        if not params.ignore_eos:
+            stop_ids |= self._tokenizer_stop_ids
+        deadline = time.monotonic() + self.queue_timeout if self.queue_timeout > 0 else None
+        seq = Sequence(request_id, prompt_token_ids, params, stop_ids, deadline)
+        seq.detokenizer = new_detokenizer(self.tokenizer, seq)
+        self.requests[request_id] = seq
+        sched.add(seq)
+        self.counters.prompt_tokens_total += n
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request and free its blocks at once; its final delta (finish_reason "abort") comes with the
+        next step(). False if the request is unknown or already finished."""
+        seq = self.requests.get(request_id)
+        if seq is None:
+            return False
+        self.pending.append(self._finish(seq, "abort"))
+        return True
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests) or bool(self.pending)
+
+    # ---- the step ---------------------------------------------------------------------------------------
+
+    def step(self) -> list[Delta]:
+        deltas, self.pending = self.pending, []
+        if self.queue_timeout > 0:
+            self._expire_waiting(deltas)
+        batch = self.scheduler.schedule()
+        self.last_step_ran = bool(batch)
+        if not batch:
+            return deltas
+        try:
+            sampled = self.runner.run(batch)
+        except Exception as e:   # the model failed on this batch: fail its requests, keep serving the rest
+            log.exception("engine step failed for %d requests", len(batch.seqs))
+            error = f"{type(e).__name__}: {e}"
+            for seq in batch.seqs:
+                deltas.append(self._finish(seq, "error", error))
+            return deltas
+        self._advance(batch, sampled, deltas)
+        return deltas
+
+    def _advance(self, batch: ScheduledBatch, sampled: list[tuple[Sequence, int]], deltas: list[Delta]) -> None:
+        bm = self.block_manager
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += n
+            bm.register_full_blocks(seq)
+        now = time.monotonic()
+        counters = self.counters
+        counters.generation_tokens_total += len(sampled)
+        for seq, token in sampled:
+            seq.token_ids.append(token)
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+                counters.ttft.observe(now - seq.arrival_time)
+                counters.queue_time.observe((seq.first_scheduled_time or now) - seq.arrival_time)
+            seq.last_token_time = now
+            reason = None
+            if token in seq.stop_token_ids:
+                text, reason = seq.detokenizer.flush(), "stop"
+            else:
+                text = seq.detokenizer.push(token)
+                if seq.detokenizer.stopped:
+                    reason = "stop"
+                elif seq.num_output_tokens >= seq.params.max_new_tokens:
+                    reason = "length"
+                    text += seq.detokenizer.flush()
+            if reason is None:
+                deltas.append(Delta(seq.request_id, text, [token], seq.num_prompt_tokens, seq.num_output_tokens))
+            else:
+                deltas.append(self._finish(seq, reason, text=text, token_ids=[token]))
+
+    def _expire_waiting(self, deltas: list[Delta]) -> None:
+        now = time.monotonic()
+        for seq in list(self.scheduler.waiting):
+            if seq.deadline is not None and seq.first_scheduled_time is None and now > seq.deadline:
+                deltas.append(self._finish(
+                    seq, "error", f"{QUEUE_TIMEOUT_PREFIX} waited {now - seq.arrival_time:.1f} s "
+                                  f"(queue_timeout_seconds={self.queue_timeout})"))
+
+    def _finish(self, seq: Sequence, reason: str, error: str | None = None, text: str = "",
+                token_ids: list[int] | None = None) -> Delta:
+        self.scheduler.remove(seq)
+        del self.requests[seq.request_id]
+        self.counters.finished[reason] += 1
+        if seq.first_token_time is not None and seq.num_output_tokens >= 2 and seq.last_token_time is not None:
+            self.counters.tpot.observe((seq.last_token_time - seq.first_token_time) / (seq.num_output_tokens - 1))
+        return Delta(seq.request_id, text, token_ids or [], seq.num_prompt_tokens, seq.num_output_tokens,
+                     finished=True, finish_reason=reason, error=error)  # type: ignore[arg-type]
+
+    # ---- introspection ----------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        sched, bm = self.scheduler, self.block_manager
+        return self.counters.snapshot(
+            running=len(sched.running), waiting=len(sched.waiting), kv_blocks_used=bm.num_used_blocks,
+            kv_blocks_total=bm.num_blocks, prefix_queries=sched.prefix_queries, prefix_hits=sched.prefix_hits,
+            preemptions=sched.num_preemptions)
+
+    def sequence(self, request_id: str) -> Sequence | None:
+        return self.requests.get(request_id)
+
+
+def format_exception(e: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(e), e)).strip()

@@ -1,0 +1,73 @@
+"""Runs one scheduled batch through the model: flat inputs + AttentionMetadata in, sampled tokens out."""
+from __future__ import annotations
+
+import torch
+
+from neoxserve.engine.sampling import TokenSampler
+from neoxserve.engine.scheduler import ScheduledBatch
+from neoxserve.engine.sequence import Sequence
+from neoxserve.model.attention import AttentionMetadata, allocate_kv_cache
+from neoxserve.model.config import NeoXConfig
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, config: NeoXConfig, num_blocks: int, block_size: int) -> None:
+        self.model = model
+        self.config = config
+        self.block_size = block_size
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.kv_caches = allocate_kv_cache(config, num_blocks, block_size, self.dtype, self.device)
+        self.sampler = TokenSampler()
+
+    def run(self, batch: ScheduledBatch) -> list[tuple[Sequence, int]]:
+        """Compute the batch's new tokens; sample one token for every sequence that is caught up after it."""
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        starts = [0]
+        seq_lens: list[int] = []
+        tables: list[list[int]] = []
+        sample_rows: list[int] = []
+        sample_seqs: list[Sequence] = []
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            c = seq.num_computed_tokens
+            end = c + n
+            input_ids += seq.token_ids[c:end]
+            positions += range(c, end)
+            table = seq.block_table
+            p = c
+            while p < end:      # slots block by block: one range per block instead of one op per token
+                base = table[p // bs] * bs
+                stop = min(end, (p // bs + 1) * bs)
+                slots += range(base + p % bs, base + (stop - 1) % bs + 1)
+                p = stop
+            starts.append(starts[-1] + n)
+            seq_lens.append(end)
+            tables.append(table)
+            if end == seq.num_tokens:
+                sample_rows.append(starts[-1] - 1)
+                sample_seqs.append(seq)
+
+        width = max(len(t) for t in tables)
+        dev = self.device
+        as_long = dict(dtype=torch.long, device=dev)
+        meta = AttentionMetadata(
+            query_start_loc=torch.tensor(starts, **as_long),
+            seq_lens=torch.tensor(seq_lens, **as_long),
+            block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], **as_long),
+            slot_mapping=torch.tensor(slots, **as_long),
+            query_lens=list(batch.num_new_tokens),
+            seq_lens_list=seq_lens,
+        )
+        with torch.inference_mode():
+            hidden = self.model(torch.tensor(input_ids, **as_long), torch.tensor(positions, **as_long), meta,
+                                self.kv_caches)
+            if not sample_seqs:
+                return []
+            rows = hidden[sample_rows[0]:sample_rows[0] + 1] if len(sample_rows) == 1 else \
+                hidden[torch.tensor(sample_rows, device=dev)]
+            logits = self.model.compute_logits(rows)
+            tokens = self.sampler(logits, sample_seqs)
+        return list(zip(sample_seqs, tokens))
