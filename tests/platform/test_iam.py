@@ -7,7 +7,10 @@ from urllib.parse import urlparse
 import pytest
 
 from neoxserve.platform import PlatformError
-from neoxserve.platform.iam import parse_authorization
+from hypothesis import given
+from hypothesis import strategies as st
+
+from neoxserve.platform.iam import _enc, parse_authorization
 
 qianfan_requestor = pytest.importorskip("qianfan.resources.requestor.openapi_requestor")
 from qianfan.resources.typing import QfRequest  # noqa: E402
@@ -170,3 +173,11 @@ def test_non_ascii_values_and_empty_header_list(served, clock):
     with pytest.raises(PlatformError) as e:
         p.authenticate_iam("POST", "/a/b", [("q", "中文 &=")], received_headers)
     assert_iam_failed(e, "signature mismatch")
+
+
+@given(st.text(max_size=40))
+def test_percent_encoding_matches_the_sdk(text):
+    from baidubce.utils import normalize_string
+
+    assert _enc(text) == normalize_string(text.encode()).decode()
+    assert _enc(text, keep_slash=True) == normalize_string(text.encode(), encoding_slash=False).decode()

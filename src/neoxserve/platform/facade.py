@@ -1,6 +1,7 @@
 """`Platform`: everything the API and the admin commands need, over a Store. Sync; fast enough to call inline."""
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 import secrets as _random
@@ -133,7 +134,7 @@ class Platform:
             raise iam.fail(f"cannot decrypt the secret access key of app {app.name!r}: wrong secret key")
         canonical = iam.canonical_request(method, path, iam.query_pairs(query), headers, auth.signed_headers)
         expected = iam.signature_for(secret, auth, canonical)
-        if not cred.hmac.compare_digest(expected.encode(), auth.signature.encode()):
+        if not hmac.compare_digest(expected.encode(), auth.signature.encode()):
             raise iam.fail("signature mismatch")
         return app
 
