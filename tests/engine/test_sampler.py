@@ -174,7 +174,8 @@ def test_frequencies_follow_the_probabilities():
     logits = torch.tensor([[1.0, 0.0, -1.0, float("-inf")]])
     probs = logits.softmax(dim=-1)[0]
     n = 4000
-    tokens = Sampler(0).sample(logits.expand(n, 4), [req(SamplingParams(seed=s)) for s in range(n)])
+    plain = dict(temperature=1.0, top_p=1.0)
+    tokens = Sampler(0).sample(logits.expand(n, 4), [req(SamplingParams(**plain, seed=s)) for s in range(n)])
     freq = torch.bincount(torch.tensor(tokens), minlength=4).float() / n
     assert freq[3] == 0
     assert torch.allclose(freq, probs, atol=0.03)

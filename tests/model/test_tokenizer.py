@@ -21,7 +21,8 @@ SHARED_SPEC = Path(__file__).resolve().parents[2].parent / "shared" / "spec"
 TEXT = st.lists(
     st.one_of(
         st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=8),
-        st.sampled_from(["你", "好", "世界", "😀", "🎉", "👍🏽", " ", "\n", "\t", "    ", "<|endoftext|>", "<|padding|>"]),
+        st.sampled_from(["你", "好", "世界", "😀", "🎉", "👍🏽", " ", "\n", "\t", "    ",
+                         "<|endoftext|>", "<|padding|>"]),
     ),
     max_size=8,
 ).map("".join)

@@ -1,4 +1,8 @@
-"""What a request asks of the sampler. Plain data: it crosses the process boundary as is."""
+"""What a request asks of the sampler. Plain data: it crosses the process boundary as is.
+
+The field defaults are the service's defaults for a request that gives no value (and a service that publishes
+none): the tuned StableLM-Alpha models' published sampling. See docs/sampling.md.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,15 +10,15 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 1.0          # (0, 1]; see docs/sampling.md for the service defaults
+    temperature: float = 0.7          # (0, 1]
     top_k: int = 0                    # 0 = off
-    top_p: float = 1.0                # (0, 1]; 1 = off (0 is treated as greedy by the API layer's mapping)
+    top_p: float = 0.9                # [0, 1]; 1 = off, 0 keeps only the most likely token (the API maps it to greedy)
     penalty_score: float = 1.0        # [1, 2]; transformers' RepetitionPenaltyLogitsProcessor over prompt + output
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()        # generation ends before the first of these strings; never emitted
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
-    seed: int | None = None           # same seed => same tokens, whatever else runs in the batch
+    seed: int | None = None           # same seed => same tokens, whatever else runs in the batch or preemption
     greedy: bool = False              # argmax, regardless of temperature / top_k / top_p
 
     def __post_init__(self) -> None:
