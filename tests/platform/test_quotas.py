@@ -133,7 +133,7 @@ WORKER = textwrap.dedent("""
     import sys, time
     from neoxserve.config import Settings
     from neoxserve.platform import Platform, PlatformError
-    p = Platform.open(Settings.load(None, data_dir=sys.argv[1]))
+    p = Platform.open(Settings.load(None, data_dir=sys.argv[1], store_url=sys.argv[4]))
     app, service = p.get_app("alice"), p.get_service("demo")
     ok = rejected = 0
     start = float(sys.argv[2])
@@ -149,7 +149,6 @@ WORKER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("limit", ["daily", "total"])
 def test_processes_share_quotas_exactly(backend, settings, limit):
     import time
@@ -158,7 +157,8 @@ def test_processes_share_quotas_exactly(backend, settings, limit):
         p.publish("demo", "demo-model")
         p.create_app("alice", services=["demo"], limits=Limits(**{limit: 37}))
     start = time.time() + 1.0
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(settings.data_dir), str(start), "25"],
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(settings.data_dir), str(start), "25",
+                              settings.store_url],
                               stdout=subprocess.PIPE, text=True) for _ in range(4)]
     outs = [proc.communicate(timeout=60)[0] for proc in procs]
     assert all(proc.returncode == 0 for proc in procs), outs
