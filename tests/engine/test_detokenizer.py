@@ -157,3 +157,16 @@ def test_output_equals_one_shot_decode_cut_at_stop(chunks, data, stop):
         text = stream.decode("utf-8", errors="replace")
         starts = [text.find(s) for s in stop if s in text]
         assert "".join(outputs) == (text[:min(starts)] if starts else text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_real_tokenizer_streams_match_the_reference(real, data):
+    text = data.draw(st.text(alphabet="ab 你好😀\n", max_size=20))
+    ids = real.encode(text) + data.draw(st.lists(st.integers(0, real.vocab_size - 1), max_size=6))
+    full = b"".join(real.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+    # stops cut from the text itself, so that they do occur
+    spans = st.tuples(st.integers(0, len(full)), st.integers(1, 4)).map(lambda t: full[t[0]:t[0] + t[1]])
+    stop = tuple(s for s in data.draw(st.lists(spans, max_size=3)) if s)
+    outputs, _ = run(real, ids, stop)
+    assert "".join(outputs) == reference(b"".join(real.token_bytes(i) for i in ids), stop)

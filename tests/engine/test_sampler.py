@@ -204,3 +204,9 @@ def test_rejects_mismatched_batches_and_handles_empty():
     assert Sampler(0).sample(torch.zeros(0, V), []) == []
     with pytest.raises(ValueError):
         Sampler(0).sample(torch.zeros(2, V), [req(SamplingParams())])
+
+
+def test_low_precision_logits_are_sampled_in_float32():
+    logits = random_logits(12, 3)
+    batch = [req(SamplingParams(greedy=True))] + [req(SamplingParams(seed=s)) for s in (1, 2)]
+    assert Sampler(0).sample(logits.bfloat16(), batch) == Sampler(0).sample(logits.bfloat16().float(), batch)

@@ -105,14 +105,15 @@ class Sampler:
         self._row_generator = torch.Generator()
 
     def sample(self, logits: torch.Tensor, requests: Sequence[SampleRequest]) -> list[int]:
-        """One next token per row of `logits` [S, V] (float, on CPU), for `requests[row]`."""
+        """One next token per row of `logits` [S, V], for `requests[row]`. Works on CPU in float32 (a copy only
+        if the logits are elsewhere): the noise is drawn there, so seeded results do not depend on the device."""
         if logits.dim() != 2 or logits.shape[0] != len(requests):
             raise ValueError(f"logits {tuple(logits.shape)} do not match {len(requests)} requests")
         if not requests:
             return []
-        raw = logits
-        finite = torch.isfinite(logits)
-        logits = logits.float().masked_fill(~finite, _NEG_INF)
+        raw = logits.to("cpu", torch.float32)
+        finite = torch.isfinite(raw)
+        logits = raw.masked_fill(~finite, _NEG_INF)
         logits = apply_repetition_penalty(
             logits, [r.token_ids for r in requests], [r.params.penalty_score for r in requests])
 
