@@ -1,0 +1,160 @@
+"""AsyncEngineClient end to end: a spawned engine process on the demo model."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from neoxserve.config import Settings
+from neoxserve.engine.client import AsyncEngineClient
+from neoxserve.engine.errors import EngineDead, EngineOverloaded, QueueTimeout, RequestRejected
+from neoxserve.engine.sampling_params import SamplingParams
+
+TIMEOUT = 30.0
+LONG = SamplingParams(greedy=True, max_new_tokens=1000, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def _settings(demo_model_dir, tmp_path_factory, **overrides) -> Settings:
+    return Settings(model=str(demo_model_dir), data_dir=tmp_path_factory.mktemp("data"), kv_cache_memory_mb=16,
+                    torch_threads=1, **overrides)
+
+
+def run(loop, coro, timeout: float = TIMEOUT):
+    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+
+@pytest.fixture(scope="module")
+def client(loop, demo_model_dir, tmp_path_factory):
+    settings = _settings(demo_model_dir, tmp_path_factory, max_num_seqs=1, max_waiting_requests=0)
+    client = run(loop, AsyncEngineClient.start(settings), 120)
+    yield client
+    run(loop, client.shutdown())
+
+
+async def _until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def _idle(client) -> bool:
+    s = client.stats()
+    return s.get("running") == 0 and s.get("waiting") == 0 and s.get("kv_blocks_used") == 0
+
+
+def test_stream_matches_the_in_process_engine(loop, client, make_engine, h):
+    info = client.model_info
+    assert info.max_context == 4096 and info.is_chat
+    prompt = client.tokenizer.encode("The city of Beijing is the capital of China.")
+    params = SamplingParams(seed=3, temperature=0.8, max_new_tokens=12, ignore_eos=True)
+
+    async def collect():
+        return [d async for d in client.generate("s1", prompt, params)]
+
+    deltas = run(loop, collect())
+    assert deltas[-1].finished and deltas[-1].finish_reason == "length"
+    assert deltas[-1].prompt_tokens == len(prompt) and deltas[-1].completion_tokens == 12
+
+    engine = make_engine()
+    engine.add_request("s1", prompt, params)
+    local = h.run_all(engine)["s1"]
+    assert h.tokens_of(deltas) == h.tokens_of(local)
+    assert h.text_of(deltas) == h.text_of(local)
+    run(loop, _until(lambda: client.stats().get("generation_tokens_total", 0) >= 12))
+    assert client.stats()["time_to_first_token_seconds"]["count"] >= 1
+
+
+def test_closing_the_iterator_aborts_and_frees_blocks(loop, client):
+    prompt = client.tokenizer.encode("Please introduce yourself.")
+
+    async def close_early():
+        stream = client.generate("c1", prompt, LONG)
+        got = [await stream.__anext__(), await stream.__anext__()]
+        await stream.aclose()
+        return got
+
+    got = run(loop, close_early())
+    assert len(got) == 2 and not got[-1].finished
+    run(loop, _until(lambda: _idle(client)))
+    assert client.stats()["requests_finished_total"]["abort"] >= 1
+
+
+def test_cancelling_the_consumer_aborts(loop, client):
+    prompt = client.tokenizer.encode("What is the weather like today?")
+    seen = []
+
+    async def consume():
+        async for d in client.generate("k1", prompt, LONG):
+            seen.append(d)
+
+    async def cancel_soon():
+        task = asyncio.ensure_future(consume())
+        await _until(lambda: len(seen) >= 2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(loop, cancel_soon())
+    run(loop, _until(lambda: _idle(client)))
+
+
+def test_full_queue_and_impossible_requests_refuse_before_the_first_delta(loop, client):
+    prompt = client.tokenizer.encode("Hello")
+
+    async def scenario():
+        running = client.generate("busy", prompt, LONG)
+        await running.__anext__()                      # it holds the only running slot
+        with pytest.raises(EngineOverloaded):
+            await client.generate("refused", prompt, LONG).__anext__()
+        with pytest.raises(RequestRejected, match="context of 4096"):
+            await client.generate("huge", prompt, SamplingParams(max_new_tokens=4096)).__anext__()
+        await running.aclose()
+
+    run(loop, scenario())
+    run(loop, _until(lambda: _idle(client)))
+
+
+def test_killed_engine_fails_pending_requests_promptly(loop, demo_model_dir, tmp_path_factory):
+    settings = _settings(demo_model_dir, tmp_path_factory, max_num_seqs=1, queue_timeout_seconds=0.3)
+    client = run(loop, AsyncEngineClient.start(settings), 120)
+    prompt = client.tokenizer.encode("Numbers and code")
+
+    async def scenario():
+        running = client.generate("r", prompt, LONG)
+        await running.__anext__()
+        with pytest.raises(QueueTimeout):                 # waits behind "r" past its deadline
+            await client.generate("late", prompt, LONG).__anext__()
+        pending = client.generate("p", prompt, LONG)      # waiting when the engine dies
+        os.kill(client.pid, signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(EngineDead):
+            async for _ in running:
+                pass
+        with pytest.raises(EngineDead):
+            await pending.__anext__()
+        assert time.monotonic() - started < 5
+        await _until(lambda: not client.is_alive(), 5)
+        with pytest.raises(EngineDead):
+            await client.generate("after", prompt, LONG).__anext__()
+
+    try:
+        run(loop, scenario())
+    finally:
+        run(loop, client.shutdown())
+
+
+def test_load_error_surfaces_with_its_text(loop, tmp_path):
+    settings = Settings(model=str(tmp_path / "no-such-model"), data_dir=tmp_path)
+    with pytest.raises(EngineDead, match="does not exist"):
+        run(loop, AsyncEngineClient.start(settings), 120)
