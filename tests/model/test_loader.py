@@ -240,3 +240,52 @@ def test_no_weights_at_all(reference, tmp_path):
     d = _copy_dir_without_weights(reference[1], tmp_path / "m")
     with pytest.raises(CheckpointError, match="no weights found"):
         load_model(d)
+
+
+_PEAK_RSS_SCRIPT = """
+import json, sys, threading, time
+def anon():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+from neoxserve.model.loader import load_model
+load_model(sys.argv[1], dtype="float32")  # warm up: one-time allocations of torch, tokenizers, safetensors
+base, peak, done = anon(), [0], []
+def poll():
+    while not done:
+        peak[0] = max(peak[0], anon())
+        time.sleep(0.0005)
+thread = threading.Thread(target=poll)
+thread.start()
+loaded = load_model(sys.argv[1], dtype="bfloat16")
+done.append(1)
+thread.join()
+print(json.dumps({"peak_growth": peak[0] - base,
+                  "params": sum(p.numel() * p.element_size() for p in loaded.model.parameters())}))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_bf16_load_of_fp32_checkpoint_never_holds_a_fp32_copy(fmt, tmp_path, tokenizer_json):
+    """Peak anonymous memory while loading stays near the bf16 model, far below bf16 + a fp32 copy."""
+    import subprocess
+    import sys
+
+    from neoxserve.model.demo import demo_config, random_weights
+
+    config = demo_config(1000) | {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 16}
+    weights = random_weights(config, seed=0)
+    fp32_bytes = sum(t.nbytes for t in weights.values())
+    if fmt == "safetensors":
+        save_file(weights, tmp_path / "model.safetensors")
+    else:
+        torch.save(weights, tmp_path / "pytorch_model.bin")
+    del weights
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    shutil.copy(tokenizer_json, tmp_path / "tokenizer.json")
+
+    out = subprocess.run([sys.executable, "-c", _PEAK_RSS_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                         check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["params"] == fp32_bytes // 2
+    assert result["peak_growth"] < result["params"] + fp32_bytes // 4, result
