@@ -58,9 +58,9 @@ CORPUS = [
 
 README = """# neoxserve demo model
 
-A small GPT-NeoX model (hidden 256, 4 layers) written by `neoxserve demo write`. **Its weights are random: the
-text it generates is noise.** It exists so the service, the API and the CLI can be tried without downloading a
-real model. The byte-level BPE tokenizer was trained on a few embedded paragraphs of English and Chinese and
+A small GPT-NeoX model (hidden 256, 4 layers) written by neoxserve (`neoxserve demo write DIR`, or on first use
+of `--model demo`). **Its weights are random: the text it generates is noise.** It exists so the service, the API
+and the CLI can be tried without downloading a real model. The byte-level BPE tokenizer was trained on a few embedded paragraphs of English and Chinese and
 includes the tuned chat tokens `<|USER|>`, `<|ASSISTANT|>` and `<|SYSTEM|>`.
 """
 
