@@ -1,0 +1,109 @@
+"""Quotas under concurrency, stream/non-stream equivalence in Chinese, and client disconnects, on the live server."""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import time
+
+import httpx
+
+from neoxserve.platform import Limits
+
+CJK = re.compile(r"[\u4e00-\u9fff]")
+# With this seed the demo model does not emit end-of-text early: the request runs its full 256 tokens unless aborted.
+LONG = {"prompt": "Beijing", "max_output_tokens": 256, "seed": 1}
+
+
+def _wait_for(predicate, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _finished(server, reason: str) -> float:
+    text = httpx.get(server.base_url + "/metrics").text
+    m = re.search(rf'^neoxserve_engine_requests_finished_total\{{reason="{reason}"\}} ([0-9.]+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_qps_5_with_50_simultaneous_requests(server):
+    keys = server.platform().create_app(f"qps5-{secrets.token_hex(3)}", services=[server.api_name],
+                                        limits=Limits(qps=5))
+    token = server.token(keys.api_key, keys.secret_key)
+
+    async def main():
+        limits = httpx.Limits(max_connections=60, max_keepalive_connections=60)
+        async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+            # open the connections first so that the 50 requests arrive together
+            await asyncio.gather(*(client.get(server.base_url + "/health") for _ in range(50)))
+            while time.time() % 1 > 0.3:      # start early in a second: all 50 fall in the same one
+                await asyncio.sleep(0.02)
+            return await asyncio.gather(*(client.post(server.completions_url(), params={"access_token": token},
+                                                      json={"prompt": "hi", "max_output_tokens": 1})
+                                          for _ in range(50)))
+
+    responses = asyncio.run(main())
+    bodies = [r.json() for r in responses]
+    passed = [b for b in bodies if "result" in b]
+    refused = [b for b in bodies if b.get("error_code") == 18]
+    assert len(passed) == 5 and len(refused) == 45, [b.get("error_code") for b in bodies]
+    assert all(b["error_msg"] == "Open api qps request limit reached" for b in refused)
+    assert responses[0].headers.get("x-ratelimit-limit-requests") in (None, "300")
+    assert {r.headers.get("x-ratelimit-limit-requests") for r in responses if "result" in r.json()} == {"300"}
+
+
+def test_chinese_stream_concatenates_to_the_non_stream_result(server):
+    token = server.token()
+    body = {"prompt": "北京是中国的首都，有着三千多年的历史。", "max_output_tokens": 60}
+    for seed in range(20):     # a seed whose (random) output contains Chinese text
+        full = httpx.post(server.completions_url(), params={"access_token": token}, timeout=60,
+                          json={**body, "seed": seed}).json()
+        if len(CJK.findall(full["result"])) >= 3:
+            break
+    assert CJK.search(full["result"]), "no seed produced Chinese text"
+    r = httpx.post(server.completions_url(), params={"access_token": token}, timeout=60,
+                   json={**body, "seed": seed, "stream": True})
+    chunks = [json.loads(f[len("data: "):]) for f in r.text.split("\n\n") if f]
+    assert len(chunks) >= 2
+    assert "".join(c["result"] for c in chunks) == full["result"]
+    assert sum(c["usage"]["completion_tokens"] for c in chunks) == full["usage"]["completion_tokens"]
+    for c in chunks[:-1]:     # each chunk but the last closed at a sentence end or at the token limit
+        text = c["result"].rstrip(" \t")
+        assert c["usage"]["completion_tokens"] == 16 or (text and text[-1] in ".!?。！？\n"), c
+
+
+def test_stream_disconnect_aborts_the_generation(server):
+    token = server.token()
+    aborted = _finished(server, "abort")
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", server.completions_url(), params={"access_token": token},
+                           json={**LONG, "stream": True}) as r:
+            lines = r.iter_lines()   # kept: dropping the iterator would close the connection
+            first = next(lines)
+            assert first.startswith("data: ")
+            assert _wait_for(lambda: server.engine_stats()["running"] == 1, 3)   # stats lag by up to 0.25 s
+    # leaving the block closed the connection mid-stream
+    assert _wait_for(lambda: server.engine_stats()["running"] == 0)
+    assert _wait_for(lambda: server.engine_stats()["kv_blocks_used"] == 0)
+    assert _wait_for(lambda: _finished(server, "abort") == aborted + 1)
+
+
+def test_non_stream_disconnect_aborts_the_generation(server):
+    token = server.token()
+    aborted = _finished(server, "abort")
+
+    async def main():
+        async with httpx.AsyncClient(timeout=60) as client:
+            task = asyncio.create_task(client.post(server.completions_url(), params={"access_token": token},
+                                                   json=LONG))
+            assert await asyncio.to_thread(_wait_for, lambda: server.engine_stats()["running"] == 1, 10)
+            task.cancel()
+
+    asyncio.run(main())
+    assert _wait_for(lambda: server.engine_stats()["running"] == 0)
+    assert _wait_for(lambda: _finished(server, "abort") == aborted + 1)
