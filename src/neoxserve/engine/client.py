@@ -113,6 +113,7 @@ class AsyncEngineClient:
         self._streams: dict[str, RequestStream] = {}
         self._stats: dict[str, Any] = {}
         self._dead: str | None = None          # why the engine is gone
+        self._shutting_down = False
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=f, name=f"engine-{f.__name__.strip('_')}", daemon=True)
                          for f in (self._reader, self._sender, self._watchdog)]
@@ -179,6 +180,7 @@ class AsyncEngineClient:
         return self._process.pid
 
     async def shutdown(self, timeout: float = 10.0) -> None:
+        self._shutting_down = True
         if self._dead is None:
             self._send(("shutdown",))
         await self._loop.run_in_executor(None, self._process.join, timeout)
@@ -228,7 +230,8 @@ class AsyncEngineClient:
         if self._dead is not None and not self._streams:
             return
         if self._dead is None:
-            log.error("engine dead: %s", reason)
+            if not self._shutting_down:
+                log.error("engine dead: %s", reason)
             self._dead = reason
             self._outbox.put(None)
         for stream in list(self._streams.values()):

@@ -55,8 +55,11 @@ def engine_main(settings_dict: dict[str, Any], requests: Connection, outputs: Co
     outputs.send(("ready", model_info(engine, settings)))
     try:
         _loop(engine, requests, outputs)
-    except (EOFError, OSError, BrokenPipeError):
+    except (EOFError, OSError):
         pass   # the client went away
+    except BaseException:
+        log.exception("engine loop crashed")   # the client sees the process exit and fails pending requests
+        raise
 
 
 def _loop(engine: Any, requests: Connection, outputs: Connection) -> None:
