@@ -48,9 +48,17 @@ async def _until(predicate, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def _idle(client) -> bool:
-    s = client.stats()
-    return s.get("running") == 0 and s.get("waiting") == 0 and s.get("kv_blocks_used") == 0
+def _aborts(client) -> int:
+    return client.stats().get("requests_finished_total", {}).get("abort", 0)
+
+
+def _idle_after_aborts(client, aborts: int):
+    """True once the engine has reported `aborts` aborts in total and holds no sequence and no block."""
+    def check() -> bool:
+        s = client.stats()
+        return (_aborts(client) >= aborts and s.get("running") == 0 and s.get("waiting") == 0
+                and s.get("kv_blocks_used") == 0)
+    return check
 
 
 def test_stream_matches_the_in_process_engine(loop, client, make_engine, h):
@@ -77,6 +85,7 @@ def test_stream_matches_the_in_process_engine(loop, client, make_engine, h):
 
 def test_closing_the_iterator_aborts_and_frees_blocks(loop, client):
     prompt = client.tokenizer.encode("Please introduce yourself.")
+    aborts = _aborts(client)
 
     async def close_early():
         stream = client.generate("c1", prompt, LONG)
@@ -86,12 +95,12 @@ def test_closing_the_iterator_aborts_and_frees_blocks(loop, client):
 
     got = run(loop, close_early())
     assert len(got) == 2 and not got[-1].finished
-    run(loop, _until(lambda: _idle(client)))
-    assert client.stats()["requests_finished_total"]["abort"] >= 1
+    run(loop, _until(_idle_after_aborts(client, aborts + 1)))
 
 
 def test_cancelling_the_consumer_aborts(loop, client):
     prompt = client.tokenizer.encode("What is the weather like today?")
+    aborts = _aborts(client)
     seen = []
 
     async def consume():
@@ -106,11 +115,12 @@ def test_cancelling_the_consumer_aborts(loop, client):
             await task
 
     run(loop, cancel_soon())
-    run(loop, _until(lambda: _idle(client)))
+    run(loop, _until(_idle_after_aborts(client, aborts + 1)))
 
 
 def test_full_queue_and_impossible_requests_refuse_before_the_first_delta(loop, client):
     prompt = client.tokenizer.encode("Hello")
+    aborts = _aborts(client)
 
     async def scenario():
         running = client.generate("busy", prompt, LONG)
@@ -122,7 +132,7 @@ def test_full_queue_and_impossible_requests_refuse_before_the_first_delta(loop, 
         await running.aclose()
 
     run(loop, scenario())
-    run(loop, _until(lambda: _idle(client)))
+    run(loop, _until(_idle_after_aborts(client, aborts + 1)))
 
 
 def test_killed_engine_fails_pending_requests_promptly(loop, demo_model_dir, tmp_path_factory):
