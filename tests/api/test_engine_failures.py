@@ -114,3 +114,14 @@ def test_chunking_policy(texts, max_tokens, expected):
     import asyncio
 
     assert asyncio.run(_collect(texts, max_tokens)) == expected
+
+
+def test_chat_route_needs_a_chat_model(setup):
+    engine = FakeEngine()
+    engine.model_info.is_chat = False
+    client, url, _ = setup(engine)
+    chat = url.replace("/completions/", "/chat/")
+    body = client.post(chat, json={"messages": [{"role": "user", "content": "hi"}]}).json()
+    assert (body["error_code"], body["error_msg"]) == (
+        336003, "the chat route needs a chat model; the model of svc is a completion model: use /completions/svc")
+    assert client.post(url, json={"prompt": "hi"}).json()["result"] == engine.text

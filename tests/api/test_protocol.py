@@ -136,3 +136,16 @@ def _tokenizer(server):
 
         _TOKENIZERS[server.port] = Tokenizer.from_dir(server.data_dir / "demo-model")
     return _TOKENIZERS[server.port]
+
+
+def test_stop_strings_end_the_text_before_them(server):
+    token = server.token()
+    body = {"prompt": "Introduce the city Beijing", "max_output_tokens": 40, "seed": 5}
+    full = httpx.post(server.completions_url(), params={"access_token": token}, json=body, timeout=60).json()
+    text = full["result"]
+    stop = text[len(text) // 2:][:3]
+    assert len(text) > 6 and stop.strip()
+    cut = httpx.post(server.completions_url(), params={"access_token": token}, timeout=60,
+                     json={**body, "stop": [stop]}).json()
+    assert cut["result"] == text[: text.index(stop)]
+    assert cut["usage"]["completion_tokens"] < full["usage"]["completion_tokens"]
