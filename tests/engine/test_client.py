@@ -129,6 +129,11 @@ def test_full_queue_and_impossible_requests_refuse_before_the_first_delta(loop, 
             await client.generate("refused", prompt, LONG).__anext__()
         with pytest.raises(RequestRejected, match="context of 4096"):
             await client.generate("huge", prompt, SamplingParams(max_new_tokens=4096)).__anext__()
+        duplicate = client.generate("busy", prompt, LONG)
+        with pytest.raises(RequestRejected, match="in use"):
+            await duplicate.__anext__()
+        del duplicate                                  # must not abort the live request of that id
+        assert not (await running.__anext__()).finished
         await running.aclose()
 
     run(loop, scenario())

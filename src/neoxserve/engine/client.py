@@ -50,6 +50,7 @@ class RequestStream:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._ack: asyncio.Future[Any] = client._loop.create_future()
         self._done = False
+        self._registered = False     # sent to the engine (a refused duplicate id never is)
 
     def __aiter__(self) -> "RequestStream":
         return self
@@ -89,7 +90,11 @@ class RequestStream:
         if self._done:
             return
         self._done = True
-        self._client._streams.pop(self.request_id, None)
+        if not self._registered:
+            return
+        streams = self._client._streams
+        if streams.get(self.request_id) is self:
+            del streams[self.request_id]
         if abort:
             self._client._send(("abort", self.request_id))
 
@@ -158,6 +163,7 @@ class AsyncEngineClient:
             stream._ack.set_result(("rejected", f"request id {request_id!r} is already in use"))
             return stream
         self._streams[request_id] = stream
+        stream._registered = True
         self._send(("add", request_id, list(prompt_token_ids), params))
         return stream
 
