@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from fastapi import Request
@@ -10,6 +11,7 @@ from fastapi.responses import Response
 
 from ..engine.errors import EngineOverloaded, QueueTimeout, RequestRejected
 from ..engine.outputs import Delta
+from ..engine.sampling_params import SamplingParams
 from .errors import INTERNAL, OVERLOADED, ApiError, compact, error_body, error_response, new_id, out_of_range
 from .metrics import Metrics
 from .moderation import Moderator
@@ -62,48 +64,53 @@ class Completions:
         })
         return body
 
+    async def _prepare(self, request: Request, api_name: str, chat: bool, rid: str) -> "_Call":
+        """Authenticate, find the service, check permission, validate the body, then count it against quotas."""
+        app = await authenticate(self.platform, request)
+        service = await call(self.platform.get_service, api_name)
+        await call(self.platform.check_permission, app, service)
+        info = self.engine.model_info
+        if chat and not info.is_chat:
+            raise out_of_range(f"the chat route needs a chat model; the model of {api_name} is a completion "
+                               f"model: use /completions/{api_name}")
+        req = parse_request(parse_json(await request.body()), chat)
+        prompt_ids = self._prompt_ids(req)
+        service_max = getattr(service, "max_output_tokens", None) or self.settings.default_max_output_tokens
+        max_tokens = max_new_tokens(req, service_max, len(prompt_ids), info.max_context)
+        params = sampling_params(req, service, max_tokens, tuple(self.engine.tokenizer.stop_token_ids))
+        is_safe = self.moderator.is_safe(req.input_text())
+        if not is_safe:
+            log.info("request %s: input flagged by moderation (action %s)", rid, self.settings.moderation_action)
+        admission = await call(self.platform.admit, app, service)
+        headers = {}
+        rpm = getattr(getattr(admission, "limits", None), "requests_per_minute", None)
+        if rpm is not None:
+            headers["X-Ratelimit-Limit-Requests"] = str(rpm)
+        return _Call(app, service, req, prompt_ids, params, is_safe, headers)
+
     async def handle(self, request: Request, api_name: str, chat: bool) -> Response:
         route = "chat" if chat else "completions"
         started = time.monotonic()
         rid = new_id()
         headers: dict[str, str] = {}
         try:
-            app = await authenticate(self.platform, request)
-            service = await call(self.platform.get_service, api_name)
-            await call(self.platform.check_permission, app, service)
-            info = self.engine.model_info
-            if chat and not info.is_chat:
-                raise out_of_range(f"the chat route needs a chat model; the model of {api_name} is a completion "
-                                   f"model: use /completions/{api_name}")
-            req = parse_request(parse_json(await request.body()), chat)
-            prompt_ids = self._prompt_ids(req)
-            service_max = getattr(service, "max_output_tokens", None) or self.settings.default_max_output_tokens
-            max_tokens = max_new_tokens(req, service_max, len(prompt_ids), info.max_context)
-            stop_ids = tuple(self.engine.tokenizer.stop_token_ids)
-            params = sampling_params(req, service, max_tokens, stop_ids)
-            is_safe = self.moderator.is_safe(req.input_text())
-            admission = await call(self.platform.admit, app, service)
-            rpm = getattr(getattr(admission, "limits", None), "requests_per_minute", None)
-            if rpm is not None:
-                headers["X-Ratelimit-Limit-Requests"] = str(rpm)
-            if not is_safe:
-                log.info("request %s: input flagged by moderation (action %s)", rid,
-                         self.settings.moderation_action)
-            if not is_safe and self.settings.moderation_action == "empty":
-                deltas = _no_output(len(prompt_ids))
+            c = await self._prepare(request, api_name, chat, rid)
+            headers = c.headers
+            if not c.is_safe and self.settings.moderation_action == "empty":
+                deltas = _no_output(len(c.prompt_ids))
             else:
-                deltas = self.engine.generate(rid, prompt_ids, params)
+                deltas = self.engine.generate(rid, c.prompt_ids, c.params)
             object_ = "chat.completion" if chat else "completion"
-            usage = _Usage(self, app, service, route, started, len(prompt_ids))
-            if req.stream:
-                return await self._stream(request, rid, object_, deltas, is_safe, headers, usage)
+            usage = _Usage(self, c.app, c.service, route, started, len(c.prompt_ids))
+            if c.req.stream:
+                return await self._stream(request, rid, object_, deltas, c.is_safe, headers, usage)
             try:
                 chunk = await unless_disconnected(collect(deltas), request.receive)
             except ClientGone:
                 await usage.done(0, 0)
                 return Response(status_code=204)
             await usage.done(0, chunk.completion_tokens)
-            return Response(compact(self._body(rid, object_, chunk, is_safe, None)),
+            return Response(compact(self._body(rid, object_, chunk, c.is_safe, None)),
                             media_type="application/json", headers=headers)
         except Exception as e:
             error = engine_error(e, rid)
@@ -142,6 +149,19 @@ class Completions:
                 await usage.done(code, chunk.completion_tokens)
 
         return StreamResponse(frames(), headers=headers)
+
+
+@dataclass
+class _Call:
+    """An admitted request, ready for the engine."""
+
+    app: Any
+    service: Any
+    req: CompletionRequest
+    prompt_ids: list[int]
+    params: SamplingParams
+    is_safe: bool
+    headers: dict[str, str]
 
 
 class _Usage:
