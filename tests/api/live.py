@@ -27,18 +27,7 @@ def free_port() -> int:
 
 
 def serve_command() -> list[str]:
-    """`neoxserve serve` through the CLI; while some other subcommand module is missing, through serve's
-    own add_parser, so these tests do not depend on unrelated commands."""
-    import importlib.util
-
-    from neoxserve.cli import SUBCOMMANDS
-
-    if all(importlib.util.find_spec(f"neoxserve.commands.{name}") for name in SUBCOMMANDS):
-        return [PYTHON, "-m", "neoxserve.cli", "serve"]
-    code = ("import argparse, sys; from neoxserve.commands import serve; p = argparse.ArgumentParser(); "
-            "p.add_argument('--config'); serve.add_parser(p.add_subparsers()); a = p.parse_args(); "
-            "sys.exit(a.run(a))")
-    return [PYTHON, "-c", code, "serve"]
+    return [PYTHON, "-m", "neoxserve.cli", "serve"]
 
 
 @dataclass
