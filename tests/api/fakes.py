@@ -26,6 +26,9 @@ class CharTokenizer:
             out += ("<U>" if m["role"] == "user" else "<A>") + m["content"]
         return out + "<A>"
 
+    def encode_chat(self, messages, system=None) -> list[int]:
+        return self.encode(self.render_chat(messages, system))
+
 
 @dataclass
 class Info:

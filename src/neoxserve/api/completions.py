@@ -50,8 +50,9 @@ class Completions:
 
     def _prompt_ids(self, req: CompletionRequest) -> list[int]:
         tokenizer = self.engine.tokenizer
-        text = tokenizer.render_chat(req.messages, req.system) if req.messages else req.prompt
-        return tokenizer.encode(text)
+        if req.messages:
+            return tokenizer.encode_chat(req.messages, req.system)
+        return tokenizer.encode(req.prompt)
 
     def _body(self, rid: str, object_: str, chunk: Chunk, is_safe: bool, sentence_id: int | None) -> dict:
         body: dict[str, Any] = {"id": rid, "object": object_, "created": int(time.time())}

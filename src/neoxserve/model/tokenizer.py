@@ -56,6 +56,7 @@ class Tokenizer:
             stop.append(self.eos_token_id)
         self.stop_token_ids: tuple[int, ...] = tuple(stop)
         self._bytes, self._special = self._build_byte_table()
+        self._plain = _plain_text_twin(hf)
 
     @classmethod
     def from_file(cls, path: str | Path, eos_token_id: int | None = None) -> "Tokenizer":
@@ -107,21 +108,57 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._hf.token_to_id(token)
 
+    def encode_plain(self, text: str) -> list[int]:
+        """Token ids of `text` with every added token's text (`<|USER|>`, `<|endoftext|>`, ...) read as plain
+        text: for user-supplied content that must not smuggle control tokens into a prompt."""
+        return self._plain.encode(text, add_special_tokens=False).ids
+
+    def encode_chat(self, messages: Sequence[Mapping[str, str]], system: str | None = None) -> list[int]:
+        """The ids of `render_chat(messages, system)`, except that the control tokens come only from the
+        template: text inside the system prompt or a message is encoded with `encode_plain`. Encoding the
+        pieces separately gives the same ids as encoding the rendered string, since the tokenizer splits on
+        added tokens before BPE."""
+        control = {SYSTEM: self.token_to_id(SYSTEM), USER: self.token_to_id(USER),
+                   ASSISTANT: self.token_to_id(ASSISTANT)}
+        ids: list[int] = []
+        for i, part in enumerate(_chat_parts(messages, system)):
+            if i % 2 == 0 and control.get(part) is not None:  # even parts are control tokens
+                ids.append(control[part])
+            else:
+                ids.extend(self.encode_plain(part) if i % 2 else self.encode(part))
+        return ids
+
     def render_chat(self, messages: Sequence[Mapping[str, str]], system: str | None = None) -> str:
         """The tuned-model prompt: `<|SYSTEM|>{system}` then `<|USER|>{text}` / `<|ASSISTANT|>{text}` per message,
         then `<|ASSISTANT|>` for the reply. `system=None` uses the published default system prompt."""
-        parts = [SYSTEM, DEFAULT_SYSTEM_PROMPT if system is None else system]
-        for message in messages:
-            role = message["role"]
-            if role == "user":
-                parts.append(USER)
-            elif role == "assistant":
-                parts.append(ASSISTANT)
-            else:
-                raise ValueError(f"unknown chat role {role!r}: expected 'user' or 'assistant'")
-            parts.append(message["content"])
-        parts.append(ASSISTANT)
-        return "".join(parts)
+        return "".join(_chat_parts(messages, system))
+
+
+def _chat_parts(messages: Sequence[Mapping[str, str]], system: str | None) -> list[str]:
+    """Alternating [control token, text, control token, text, ..., `<|ASSISTANT|>`]."""
+    parts = [SYSTEM, DEFAULT_SYSTEM_PROMPT if system is None else system]
+    for message in messages:
+        role = message["role"]
+        if role == "user":
+            parts.append(USER)
+        elif role == "assistant":
+            parts.append(ASSISTANT)
+        else:
+            raise ValueError(f"unknown chat role {role!r}: expected 'user' or 'assistant'")
+        parts.append(message["content"])
+    parts.append(ASSISTANT)
+    return parts
+
+
+def _plain_text_twin(hf: HFTokenizer) -> HFTokenizer:
+    """A copy of `hf` that reads added-token text as ordinary text: every added token is marked special (some
+    tokenizer.json files leave chat tokens non-special) and special tokens are not split out while encoding."""
+    spec = json.loads(hf.to_str())
+    for added in spec.get("added_tokens", []):
+        added["special"] = True
+    twin = HFTokenizer.from_str(json.dumps(spec))
+    twin.encode_special_tokens = True
+    return twin
 
 
 def _config_eos(config_path: Path) -> int | None:
