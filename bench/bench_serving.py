@@ -113,14 +113,14 @@ async def run_engine_level(client, requests: list[tuple[list[int], int]], concur
     return results, time.perf_counter() - start
 
 
-def run_baseline(model_dir: Path, requests: list[tuple[list[int], int]], threads: int
+def run_baseline(model_dir: Path, requests: list[tuple[list[int], int]], threads: int, dtype: str
                  ) -> tuple[list[RequestResult], float]:
     import torch
     from transformers import GPTNeoXForCausalLM
     from transformers.generation.streamers import BaseStreamer
 
     torch.set_num_threads(threads)
-    model = GPTNeoXForCausalLM.from_pretrained(model_dir).eval()
+    model = GPTNeoXForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
 
     class Clock(BaseStreamer):
         def __init__(self) -> None:
@@ -168,7 +168,7 @@ async def bench_engine(args, model_dir: Path) -> list[dict]:
     from neoxserve.config import Settings
     from neoxserve.engine.client import AsyncEngineClient
 
-    settings = Settings(model=str(model_dir), torch_threads=args.threads, kv_cache_memory_mb=args.kv_cache_memory_mb,
+    settings = Settings(model=str(model_dir), torch_threads=args.threads, dtype=args.dtype, kv_cache_memory_mb=args.kv_cache_memory_mb,
                         max_num_seqs=max(args.concurrency), max_num_batched_tokens=args.max_num_batched_tokens,
                         data_dir=Path(tempfile.gettempdir()) / "neoxserve-bench-data")
     client = await AsyncEngineClient.start(settings)
@@ -198,6 +198,8 @@ def main() -> int:
     parser.add_argument("--baseline-requests", type=int, default=16,
                         help="how many of the same requests transformers generate serves one after another")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, engine and baseline alike")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="weights and activations, engine and baseline alike (float32 = the service's auto on CPU)")
     parser.add_argument("--kv-cache-memory-mb", type=int, default=512)
     parser.add_argument("--max-num-batched-tokens", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
@@ -206,12 +208,13 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-pythia160m-") as tmp:
         model_dir = args.model_dir or write_model(Path(tmp))
-        print(f"model: {model_dir} (Pythia-160M shape, random weights); torch threads {args.threads}", flush=True)
+        print(f"model: {model_dir} (Pythia-160M shape, random weights); {args.dtype}; torch threads {args.threads}",
+              flush=True)
         print(table([]), flush=True)
         rows = asyncio.run(bench_engine(args, model_dir))
         if args.baseline_requests:
             requests = make_requests(args.baseline_requests, args.input_len, args.output_min, args.output_max, args.seed)
-            results, wall = run_baseline(model_dir, requests, args.threads)
+            results, wall = run_baseline(model_dir, requests, args.threads, args.dtype)
             row = summarize("transformers generate, one after another", results, wall)
             rows.append(row)
             print(table([row]).splitlines()[-1], flush=True)
