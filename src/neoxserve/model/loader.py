@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from neoxserve.model.config import NeoXConfig, UnsupportedModelError
-from neoxserve.model.neox import GPTNeoX
+from neoxserve.model.neox import GPTNeoX, Linear
 
 # Buffers some checkpoints carry that are not parameters (causal mask, rotary frequencies): skipped.
 LEGACY_SUFFIXES = (".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq")
@@ -49,7 +49,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
     torch_dtype = resolve_dtype(dtype, config, device)
 
     with torch.device("meta"):
-        model = GPTNeoX(config)
+        model = GPTNeoX(config, transposed_linears=transposed_linears(torch_dtype, device))
     state = load_state_dict(path, config, model, torch_dtype, device)
     model.load_state_dict(state, assign=True, strict=True)
     model.init_rotary()
@@ -87,9 +87,17 @@ def resolve_dtype(dtype: str, config: NeoXConfig, device: torch.device) -> torch
     return torch.bfloat16
 
 
+def transposed_linears(dtype: torch.dtype, device: torch.device) -> bool:
+    """float32 on CPU stores linear weights as [in, out]: faster decode there (see neox.Linear)."""
+    return device.type == "cpu" and dtype == torch.float32
+
+
 def load_state_dict(path: Path, config: NeoXConfig, model: GPTNeoX, dtype: torch.dtype,
                     device: torch.device) -> dict[str, Tensor]:
-    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    transposed = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, Linear) and m.transposed}
+    # shapes as the checkpoint stores them ([out, in] for every linear weight)
+    expected = {name: tuple(p.shape)[::-1] if name in transposed else tuple(p.shape)
+                for name, p in model.named_parameters()}
     files = weight_files(path)
     state: dict[str, Tensor] = {}
     bar = tqdm(total=len(expected), desc="Loading weights", unit="tensor", file=sys.stderr,
@@ -107,7 +115,7 @@ def load_state_dict(path: Path, config: NeoXConfig, model: GPTNeoX, dtype: torch
                     raise CheckpointError(
                         f"{file}: tensor {ckpt_name!r} has shape {list(tensor.shape)}, but config.json implies "
                         f"{list(expected[name])}")
-                state[name] = _convert(name, tensor, config, dtype, device)
+                state[name] = _convert(name, tensor, config, dtype, device, name in transposed)
                 bar.update(1)
     missing = [n for n in expected if n not in state]
     if missing:
@@ -175,10 +183,13 @@ def _checkpoint_name(name: str) -> str:
     return name if name == "embed_out.weight" else f"gpt_neox.{name}"
 
 
-def _convert(name: str, tensor: Tensor, config: NeoXConfig, dtype: torch.dtype, device: torch.device) -> Tensor:
+def _convert(name: str, tensor: Tensor, config: NeoXConfig, dtype: torch.dtype, device: torch.device,
+             transpose: bool) -> Tensor:
     if name.endswith("attention.query_key_value.weight") or name.endswith("attention.query_key_value.bias"):
         # checkpoint: per head [nh, 3, hd, ...]; module: [3, nh, hd, ...] (q heads | k heads | v heads)
         nh, hd = config.num_attention_heads, config.head_dim
         tensor = tensor.view(nh, 3, hd, -1).transpose(0, 1).reshape(tensor.shape)
+    if transpose:
+        tensor = tensor.t()
     # A no-op when dtype and device already match: the tensor then stays backed by the mapped file.
     return tensor.to(device=device, dtype=dtype).contiguous()
