@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -75,7 +75,7 @@ def summarize(name: str, results: list[RequestResult], wall: float) -> dict:
     tpot = [t for r in results if (t := r.tpot) is not None]
     itl = [x for r in results for x in r.itls]
     return {
-        "name": name, "requests": len(results), "wall_s": wall, "req_per_s": len(results) / wall,
+        "name": name, "load": os.getloadavg()[0], "requests": len(results), "wall_s": wall, "req_per_s": len(results) / wall,
         "out_tok_per_s": tokens / wall,
         "ttft_p50_ms": 1000 * percentile(ttft, 50), "ttft_p99_ms": 1000 * percentile(ttft, 99),
         "tpot_p50_ms": 1000 * percentile(tpot, 50), "tpot_p99_ms": 1000 * percentile(tpot, 99),
@@ -157,7 +157,7 @@ def table(rows: list[dict]) -> str:
             ("out_tok_per_s", "output tok/s", "{:.1f}"), ("ttft_p50_ms", "TTFT p50 ms", "{:.0f}"),
             ("ttft_p99_ms", "TTFT p99 ms", "{:.0f}"), ("tpot_p50_ms", "TPOT p50 ms", "{:.1f}"),
             ("tpot_p99_ms", "TPOT p99 ms", "{:.1f}"), ("itl_p50_ms", "ITL p50 ms", "{:.1f}"),
-            ("itl_p99_ms", "ITL p99 ms", "{:.1f}")]
+            ("itl_p99_ms", "ITL p99 ms", "{:.1f}"), ("load", "load avg after", "{:.2f}")]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(fmt.format(row[key]) for key, _, fmt in cols) + " |")
