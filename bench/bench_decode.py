@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from neoxserve.model.attention import AttentionMetadata, allocate_kv_cache  # noqa: E402
 from neoxserve.model.demo import build_tokenizer  # noqa: E402
 from neoxserve.model.loader import load_model  # noqa: E402
+from neoxserve.model.neox import Linear  # noqa: E402
 
 SHAPE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
              vocab_size=50432, rotary_pct=0.25, max_position_embeddings=2048, use_parallel_residual=True)
@@ -99,13 +100,42 @@ def batched_rate(model, dtype: torch.dtype, batch: int, context: int, steps: int
     return batch * steps / (time.perf_counter() - t)
 
 
-def decode_rate(timer, new_tokens: int, repeats: int) -> float:
-    rates = []
+def decode_rates(timers: dict, new_tokens: int, repeats: int) -> dict[str, float]:
+    """Median decode tokens/s per system; the systems alternate within each repeat so both see the same machine."""
+    rates: dict[str, list[float]] = {name: [] for name in timers}
     for _ in range(repeats):
-        first = timer(1)
-        full = timer(new_tokens)
-        rates.append((new_tokens - 1) / (full - first))
-    return statistics.median(rates)
+        for name, timer in timers.items():
+            first = timer(1)
+            full = timer(new_tokens)
+            rates[name].append((new_tokens - 1) / (full - first))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def layout_rows(rows_list=(1, 2, 4, 8, 16, 32, 128), repeats: int = 15) -> list[tuple[int, float, float]]:
+    """fp32 time of one model's worth of layer linears (12 x qkv, dense, h_to_4h, 4h_to_h) per row count:
+    nn.Linear's [out, in] layout vs neoxserve's transposed Linear. (rows, ms [out, in], ms transposed)."""
+    H, I = SHAPE["hidden_size"], SHAPE["intermediate_size"]
+    shapes = [(H, 3 * H), (H, H), (H, I), (I, H)] * SHAPE["num_hidden_layers"]
+    plain = [torch.nn.Linear(i, o) for i, o in shapes]
+    transposed = []
+    for layer in plain:
+        t = Linear(layer.in_features, layer.out_features, transposed=True)
+        t.weight.data, t.bias.data = layer.weight.data.t().contiguous(), layer.bias.data
+        transposed.append(t)
+    out = []
+    for rows in rows_list:
+        xs = {n: torch.randn(rows, n) for n in (H, I)}
+        times = []
+        for layers in (plain, transposed):
+            samples = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                for layer in layers:
+                    layer(xs[layer.in_features if isinstance(layer, torch.nn.Linear) else layer.weight.shape[0]])
+                samples.append(time.perf_counter() - t)
+            times.append(statistics.median(samples) * 1e3)
+        out.append((rows, *times))
+    return out
 
 
 def main() -> None:
@@ -122,6 +152,7 @@ def main() -> None:
     torch.manual_seed(0)
     hf32 = GPTNeoXForCausalLM(GPTNeoXConfig(**SHAPE)).eval()
     prompt = torch.randint(2, 50000, (args.prompt_tokens,), generator=torch.Generator().manual_seed(0))
+    load_before = os.getloadavg()[0]
     bandwidth, read = copy_bandwidth(), read_bandwidth()
     rows, batched = [], []
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
@@ -135,9 +166,10 @@ def main() -> None:
                                    dtype, "cpu")
             time_neoxserve(ours, kv, prompt.tolist(), 4)  # warm up both
             time_transformers(hf, prompt[None], 4)
-            ref = decode_rate(lambda n: time_transformers(hf, prompt[None], n), args.new_tokens, args.repeats)
-            got = decode_rate(lambda n: time_neoxserve(ours, kv, prompt.tolist(), n), args.new_tokens,
-                              args.repeats)
+            rates = decode_rates({"transformers": lambda n: time_transformers(hf, prompt[None], n),
+                                  "neoxserve": lambda n: time_neoxserve(ours, kv, prompt.tolist(), n)},
+                                 args.new_tokens, args.repeats)
+            ref, got = rates["transformers"], rates["neoxserve"]
             per_token = weight_bytes_per_token(ours)
             rows.append((dtype_name, ref, got, per_token, got * per_token))
             batched.append((dtype_name, batched_rate(ours, dtype, args.batch, args.prompt_tokens)))
@@ -146,13 +178,18 @@ def main() -> None:
     print(f"threads {torch.get_num_threads()}, nproc {os.cpu_count()}, copy bandwidth {bandwidth / 1e9:.1f} GB/s "
           f"(read + write), read bandwidth {read / 1e9:.1f} GB/s, prompt {args.prompt_tokens} tokens, "
           f"{args.new_tokens} new tokens, "
-          f"median of {args.repeats}\n")
+          f"median of {args.repeats}; load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after\n")
     print("| dtype | transformers tok/s | neoxserve tok/s | ratio | weights read / token | bandwidth used | "
           "% of copy bandwidth |")
     print("|---|---|---|---|---|---|---|")
     for name, ref, got, per_token, used in rows:
         print(f"| {name} | {ref:.1f} | {got:.1f} | {got / ref:.2f}x | {per_token / 2**20:.0f} MiB | "
               f"{used / 1e9:.1f} GB/s | {100 * used / bandwidth:.0f}% |")
+    print("\nfloat32, one model's worth of layer linears, nn.Linear [out, in] vs neoxserve Linear [in, out]:\n")
+    print("| rows | [out, in] ms | [in, out] ms |\n|---|---|---|")
+    with torch.inference_mode():
+        for rows, plain_ms, transposed_ms in layout_rows():
+            print(f"| {rows} | {plain_ms:.1f} | {transposed_ms:.1f} |")
     print(f"\nneoxserve, {args.batch} sequences decoding together ({args.prompt_tokens} tokens of context each):\n")
     print("| dtype | aggregate tok/s |\n|---|---|")
     for name, rate in batched:
