@@ -173,3 +173,16 @@ def test_load_error_surfaces_with_its_text(loop, tmp_path):
     settings = Settings(model=str(tmp_path / "no-such-model"), data_dir=tmp_path)
     with pytest.raises(EngineDead, match="does not exist"):
         run(loop, AsyncEngineClient.start(settings), 120)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
+def test_idle_engine_does_not_spin(loop, client):
+    run(loop, _until(lambda: client.stats().get("running") == 0))
+    before = _cpu_seconds(client.pid)
+    run(loop, asyncio.sleep(1.0))
+    assert _cpu_seconds(client.pid) - before < 0.2

@@ -197,3 +197,12 @@ def test_waiting_past_the_deadline_fails_with_queue_timeout(h, make_engine):
     engine.abort("busy")
     engine.step()
     assert not engine.has_unfinished()
+
+
+def test_model_demo_setting_loads_the_demo_model(h, tmp_path):
+    from neoxserve.engine.core import LLMEngine
+
+    engine = LLMEngine.from_settings(h.settings(model="demo", data_dir=tmp_path, kv_cache_memory_mb=4))
+    assert engine.loaded.path.is_relative_to(tmp_path)
+    engine.add_request("d", _prompt(5), GREEDY)
+    assert len(h.tokens_of(h.run_all(engine)["d"])) == 8
