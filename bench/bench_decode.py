@@ -113,25 +113,25 @@ def decode_rates(timers: dict, new_tokens: int, repeats: int) -> dict[str, float
 
 def layout_rows(rows_list=(1, 2, 4, 8, 16, 32, 128), repeats: int = 15) -> list[tuple[int, float, float]]:
     """fp32 time of one model's worth of layer linears (12 x qkv, dense, h_to_4h, 4h_to_h) per row count:
-    nn.Linear's [out, in] layout vs neoxserve's transposed Linear. (rows, ms [out, in], ms transposed)."""
+    nn.Linear vs neoxserve's Linear split across the torch threads. (rows, ms nn.Linear, ms neoxserve)."""
     H, I = SHAPE["hidden_size"], SHAPE["intermediate_size"]
     shapes = [(H, 3 * H), (H, H), (H, I), (I, H)] * SHAPE["num_hidden_layers"]
     plain = [torch.nn.Linear(i, o) for i, o in shapes]
-    transposed = []
+    split = []
     for layer in plain:
-        t = Linear(layer.in_features, layer.out_features, transposed=True)
-        t.weight.data, t.bias.data = layer.weight.data.t().contiguous(), layer.bias.data
-        transposed.append(t)
+        t = Linear(layer.in_features, layer.out_features, splits=torch.get_num_threads())
+        t.weight.data, t.bias.data = t.load_layout(layer.weight.data).contiguous(), layer.bias.data
+        split.append(t)
     out = []
     for rows in rows_list:
         xs = {n: torch.randn(rows, n) for n in (H, I)}
         times = []
-        for layers in (plain, transposed):
+        for layers in (plain, split):
             samples = []
             for _ in range(repeats):
                 t = time.perf_counter()
                 for layer in layers:
-                    layer(xs[layer.in_features if isinstance(layer, torch.nn.Linear) else layer.weight.shape[0]])
+                    layer(xs[layer.in_features])
                 samples.append(time.perf_counter() - t)
             times.append(statistics.median(samples) * 1e3)
         out.append((rows, *times))
@@ -185,11 +185,11 @@ def main() -> None:
     for name, ref, got, per_token, used in rows:
         print(f"| {name} | {ref:.1f} | {got:.1f} | {got / ref:.2f}x | {per_token / 2**20:.0f} MiB | "
               f"{used / 1e9:.1f} GB/s | {100 * used / bandwidth:.0f}% |")
-    print("\nfloat32, one model's worth of layer linears, nn.Linear [out, in] vs neoxserve Linear [in, out]:\n")
-    print("| rows | [out, in] ms | [in, out] ms |\n|---|---|---|")
+    print("\nfloat32, one model's worth of layer linears (12 layers), nn.Linear vs neoxserve's split Linear:\n")
+    print("| rows | nn.Linear ms | split Linear ms |\n|---|---|---|")
     with torch.inference_mode():
-        for rows, plain_ms, transposed_ms in layout_rows():
-            print(f"| {rows} | {plain_ms:.1f} | {transposed_ms:.1f} |")
+        for rows, plain_ms, split_ms in layout_rows():
+            print(f"| {rows} | {plain_ms:.1f} | {split_ms:.1f} |")
     print(f"\nneoxserve, {args.batch} sequences decoding together ({args.prompt_tokens} tokens of context each):\n")
     print("| dtype | aggregate tok/s |\n|---|---|")
     for name, rate in batched:

@@ -98,15 +98,17 @@ def test_compute_logits_is_float32(model):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("rows", [1, 3, 8, 9, 16, 40])
-def test_transposed_linear_matches_nn_linear(rows, bias):
+@pytest.mark.parametrize("splits", [1, 2, 3, 5])
+@pytest.mark.parametrize("rows", [1, 3, 16, 40])
+def test_split_linear_matches_nn_linear(rows, splits, bias):
     from neoxserve.model.neox import Linear
 
     g = torch.Generator().manual_seed(rows)
     weight, b, x = torch.randn(48, 32, generator=g), torch.randn(48, generator=g), torch.randn(rows, 32, generator=g)
-    layer = Linear(32, 48, bias=bias, transposed=True)
+    layer = Linear(32, 48, bias=bias, splits=splits)
+    assert layer.splits == (splits if 48 % splits == 0 else 1)
     with torch.no_grad():
-        layer.weight.copy_(weight.t())
+        layer.weight.copy_(layer.load_layout(weight))
         if bias:
             layer.bias.copy_(b)
         out = layer(x)

@@ -49,7 +49,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
     torch_dtype = resolve_dtype(dtype, config, device)
 
     with torch.device("meta"):
-        model = GPTNeoX(config, transposed_linears=transposed_linears(torch_dtype, device))
+        model = GPTNeoX(config, linear_splits=linear_splits(torch_dtype, device))
     state = load_state_dict(path, config, model, torch_dtype, device)
     model.load_state_dict(state, assign=True, strict=True)
     model.init_rotary()
@@ -89,16 +89,16 @@ def resolve_dtype(dtype: str, config: NeoXConfig, device: torch.device) -> torch
     return torch.bfloat16
 
 
-def transposed_linears(dtype: torch.dtype, device: torch.device) -> bool:
-    """float32 on CPU stores linear weights as [in, out]: faster decode there (see neox.Linear)."""
-    return device.type == "cpu" and dtype == torch.float32
+def linear_splits(dtype: torch.dtype, device: torch.device) -> int:
+    """float32 on CPU splits linear weights across the torch threads (see neox.Linear); others keep nn.Linear's."""
+    return max(1, torch.get_num_threads()) if device.type == "cpu" and dtype == torch.float32 else 0
 
 
 def load_state_dict(path: Path, config: NeoXConfig, model: GPTNeoX, dtype: torch.dtype,
                     device: torch.device) -> dict[str, Tensor]:
-    transposed = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, Linear) and m.transposed}
+    linears = {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, Linear)}
     # shapes as the checkpoint stores them ([out, in] for every linear weight)
-    expected = {name: tuple(p.shape)[::-1] if name in transposed else tuple(p.shape)
+    expected = {name: (linears[name].out_features, linears[name].in_features) if name in linears else tuple(p.shape)
                 for name, p in model.named_parameters()}
     files = weight_files(path)
     state: dict[str, Tensor] = {}
@@ -117,7 +117,7 @@ def load_state_dict(path: Path, config: NeoXConfig, model: GPTNeoX, dtype: torch
                     raise CheckpointError(
                         f"{file}: tensor {ckpt_name!r} has shape {list(tensor.shape)}, but config.json implies "
                         f"{list(expected[name])}")
-                state[name] = _convert(name, tensor, config, dtype, device, name in transposed)
+                state[name] = _convert(name, tensor, config, dtype, device, linears.get(name))
                 bar.update(1)
     missing = [n for n in expected if n not in state]
     if missing:
@@ -186,12 +186,12 @@ def _checkpoint_name(name: str) -> str:
 
 
 def _convert(name: str, tensor: Tensor, config: NeoXConfig, dtype: torch.dtype, device: torch.device,
-             transpose: bool) -> Tensor:
+             linear: Linear | None) -> Tensor:
     if name.endswith("attention.query_key_value.weight") or name.endswith("attention.query_key_value.bias"):
         # checkpoint: per head [nh, 3, hd, ...]; module: [3, nh, hd, ...] (q heads | k heads | v heads)
         nh, hd = config.num_attention_heads, config.head_dim
         tensor = tensor.view(nh, 3, hd, -1).transpose(0, 1).reshape(tensor.shape)
-    if transpose:
-        tensor = tensor.t()
+    if linear is not None:
+        tensor = linear.load_layout(tensor)
     # A no-op when dtype and device already match: the tensor then stays backed by the mapped file.
     return tensor.to(device=device, dtype=dtype).contiguous()

@@ -15,36 +15,48 @@ from neoxserve.model.config import NeoXConfig
 
 
 class Linear(nn.Module):
-    """y = x W^T + b, with W stored either as [out, in] (like nn.Linear) or transposed as [in, out].
+    """y = x W^T + b. The weight is stored like nn.Linear ([out, in]), or, with splits=S >= 1, as S column blocks of
+    W^T: [S, in, out/S], multiplied by one batched matmul.
 
-    The transposed layout is for float32 on CPU: measured on the Pythia-160M shape (bench/bench_decode.py), MKL
-    streams an [in, out] weight about 20-25% faster for the 1-2 row products of decode; from 16 rows up the product
-    is computed as (W x^T)^T, which is no slower than nn.Linear. In bf16 the ordinary layout is faster, so it stays.
+    The split layout is for float32 on CPU (S = torch threads). There MKL runs a one-row product on a single core;
+    as a batch of S blocks it runs on S cores: measured on the Pythia-160M shape (bench/bench_decode.py), the layer
+    linears of one decode step take 10 ms instead of 18 ms, and no batch size measured (1-128 rows) is slower than
+    nn.Linear. bf16 products are already multi-threaded in the ordinary layout, so bf16 keeps it.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, transposed: bool = False):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, splits: int = 0):
         super().__init__()
-        self.transposed = transposed
-        shape = (in_features, out_features) if transposed else (out_features, in_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.splits = splits if splits <= 1 or out_features % splits == 0 else 1
+        if self.splits:
+            shape = (self.splits, in_features, out_features // self.splits)
+        else:
+            shape = (out_features, in_features)
         self.weight = nn.Parameter(torch.empty(shape).normal_(std=0.02))  # the loader replaces these
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.transposed:
+        if not self.splits:
             return F.linear(x, self.weight, self.bias)
-        if x.shape[0] <= 8:                                                 # x [T, in] @ W^T [in, out]
-            return torch.mm(x, self.weight) if self.bias is None else torch.addmm(self.bias, x, self.weight)
-        out = torch.mm(self.weight.t(), x.t()).t().contiguous()             # (W x^T)^T: the fast kernel here
+        T = x.shape[0]
+        out = torch.bmm(x.expand(self.splits, T, self.in_features), self.weight)   # [S, T, out/S]
+        out = out.transpose(0, 1).reshape(T, self.out_features)                     # [T, out], a fresh tensor
         return out if self.bias is None else out.add_(self.bias)
+
+    def load_layout(self, weight: Tensor) -> Tensor:
+        """A checkpoint weight [out, in] in this module's layout."""
+        if not self.splits:
+            return weight
+        return weight.t().reshape(self.in_features, self.splits, -1).transpose(0, 1)
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: NeoXConfig, transposed: bool):
+    def __init__(self, cfg: NeoXConfig, splits: int):
         super().__init__()
         self.nh, self.hd, self.rot = cfg.num_attention_heads, cfg.head_dim, cfg.rotary_dim
         self.scale = cfg.head_dim ** -0.5
-        self.query_key_value = Linear(cfg.hidden_size, 3 * cfg.hidden_size, transposed=transposed)
-        self.dense = Linear(cfg.hidden_size, cfg.hidden_size, transposed=transposed)
+        self.query_key_value = Linear(cfg.hidden_size, 3 * cfg.hidden_size, splits=splits)
+        self.dense = Linear(cfg.hidden_size, cfg.hidden_size, splits=splits)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, meta: AttentionMetadata, kv_cache: KVCache) -> Tensor:
         T = x.shape[0]
@@ -63,23 +75,23 @@ def _rotate_(x: Tensor, cos: Tensor, sin: Tensor) -> None:
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: NeoXConfig, transposed: bool):
+    def __init__(self, cfg: NeoXConfig, splits: int):
         super().__init__()
-        self.dense_h_to_4h = Linear(cfg.hidden_size, cfg.intermediate_size, transposed=transposed)
-        self.dense_4h_to_h = Linear(cfg.intermediate_size, cfg.hidden_size, transposed=transposed)
+        self.dense_h_to_4h = Linear(cfg.hidden_size, cfg.intermediate_size, splits=splits)
+        self.dense_4h_to_h = Linear(cfg.intermediate_size, cfg.hidden_size, splits=splits)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x)))           # exact (erf) GELU
 
 
 class Layer(nn.Module):
-    def __init__(self, cfg: NeoXConfig, transposed: bool):
+    def __init__(self, cfg: NeoXConfig, splits: int):
         super().__init__()
         self.parallel = cfg.use_parallel_residual
         self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.post_attention_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.attention = Attention(cfg, transposed)
-        self.mlp = MLP(cfg, transposed)
+        self.attention = Attention(cfg, splits)
+        self.mlp = MLP(cfg, splits)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, meta: AttentionMetadata, kv_cache: KVCache) -> Tensor:
         attn = self.attention(self.input_layernorm(x), cos, sin, meta, kv_cache)
@@ -90,14 +102,14 @@ class Layer(nn.Module):
 
 
 class GPTNeoX(nn.Module):
-    def __init__(self, cfg: NeoXConfig, transposed_linears: bool = False):
-        """transposed_linears: store linear weights as [in, out] (see Linear; the loader picks it)."""
+    def __init__(self, cfg: NeoXConfig, linear_splits: int = 0):
+        """linear_splits: the weight layout of every Linear (0 = as nn.Linear; see Linear; the loader picks it)."""
         super().__init__()
         self.cfg = cfg
         self.embed_in = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Layer(cfg, transposed_linears) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(Layer(cfg, linear_splits) for _ in range(cfg.num_hidden_layers))
         self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.embed_out = Linear(cfg.hidden_size, cfg.vocab_size, bias=False, transposed=transposed_linears)
+        self.embed_out = Linear(cfg.hidden_size, cfg.vocab_size, bias=False, splits=linear_splits)
         self.register_buffer("rotary_cos", torch.empty(0), persistent=False)
         self.register_buffer("rotary_sin", torch.empty(0), persistent=False)
         if self.embed_in.weight.device.type != "meta":
