@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +14,7 @@ from neoxserve.engine.runner import ModelRunner
 from neoxserve.engine.sampling import new_detokenizer
 from neoxserve.engine.sampling_params import SamplingParams
 from neoxserve.engine.scheduler import ScheduledBatch, Scheduler
-from neoxserve.engine.sequence import Sequence, SequenceStatus
+from neoxserve.engine.sequence import Sequence
 from neoxserve.engine.stats import EngineStats
 
 if TYPE_CHECKING:
@@ -215,7 +214,3 @@ class LLMEngine:
 
     def sequence(self, request_id: str) -> Sequence | None:
         return self.requests.get(request_id)
-
-
-def format_exception(e: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(e), e)).strip()
