@@ -39,16 +39,19 @@ def _alone(h, make_engine, loaded, reqs):
     return out
 
 
-@pytest.mark.parametrize("model", ["demo", "tiny"])
-@pytest.mark.parametrize("scenario", [
-    dict(),                                                   # everything fits: whole prompts at once
-    dict(max_num_batched_tokens=7),                           # chunked prefill alongside decodes
-    dict(kv_block_size=4, kv_cache_memory_mb=1, max_num_batched_tokens=32),   # tiny pool: preemption
-    dict(max_num_seqs=2, kv_block_size=8),                    # queueing behind a running cap
-])
+SCENARIOS = {
+    "whole": dict(),                                                      # everything fits in one step
+    "chunked": dict(max_num_batched_tokens=7),                            # chunked prefill beside decodes
+    "preempt": dict(kv_block_size=4, kv_cache_memory_mb=1, max_num_batched_tokens=32),   # tiny pool
+    "capped": dict(max_num_seqs=2, kv_block_size=8),                      # queueing behind a running cap
+}
+
+
+# (1 MB, the smallest pool, holds the tiny model's whole working set: no preemption to test with it)
+@pytest.mark.parametrize("model,scenario", [(m, s) for m in ("demo", "tiny") for s in SCENARIOS
+                                            if (m, s) != ("tiny", "preempt")])
 def test_concurrent_equals_alone(h, make_engine, demo_loaded, tiny_loaded, model, scenario):
-    if "kv_cache_memory_mb" in scenario and model == "tiny":
-        pytest.skip("1 MB (the smallest pool) holds the tiny model's whole working set: no preemption to test")
+    scenario = SCENARIOS[scenario]
     loaded = demo_loaded if model == "demo" else tiny_loaded
     reqs = _requests(loaded.config.vocab_size)
     expected = _alone(h, make_engine, loaded, reqs)
@@ -87,3 +90,33 @@ def _recording(run, sizes):
         sizes.append(list(batch.num_new_tokens))
         return run(batch)
     return wrapped
+
+
+def test_runner_metadata_matches_the_reference_builder(make_engine, monkeypatch):
+    """The runner's fast slot mapping equals AttentionMetadata.build on chunked, multi-block batches."""
+    from neoxserve.model import attention
+
+    engine = make_engine(kv_block_size=4, max_num_batched_tokens=11)
+    seen = []
+    real_forward = engine.runner.model.forward
+
+    def check(input_ids, positions, meta, kv_caches):
+        ref = attention.AttentionMetadata.build(meta.query_lens, meta.seq_lens_list,
+                                                [row[:(n + 3) // 4] for row, n in
+                                                 zip(meta.block_tables.tolist(), meta.seq_lens_list)], 4)
+        assert meta.slot_mapping.tolist() == ref.slot_mapping.tolist()
+        assert meta.query_start_loc.tolist() == ref.query_start_loc.tolist()
+        assert meta.seq_lens.tolist() == ref.seq_lens.tolist()
+        assert positions.tolist() == [p for q, n in zip(meta.query_lens, meta.seq_lens_list) for p in range(n - q, n)]
+        seen.append(len(meta.query_lens))
+        return real_forward(input_ids, positions, meta, kv_caches)
+
+    monkeypatch.setattr(engine.runner.model, "forward", check)
+    for i, n in enumerate((3, 9, 14)):
+        engine.add_request(str(i), [10 + i + j for j in range(n)],
+                           SamplingParams(greedy=True, max_new_tokens=6, ignore_eos=True))
+    for _ in range(100):
+        if not engine.has_unfinished():
+            break
+        engine.step()
+    assert not engine.has_unfinished() and max(seen) == 3
