@@ -186,3 +186,15 @@ def test_idle_engine_does_not_spin(loop, client):
     before = _cpu_seconds(client.pid)
     run(loop, asyncio.sleep(1.0))
     assert _cpu_seconds(client.pid) - before < 0.2
+
+
+def test_ctrl_c_in_the_terminal_does_not_kill_the_engine(loop, client):
+    os.kill(client.pid, signal.SIGINT)          # what the terminal sends to the whole process group
+    prompt = client.tokenizer.encode("Hello")
+
+    async def one():
+        return [d async for d in client.generate("after-sigint", prompt,
+                                                 SamplingParams(greedy=True, max_new_tokens=3, ignore_eos=True))]
+
+    assert run(loop, one())[-1].completion_tokens == 3
+    assert client.is_alive()

@@ -13,6 +13,7 @@ and whenever the engine goes idle).
 from __future__ import annotations
 
 import logging
+import signal
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -38,6 +39,9 @@ def model_info(engine: Any, settings: Any) -> dict[str, Any]:
 
 def engine_main(settings_dict: dict[str, Any], requests: Connection, outputs: Connection) -> None:
     """Entry point of the spawned process."""
+    # Ctrl-C in a terminal reaches the whole process group: let the HTTP process decide when the engine stops
+    # (it sends "shutdown"; if it dies instead, the pipe closes and this loop ends)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
     try:
         import torch
