@@ -54,18 +54,16 @@ def test_shared_system_prompt_different_questions(h, make_engine):
     engine = make_engine(kv_block_size=8, enable_prefix_caching=True)
     plain = make_engine(kv_block_size=8, enable_prefix_caching=False)
     system = _prompt(40, salt=3)
-    got, want = {}, {}
-    for e, out in ((engine, got), (plain, want)):
-        e.add_request("q0", system + _prompt(5, salt=10), GREEDY)
-        out["q0"] = e.step()      # blocks join the cache once their K/V is written: after this step
-        for i in (1, 2):
+    computed = _counting(engine)
+    for e in (engine, plain):         # all at once: the later ones wait a step for the shared blocks
+        for i in range(3):
             e.add_request(f"q{i}", system + _prompt(5 + i, salt=10 + i), GREEDY)
-        for rid, deltas in h.run_all(e).items():
-            out[rid] = out.get(rid, []) + deltas
+    got, want = h.run_all(engine), h.run_all(plain)
     for i in range(3):
         assert h.tokens_of(got[f"q{i}"]) == h.tokens_of(want[f"q{i}"])
-    assert engine.stats()["prefix_cache_hits_total"] > 0
+    assert engine.stats()["prefix_cache_hits_total"] == 2 * 40       # 5 shared full blocks, for q1 and q2
     assert plain.stats()["prefix_cache_hits_total"] == 0
+    assert computed["q1"] == computed["q0"] - 40 + 1 and computed["q2"] == computed["q0"] - 40 + 2
 
 
 def test_abort_mid_stream_frees_every_block(h, make_engine):

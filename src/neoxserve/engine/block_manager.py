@@ -53,7 +53,7 @@ class BlockManager:
 
     # ---- prefix cache -----------------------------------------------------------------------------------
 
-    def _block_hash(self, seq: Sequence, i: int) -> int:
+    def block_hash(self, seq: Sequence, i: int) -> int:
         """Hash of the sequence's i-th full block (computed once per sequence, kept on it)."""
         hashes = seq.block_hashes
         bs = self.block_size
@@ -71,7 +71,7 @@ class BlockManager:
         bs = self.block_size
         hits: list[int] = []
         for i in range((seq.num_tokens - 1) // bs):
-            bid = self.cached.get(self._block_hash(seq, i))
+            bid = self.cached.get(self.block_hash(seq, i))
             # the token check guards against hash collisions
             if bid is None or self.blocks[bid].token_ids != tuple(seq.token_ids[i * bs:(i + 1) * bs]):
                 break
@@ -99,7 +99,7 @@ class BlockManager:
         num_full = seq.num_computed_tokens // self.block_size
         bs = self.block_size
         for i in range(seq.num_hashed_blocks, num_full):
-            h = self._block_hash(seq, i)
+            h = self.block_hash(seq, i)
             block = self.blocks[seq.block_table[i]]
             if block.hash is None and h not in self.cached:
                 block.hash = h

@@ -6,6 +6,10 @@ prefill) and gets as many as the budget still allows, in FCFS order, running seq
 therefore prefill in chunks alongside ongoing decodes. When KV blocks run out, the newest running sequence is
 preempted by recompute: its blocks are freed and it goes back to the front of the waiting queue (its full
 blocks usually stay in the prefix cache, so the recompute is cheap).
+
+A waiting sequence whose next uncached prompt block is being computed by a running sequence (the same system
+prompt arriving twice at once) is not admitted yet: a step later that block is in the prefix cache and the
+prompt is computed once, not twice.
 """
 from __future__ import annotations
 
@@ -95,9 +99,15 @@ class Scheduler:
 
         # admit waiting sequences, but not in a step that had to preempt (that would just thrash)
         now = time.monotonic()
+        inflight: set[int] | None = None
         while self.waiting and budget > 0 and len(running) < self.max_num_seqs and not batch.preempted:
             seq = self.waiting[0]
-            hits = bm.lookup_prefix(seq) if not seq.block_table else []
+            hits = bm.lookup_prefix(seq)
+            if bm.enable_prefix_caching:
+                if inflight is None:
+                    inflight = self._inflight_block_hashes()
+                if len(hits) < (seq.num_tokens - 1) // bm.block_size and bm.block_hash(seq, len(hits)) in inflight:
+                    break                  # FCFS: the ones behind it wait too
             n = min(seq.num_tokens - len(hits) * bm.block_size, budget)
             need = -(-(len(hits) * bm.block_size + n) // bm.block_size) - len(hits)
             if need > bm.num_free_after_taking(hits):
@@ -116,4 +126,17 @@ class Scheduler:
             batch.seqs.append(seq)
             batch.num_new_tokens.append(n)
             budget -= n
+            if inflight is not None:
+                inflight.update(self._uncomputed_block_hashes(seq))
         return batch
+
+    def _uncomputed_block_hashes(self, seq: Sequence) -> list[int]:
+        """Hashes of the sequence's full blocks whose K/V are not computed yet (this step or later)."""
+        bs = self.bm.block_size
+        return [self.bm.block_hash(seq, i) for i in range(seq.num_computed_tokens // bs, seq.num_tokens // bs)]
+
+    def _inflight_block_hashes(self) -> set[int]:
+        inflight: set[int] = set()
+        for seq in self.running:
+            inflight.update(self._uncomputed_block_hashes(seq))
+        return inflight
