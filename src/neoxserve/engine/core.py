@@ -60,6 +60,11 @@ class LLMEngine:
         if num_blocks < 1:
             raise ValueError(f"kv_cache_memory_mb={settings.kv_cache_memory_mb} holds no KV block "
                              f"({per_block} bytes each)")
+        log.info("KV cache: %d blocks of %d tokens (%d tokens, %.0f MB)", num_blocks, self.block_size,
+                 num_blocks * self.block_size, num_blocks * per_block / 2**20)
+        if num_blocks * self.block_size < self.max_context:
+            log.warning("the KV cache holds %d tokens, less than one full context (%d): longer requests are "
+                        "rejected; raise kv_cache_memory_mb", num_blocks * self.block_size, self.max_context)
         self.block_manager = BlockManager(num_blocks, self.block_size, settings.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, settings.max_num_seqs, settings.max_num_batched_tokens)
         self.runner = ModelRunner(loaded.model, cfg, num_blocks, self.block_size)
