@@ -62,11 +62,15 @@ def test_uncached_free_blocks_are_reused_before_cached_ones():
     bm = BlockManager(num_blocks=4, block_size=4)
     a = _seq(range(8), "a")            # two full blocks, both cached once computed
     _compute_all(bm, a)
+    a_table = list(a.block_table)
     bm.free_sequence(a)
+    cached_ids = set(bm.cached.values())
     other = _seq([7] * 5, "o")
     bm.allocate(other, 2)
-    assert set(other.block_table).isdisjoint({0, 1}) or len(bm.cached) == 2
+    assert set(other.block_table).isdisjoint(cached_ids)
     assert len(bm.cached) == 2
+    bm.allocate(other, 1)              # then the tail of the freed chain goes first, the shared head last
+    assert other.block_table[-1] == a_table[1] and bm.lookup_prefix(_seq(range(9), "b")) == [a_table[0]]
 
 
 def test_disabled_prefix_caching_never_hits():
