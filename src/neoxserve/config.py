@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     iam_clock_skew_seconds: int = Field(300, ge=0)
 
     # engine
-    kv_cache_memory_mb: int = Field(512, gt=0, description="memory budget for the paged KV cache")
+    kv_cache_memory_mb: int = Field(0, ge=0, description="memory budget for the paged KV cache; 0 = auto: room "
+                                    "for max_num_seqs full contexts, at most half the memory free after loading")
     kv_block_size: int = Field(16, gt=0)
     max_num_seqs: int = Field(32, gt=0, description="cap on running sequences")
     max_num_batched_tokens: int = Field(512, gt=0, description="token budget of one engine step")

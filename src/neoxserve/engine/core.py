@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,8 @@ from neoxserve.engine.sequence import Sequence
 from neoxserve.engine.stats import EngineStats
 
 if TYPE_CHECKING:
+    import torch
+
     from neoxserve.config import Settings
     from neoxserve.model.loader import LoadedModel
 
@@ -41,6 +44,30 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def kv_cache_budget(settings: "Settings", bytes_per_context: int, device: "torch.device") -> int:
+    """Bytes for the KV cache: `kv_cache_memory_mb` when set; otherwise room for `max_num_seqs` full contexts,
+    but at most half the memory still available once the model is loaded (the cache is zeroed up front, so every
+    byte of it is resident)."""
+    if settings.kv_cache_memory_mb:
+        return settings.kv_cache_memory_mb * 2**20
+    return min(settings.max_num_seqs * bytes_per_context, available_memory(device) // 2)
+
+
+def available_memory(device: "torch.device") -> int:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 class LLMEngine:
     def __init__(self, loaded: "LoadedModel", settings: "Settings") -> None:
         self.loaded = loaded
@@ -56,7 +83,8 @@ class LLMEngine:
         param = next(loaded.model.parameters())
         per_block = bytes_per_block(cfg.num_hidden_layers, self.block_size, cfg.num_attention_heads, cfg.head_dim,
                                     param.element_size())
-        num_blocks = settings.kv_cache_memory_mb * 2**20 // per_block
+        budget = kv_cache_budget(settings, per_block * -(-self.max_context // self.block_size), param.device)
+        num_blocks = budget // per_block
         if num_blocks < 1:
             raise ValueError(f"kv_cache_memory_mb={settings.kv_cache_memory_mb} holds no KV block "
                              f"({per_block} bytes each)")
@@ -67,7 +95,8 @@ class LLMEngine:
                         "rejected; raise kv_cache_memory_mb", num_blocks * self.block_size, self.max_context)
         self.block_manager = BlockManager(num_blocks, self.block_size, settings.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, settings.max_num_seqs, settings.max_num_batched_tokens)
-        self.runner = ModelRunner(loaded.model, cfg, num_blocks, self.block_size)
+        self.runner = ModelRunner(loaded.model, cfg, num_blocks, self.block_size,
+                                  getattr(self.tokenizer, "vocab_size", None))
         self.requests: dict[str, Sequence] = {}
         self.pending: list[Delta] = []          # deltas produced outside step() (aborts), sent with the next one
         self.counters = EngineStats()

@@ -11,8 +11,12 @@ from neoxserve.model.config import NeoXConfig
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, config: NeoXConfig, num_blocks: int, block_size: int) -> None:
+    def __init__(self, model: torch.nn.Module, config: NeoXConfig, num_blocks: int, block_size: int,
+                 num_token_ids: int | None = None) -> None:
+        """num_token_ids: ids the tokenizer has. The embedding is padded past them (50432 rows for 50277 tokens in
+        StableLM-Alpha-7B); those rows stand for no text, so they are never sampled."""
         self.model = model
+        self.num_token_ids = min(num_token_ids or config.vocab_size, config.vocab_size)
         self.config = config
         self.block_size = block_size
         param = next(model.parameters())
@@ -68,6 +72,6 @@ class ModelRunner:
                 return []
             rows = hidden[sample_rows[0]:sample_rows[0] + 1] if len(sample_rows) == 1 else \
                 hidden[torch.tensor(sample_rows, device=dev)]
-            logits = self.model.compute_logits(rows)
+            logits = self.model.compute_logits(rows)[:, :self.num_token_ids]
             tokens = self.sampler(logits, sample_seqs)
         return list(zip(sample_seqs, tokens))
