@@ -74,7 +74,7 @@ def resolve_dtype(dtype: str, config: NeoXConfig, device: torch.device) -> torch
 
     float32 on CPU: on CPUs without bf16 units (AVX2 only) bf16 is converted in software and batched work gains
     nothing from it (the spec's measurement with transformers), and fp32 matches the reference exactly. Measured
-    with bench/bench_decode.py on a CPU that has AVX512-BF16 (the 2-core AMD EPYC of docs/benchmarks-model.md):
+    with bench/bench_decode.py on a CPU that has AVX512-BF16 (the 2-core AMD EPYC of docs/benchmarks.md):
     single-stream decode is about the same (fp32 68 tok/s, bf16 67-88), but 16 sequences decoding together run
     745 tok/s in bf16 vs 378 in fp32. On such CPUs pass dtype="bfloat16" for batched serving.
     """

@@ -20,7 +20,7 @@ class Linear(nn.Module):
 
     The split layout is for float32 on CPU (S = torch threads). There MKL runs a one-row product on a single core;
     as a batch of S blocks it runs on S cores: measured on the Pythia-160M shape with 2 threads
-    (bench/bench_decode.py, docs/benchmarks-model.md), the layer linears of one decode step take 9 ms instead of
+    (bench/bench_decode.py, docs/benchmarks.md), the layer linears of one decode step take 9 ms instead of
     16 ms, and no row count measured (1-128) is slower than nn.Linear. bf16 products are already multi-threaded in
     the ordinary layout, so bf16 keeps it.
     """
