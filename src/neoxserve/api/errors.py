@@ -11,25 +11,23 @@ import string
 
 from fastapi.responses import Response
 
+from neoxserve.platform import errors as platform_errors
+from neoxserve.platform.errors import (API_NAME_NOT_EXIST, DAILY_LIMIT, IAM_FAILED, INVALID_PARAMETER,  # noqa: F401
+                                       QPS_LIMIT, TOKEN_EXPIRED, TOKEN_INVALID, TOTAL_LIMIT)
+
+# The codes the platform raises (auth, quotas, services) are defined with their messages in platform/errors.py;
+# these are the rest of the catalogue.
 UNKNOWN = 1
 SERVICE_UNAVAILABLE = 2
 UNSUPPORTED_METHOD = 3
 REQUEST_LIMIT = 4
 NO_PERMISSION_DATA = 6
-IAM_FAILED = 14
 APP_NOT_EXISTS = 15
-DAILY_LIMIT = 17
-QPS_LIMIT = 18
-TOTAL_LIMIT = 19
-INVALID_PARAMETER = 100
-TOKEN_INVALID = 110
-TOKEN_EXPIRED = 111
 INTERNAL = 336000
 INVALID_ARGUMENT = 336001
 INVALID_JSON = 336002
 OUT_OF_RANGE = 336003
-PERMISSION = 336004
-API_NAME_NOT_EXIST = 336005
+PERMISSION = platform_errors.NO_PERMISSION
 OVERLOADED = 336100
 INVALID_HTTP_METHOD = 336101
 RPM_LIMIT = 336501
@@ -37,23 +35,16 @@ TPM_LIMIT = 336502
 
 # Fixed messages. 336003 and 336004 carry a cause-specific message instead.
 MESSAGES: dict[int, str] = {
+    **platform_errors.MESSAGES,
     UNKNOWN: "Unknown error",
     SERVICE_UNAVAILABLE: "Service temporarily unavailable",
     UNSUPPORTED_METHOD: "Unsupported openapi method",
     REQUEST_LIMIT: "Open api request limit reached",
     NO_PERMISSION_DATA: "No permission to access data",
-    IAM_FAILED: "IAM Certification failed",
     APP_NOT_EXISTS: "app not exists or create failed",
-    DAILY_LIMIT: "Open api daily request limit reached",
-    QPS_LIMIT: "Open api qps request limit reached",
-    TOTAL_LIMIT: "Open api total request limit reached",
-    INVALID_PARAMETER: "Invalid parameter",
-    TOKEN_INVALID: "Access token invalid or no longer valid",
-    TOKEN_EXPIRED: "Access token expired",
     INTERNAL: "Internal error",
     INVALID_ARGUMENT: "Invalid Argument",
     INVALID_JSON: "Invalid JSON",
-    API_NAME_NOT_EXIST: "API name not exist",
     OVERLOADED: "人工智能是一项革命性的技术。与我互动的人过多，请您稍后重新向我提问。",
     INVALID_HTTP_METHOD: "Invalid HTTP Method",
     RPM_LIMIT: "Open api rpm request limit reached",
