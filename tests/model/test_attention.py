@@ -63,3 +63,17 @@ def test_paged_attention_matches_dense(batch):
         expected = _reference(q[start:start + new], k, v, HD ** -0.5)
         torch.testing.assert_close(out[start:start + new], expected, atol=1e-5, rtol=1e-5)
         start += new
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches())
+def test_slot_mapping_is_block_times_size_plus_offset(batch):
+    """build's block-by-block slot ranges equal the per-token definition `table[p // bs] * bs + p % bs`."""
+    seqs, rng = batch
+    free = list(range(NUM_BLOCKS))
+    rng.shuffle(free)
+    tables = [[free.pop() for _ in range(-(-(c + new) // BLOCK))] for c, new in seqs]
+    meta = AttentionMetadata.build([new for _, new in seqs], [c + new for c, new in seqs], tables, BLOCK)
+    assert meta.slot_mapping.tolist() == [table[p // BLOCK] * BLOCK + p % BLOCK
+                                          for (c, new), table in zip(seqs, tables) for p in range(c, c + new)]
+    assert meta.query_start_loc.tolist() == [sum(new for _, new in seqs[:i]) for i in range(len(seqs) + 1)]

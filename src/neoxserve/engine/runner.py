@@ -26,11 +26,8 @@ class ModelRunner:
 
     def run(self, batch: ScheduledBatch) -> list[tuple[Sequence, int]]:
         """Compute the batch's new tokens; sample one token for every sequence that is caught up after it."""
-        bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
-        slots: list[int] = []
-        starts = [0]
         seq_lens: list[int] = []
         tables: list[list[int]] = []
         sample_rows: list[int] = []
@@ -40,31 +37,15 @@ class ModelRunner:
             end = c + n
             input_ids += seq.token_ids[c:end]
             positions += range(c, end)
-            table = seq.block_table
-            p = c
-            while p < end:      # slots block by block: one range per block instead of one op per token
-                base = table[p // bs] * bs
-                stop = min(end, (p // bs + 1) * bs)
-                slots += range(base + p % bs, base + (stop - 1) % bs + 1)
-                p = stop
-            starts.append(starts[-1] + n)
             seq_lens.append(end)
-            tables.append(table)
+            tables.append(seq.block_table)
             if end == seq.num_tokens:
-                sample_rows.append(starts[-1] - 1)
+                sample_rows.append(len(input_ids) - 1)
                 sample_seqs.append(seq)
 
-        width = max(len(t) for t in tables)
         dev = self.device
         as_long = dict(dtype=torch.long, device=dev)
-        meta = AttentionMetadata(
-            query_start_loc=torch.tensor(starts, **as_long),
-            seq_lens=torch.tensor(seq_lens, **as_long),
-            block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], **as_long),
-            slot_mapping=torch.tensor(slots, **as_long),
-            query_lens=list(batch.num_new_tokens),
-            seq_lens_list=seq_lens,
-        )
+        meta = AttentionMetadata.build(batch.num_new_tokens, seq_lens, tables, self.block_size, dev)
         with torch.inference_mode():
             hidden = self.model(torch.tensor(input_ids, **as_long), torch.tensor(positions, **as_long), meta,
                                 self.kv_caches)

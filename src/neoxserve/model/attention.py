@@ -40,7 +40,13 @@ class AttentionMetadata:
         slots: list[int] = []
         for q, n, table in zip(query_lens, seq_lens, block_tables):
             starts.append(starts[-1] + q)
-            slots.extend(table[p // block_size] * block_size + p % block_size for p in range(n - q, n))
+            p = n - q
+            while p < n:        # slots block by block: one range per block instead of one op per token
+                block, offset = divmod(p, block_size)
+                stop = min(n, (block + 1) * block_size)
+                base = table[block] * block_size
+                slots += range(base + offset, base + offset + stop - p)
+                p = stop
         width = max((len(t) for t in block_tables), default=0)
         padded = [list(t) + [0] * (width - len(t)) for t in block_tables]
         as_long = dict(dtype=torch.long, device=device)
