@@ -111,10 +111,6 @@ class LLMEngine:
         loaded = load_model(resolve_model_dir(settings), resolve_device(settings.device), settings.dtype)
         return cls(loaded, settings)
 
-    @property
-    def num_kv_blocks(self) -> int:
-        return self.block_manager.num_blocks
-
     # ---- requests ---------------------------------------------------------------------------------------
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:

@@ -27,10 +27,6 @@ class ScheduledBatch:
     num_new_tokens: list[int] = field(default_factory=list)   # per sequence, this step
     preempted: list[Sequence] = field(default_factory=list)
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(self.num_new_tokens)
-
     def __bool__(self) -> bool:
         return bool(self.seqs)
 
@@ -51,9 +47,6 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
         self.num_waiting_tokens += seq.num_prompt_tokens
-
-    def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
 
     def remove(self, seq: Sequence) -> None:
         """Take a sequence out (finished or aborted) and free its blocks."""

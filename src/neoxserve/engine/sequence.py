@@ -22,7 +22,7 @@ class Sequence:
         "request_id", "params", "token_ids", "num_prompt_tokens", "num_computed_tokens", "block_table",
         "num_hashed_blocks", "block_hashes", "status", "arrival_time", "deadline", "first_scheduled_time",
         "first_token_time", "last_token_time", "num_cached_prompt_tokens", "num_preemptions", "detokenizer",
-        "stop_token_ids", "sampler_state",
+        "stop_token_ids",
     )
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
@@ -46,7 +46,6 @@ class Sequence:
         self.num_preemptions = 0
         self.detokenizer: Any = None
         self.stop_token_ids = stop_token_ids
-        self.sampler_state: Any = None        # whatever the sampler keeps per request (e.g. its generator)
 
     @property
     def num_tokens(self) -> int:
@@ -57,20 +56,8 @@ class Sequence:
         return len(self.token_ids) - self.num_prompt_tokens
 
     @property
-    def prompt_token_ids(self) -> list[int]:
-        return self.token_ids[:self.num_prompt_tokens]
-
-    @property
-    def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens:]
-
-    @property
     def num_uncomputed_tokens(self) -> int:
         return len(self.token_ids) - self.num_computed_tokens
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status is SequenceStatus.FINISHED
 
     def __repr__(self) -> str:
         return (f"Sequence({self.request_id!r}, {self.status.value}, tokens={self.num_tokens}, "
