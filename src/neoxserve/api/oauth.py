@@ -5,7 +5,6 @@ the SDK sends `{}` and the doc's sample sends `""`.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -14,6 +13,7 @@ from fastapi.responses import Response
 
 from ..platform.errors import OAuthError
 from .errors import compact, oauth_error_response
+from .platform_calls import call
 
 FIELDS = ("grant_type", "client_id", "client_secret")
 
@@ -34,9 +34,7 @@ async def issue_token(platform: Any, request: Request) -> tuple[Response, str]:
     params = await token_parameters(request)
     try:
         # the platform checks the parameters: missing ones, the grant type, then the keys
-        result = platform.issue_token(*(params.get(k) for k in FIELDS))
-        if inspect.isawaitable(result):
-            result = await result
+        result = await call(platform.issue_token, *(params.get(k) for k in FIELDS))
     except OAuthError as e:
         return oauth_error_response(e.status, e.error, e.description), e.error
     return Response(compact(result), media_type="application/json"), "ok"

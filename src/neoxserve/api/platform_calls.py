@@ -1,6 +1,7 @@
-"""Calling the platform from request handlers: sync or async methods alike, PlatformError -> ApiError."""
+"""Calling the platform from request handlers: off the event loop, PlatformError -> ApiError."""
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import Any, Callable
 
@@ -11,13 +12,17 @@ from .errors import INVALID_PARAMETER, ApiError
 
 
 async def call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Await `fn(*args)`; a sync `fn` (the Platform's store calls: SQLite may wait up to its busy timeout for the
+    write lock, Redis for the network) runs in a worker thread, so it never stalls other requests' streams."""
     try:
-        result = fn(*args)
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args)
+        result = await asyncio.to_thread(fn, *args)
         if inspect.isawaitable(result):
             result = await result
+        return result
     except PlatformError as e:
         raise ApiError(e.code, e.message) from e
-    return result
 
 
 async def authenticate(platform: Any, request: Request) -> Any:

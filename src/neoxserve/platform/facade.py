@@ -1,4 +1,4 @@
-"""`Platform`: everything the API and the admin commands need, over a Store. Sync; fast enough to call inline."""
+"""`Platform`: everything the API and the admin commands need, over a Store. Sync: the API calls it from worker threads."""
 from __future__ import annotations
 
 import hmac
