@@ -12,6 +12,7 @@ import string
 from fastapi.responses import Response
 
 from neoxserve.platform import errors as platform_errors
+from neoxserve.platform.errors import OAuthError
 from neoxserve.platform.errors import (API_NAME_NOT_EXIST, DAILY_LIMIT, IAM_FAILED, INVALID_PARAMETER,  # noqa: F401
                                        QPS_LIMIT, TOKEN_EXPIRED, TOKEN_INVALID, TOTAL_LIMIT)
 
@@ -91,6 +92,5 @@ def error_response(error: ApiError, response_id: str | None = None,
                     media_type="application/json", headers=headers)
 
 
-def oauth_error_response(status: int, error: str, description: str) -> Response:
-    return Response(compact({"error": error, "error_description": description}), status_code=status,
-                    media_type="application/json")
+def oauth_error_response(error: OAuthError) -> Response:
+    return Response(compact(error.to_dict()), status_code=error.status, media_type="application/json")

@@ -36,5 +36,5 @@ async def issue_token(platform: Any, request: Request) -> tuple[Response, str]:
         # the platform checks the parameters: missing ones, the grant type, then the keys
         result = await call(platform.issue_token, *(params.get(k) for k in FIELDS))
     except OAuthError as e:
-        return oauth_error_response(e.status, e.error, e.description), e.error
+        return oauth_error_response(e), e.error
     return Response(compact(result), media_type="application/json"), "ok"
