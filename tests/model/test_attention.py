@@ -77,3 +77,28 @@ def test_slot_mapping_is_block_times_size_plus_offset(batch):
     assert meta.slot_mapping.tolist() == [table[p // BLOCK] * BLOCK + p % BLOCK
                                           for (c, new), table in zip(seqs, tables) for p in range(c, c + new)]
     assert meta.query_start_loc.tolist() == [sum(new for _, new in seqs[:i]) for i in range(len(seqs) + 1)]
+
+
+def test_non_finite_kv_of_one_request_never_reaches_another():
+    """A request whose K/V overflowed (inf/NaN, e.g. in fp16) leaves them in its blocks; batched decode reads
+    those blocks masked (the padding of shorter block tables is block 0, and the tail of a reused last block is
+    stale), and a masked NaN still poisons the softmax or the weighted sum. Other requests must not see it."""
+    torch.manual_seed(0)
+    k_cache, v_cache = torch.zeros(4, BLOCK, NH, HD), torch.zeros(4, BLOCK, NH, HD)
+    bad = torch.full((BLOCK, NH, HD), float("nan"))
+    bad[1] = float("inf")
+    paged_attention(torch.randn(BLOCK, NH, HD), bad, bad, (k_cache, v_cache),
+                    AttentionMetadata.build([BLOCK], [BLOCK], [[0]], BLOCK), HD ** -0.5)   # fills block 0
+
+    # two decodes of 2 and 6 tokens: the short one's table is padded with block 0 (masked)
+    k_short, v_short, k_long, v_long = (torch.randn(n, NH, HD) for n in (2, 2, 6, 6))
+    tables = [[1], [2, 3]]
+    for k, v, table in ((k_short, v_short, tables[0]), (k_long, v_long, tables[1])):
+        for p in range(k.shape[0] - 1):
+            k_cache[table[p // BLOCK], p % BLOCK], v_cache[table[p // BLOCK], p % BLOCK] = k[p], v[p]
+    q = torch.randn(2, NH, HD)
+    meta = AttentionMetadata.build([1, 1], [2, 6], tables, BLOCK)
+    out = paged_attention(q, torch.stack([k_short[-1], k_long[-1]]), torch.stack([v_short[-1], v_long[-1]]),
+                          (k_cache, v_cache), meta, HD ** -0.5)
+    torch.testing.assert_close(out[0:1], _reference(q[0:1], k_short, v_short, HD ** -0.5), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1:2], _reference(q[1:2], k_long, v_long, HD ** -0.5), atol=1e-5, rtol=1e-5)

@@ -68,8 +68,11 @@ def paged_attention(q: Tensor, k: Tensor, v: Tensor, kv_cache: KVCache, meta: At
     """q, k, v: [T, nh, hd] for the new tokens -> attention output [T, nh, hd]. Writes k, v into the cache."""
     k_cache, v_cache = kv_cache
     num_blocks, block_size, nh, hd = k_cache.shape
-    k_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, k)
-    v_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, v)
+    # The cache holds finite values only. Batched decode reads slots it masks out (block-table padding, the stale
+    # tail of a reused block), and a masked NaN or inf still turns a softmax or its weighted sum into NaN: K/V that
+    # overflowed in one request (fp16) would poison every request batched with its freed blocks later on.
+    k_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, k.nan_to_num(0.0, 0.0, 0.0))
+    v_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, v.nan_to_num(0.0, 0.0, 0.0))
 
     if meta.is_decode:
         return _decode_attention(q, k_cache, v_cache, meta, scale)
