@@ -168,3 +168,12 @@ def test_processes_share_quotas_exactly(backend, settings, limit):
     with Platform.open(settings) as p:
         counters = p.counters("alice")
         assert counters.total_count == 37
+
+
+def test_admission_carries_the_limits_it_applied(served):
+    p, app, service = limited(served, qps=7, total=1000)
+    admission = p.admit(app, service)
+    assert admission.limits == Limits(qps=7, daily=None, total=1000) and admission.limits.requests_per_minute == 420
+    assert (admission.second_count, admission.day_count, admission.total_count) == (1, 1, 1)
+    p.set_limits("alice", Limits(daily=3))
+    assert p.admit(app, service).limits == Limits(daily=3)  # a change applies to the very next admission

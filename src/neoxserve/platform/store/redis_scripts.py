@@ -97,9 +97,9 @@ redis.call('SREM', p..'svc:index', s)
 return 1
 """
 
-# Returns {0, second_count, day_count, total_count} when admitted, {code} when a limit is reached (nothing is
-# counted then), {-1} when the app no longer exists. Limits are read inside the script, so a concurrent
-# `apps limits` change applies to the very next admission.
+# Returns {0, second_count, day_count, total_count, qps, daily, total} when admitted (the limits it applied, ''
+# for none), {code} when a limit is reached (nothing is counted then), {-1} when the app no longer exists. Limits
+# are read inside the script, so a concurrent `apps limits` change applies to the very next admission.
 ADMIT = """
 local p, id, svc, app_name, second, day = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local k = p..'app:'..id
@@ -122,5 +122,5 @@ local uk = p..'usage:'..day..':'..id..':'..svc
 redis.call('HINCRBY', uk, 'requests', 1)
 redis.call('HSETNX', uk, 'app_name', app_name)
 redis.call('SADD', p..'usage:index', day..'|'..id..'|'..svc)
-return {0, scount + 1, dcount + 1, total + 1}
+return {0, scount + 1, dcount + 1, total + 1, lim[1] or '', lim[2] or '', lim[3] or ''}
 """

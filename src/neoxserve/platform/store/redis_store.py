@@ -152,10 +152,8 @@ class RedisStore(Store):
             raise PlatformError(TOKEN_INVALID, detail=f"app {app_id} was deleted")
         if code:
             raise PlatformError(code, detail=f"{_LIMIT_DETAIL[code]} limit reached")
-        # Limits are re-read here only for the caller's headers; the script already applied the current ones.
-        h = self.r.hmget(f"{self.p}app:{app_id}", "qps", "daily", "total")
-        return Admission(Limits(_num(h[0]), _num(h[1]), _num(h[2])), int(result[1]), int(result[2]),
-                         int(result[3]))
+        return Admission(Limits(_num(result[4]), _num(result[5]), _num(result[6])), int(result[1]),
+                         int(result[2]), int(result[3]))
 
     def record_usage(self, day, app_id, app_name, api_name, prompt_tokens, completion_tokens) -> None:
         key = f"{self.p}usage:{day}:{app_id}:{api_name}"
