@@ -70,8 +70,9 @@ class Platform:
             raise AdminError("secret key mismatch: this store's IAM secrets were encrypted with another key "
                              "(set the same secret_key / data_dir/secret.key on every process using the store)")
 
-    def today(self) -> str:
-        return datetime.fromtimestamp(self.clock(), self.tz).date().isoformat()
+    def today(self, now: float | None = None) -> str:
+        """The day (YYYY-MM-DD in quota_timezone) of `now`, by default of the clock's current time."""
+        return datetime.fromtimestamp(self.clock() if now is None else now, self.tz).date().isoformat()
 
     # ----- serving -----
 
@@ -152,8 +153,7 @@ class Platform:
     def admit(self, app: App, service: Service) -> Admission:
         """Count one request against the app's quotas, or raise 19/17/18 without counting it."""
         now = self.clock()
-        return self.store.admit(app.id, service.api_name, app.name, int(now),
-                                datetime.fromtimestamp(now, self.tz).date().isoformat())
+        return self.store.admit(app.id, service.api_name, app.name, int(now), self.today(now))
 
     def record_usage(self, app: App, service: Service, prompt_tokens: int, completion_tokens: int) -> None:
         if prompt_tokens < 0 or completion_tokens < 0:
