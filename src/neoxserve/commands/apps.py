@@ -114,9 +114,9 @@ def add_parser(subparsers: Any) -> None:
     action("delete", "delete an app and revoke its access tokens", _delete, json_flag=False)
     limits = action("limits", "set or remove limits (0 or none removes one); no flags: show them", _limits)
     _add_limit_flags(limits)
-    for verb, fn, help in (("allow", _allow, "let the app call these services"),
-                           ("disallow", _disallow, "stop the app calling these services")):
-        a = action(verb, help, fn, json_flag=False)
+    for verb, help in (("allow", "let the app call these services"),
+                       ("disallow", "stop the app calling these services")):
+        a = action(verb, help, _allow_or_disallow, json_flag=False)
         a.add_argument("services", nargs="+", metavar="API_NAME")
 
 
@@ -217,16 +217,9 @@ def _limits(platform, args) -> int:
 
 
 @admin_command
-def _allow(platform, args) -> int:
+def _allow_or_disallow(platform, args) -> int:
+    change = platform.allow if args.apps_command == "allow" else platform.disallow
     for api_name in args.services:
-        platform.allow(args.name, api_name)
-    print(f"app '{args.name}' may call: {', '.join(platform.get_app(args.name).services) or '-'}")
-    return 0
-
-
-@admin_command
-def _disallow(platform, args) -> int:
-    for api_name in args.services:
-        platform.disallow(args.name, api_name)
+        change(args.name, api_name)
     print(f"app '{args.name}' may call: {', '.join(platform.get_app(args.name).services) or '-'}")
     return 0
