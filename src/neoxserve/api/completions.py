@@ -76,7 +76,7 @@ class Completions:
                                f"model: use /completions/{api_name}")
         req = parse_request(parse_json(await request.body()), chat)
         prompt_ids = self._prompt_ids(req)
-        service_max = getattr(service, "max_output_tokens", None) or self.settings.default_max_output_tokens
+        service_max = service.max_output_tokens or self.settings.default_max_output_tokens
         max_tokens = max_new_tokens(req, service_max, len(prompt_ids), info.max_context)
         params = sampling_params(req, service, max_tokens, tuple(self.engine.tokenizer.stop_token_ids))
         is_safe = self.moderator.is_safe(req.input_text())
@@ -84,7 +84,7 @@ class Completions:
             log.info("request %s: input flagged by moderation (action %s)", rid, self.settings.moderation_action)
         admission = await call(self.platform.admit, app, service)
         headers = {}
-        rpm = getattr(getattr(admission, "limits", None), "requests_per_minute", None)
+        rpm = admission.limits.requests_per_minute
         if rpm is not None:
             headers["X-Ratelimit-Limit-Requests"] = str(rpm)
         return _Call(app, service, req, prompt_ids, params, is_safe, headers)

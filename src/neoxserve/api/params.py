@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..engine.sampling_params import SamplingParams
+from ..platform.models import Service
 from .errors import out_of_range
 from .validation import CompletionRequest
 
@@ -30,15 +31,15 @@ def max_new_tokens(req: CompletionRequest, service_max: int, prompt_tokens: int,
     return req.max_output_tokens
 
 
-def sampling_params(req: CompletionRequest, service: Any, max_tokens: int,
+def sampling_params(req: CompletionRequest, service: Service, max_tokens: int,
                     stop_token_ids: tuple[int, ...] = ()) -> SamplingParams:
     base = SamplingParams()
-    top_p = _pick(req.top_p, getattr(service, "top_p", None), base.top_p)
+    top_p = _pick(req.top_p, service.top_p, base.top_p)
     return SamplingParams(
-        temperature=_pick(req.temperature, getattr(service, "temperature", None), base.temperature),
-        top_k=_pick(req.top_k, getattr(service, "top_k", None), base.top_k),
+        temperature=_pick(req.temperature, service.temperature, base.temperature),
+        top_k=_pick(req.top_k, service.top_k, base.top_k),
         top_p=top_p,
-        penalty_score=_pick(req.penalty_score, getattr(service, "penalty_score", None), base.penalty_score),
+        penalty_score=_pick(req.penalty_score, service.penalty_score, base.penalty_score),
         max_new_tokens=max_tokens,
         stop=req.stop,
         stop_token_ids=stop_token_ids,

@@ -62,7 +62,7 @@ def banner(settings: Settings, api_name: str, keys: Any, is_demo: bool) -> str:
         f"  API Key:    {keys.api_key}",
         f"  Secret Key: {keys.secret_key}",
     ]
-    if getattr(keys, "access_key", ""):
+    if keys.access_key:
         lines += [f"  IAM Access Key: {keys.access_key}",
                   f"  IAM Secret Key: {keys.secret_access_key}"]
     lines += [
