@@ -61,3 +61,21 @@ def test_demo_write(tmp_path, demo_model_dir):
     for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md"):
         assert (hashlib.sha256((tmp_path / "d" / name).read_bytes()).digest()
                 == hashlib.sha256((demo_model_dir / name).read_bytes()).digest())
+
+
+def test_generate_refuses_a_prompt_the_engine_rejects(tmp_path, demo_model_dir):
+    result = _cli("generate", "--model", str(demo_model_dir), "", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines()[-1] == "neoxserve generate: the prompt is empty"
+
+    result = _cli("generate", "--model", str(demo_model_dir), "hi", "--max-new-tokens", "5000", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    n = len(Tokenizer.from_dir(demo_model_dir).encode("hi"))
+    assert result.stderr.splitlines()[-1] == (f"neoxserve generate: prompt ({n} tokens) + max_new_tokens (5000) = "
+                                             f"{n + 5000} exceeds the model's context of 4096 tokens")
+
+
+def test_generate_reports_a_model_that_cannot_load(tmp_path):
+    result = _cli("generate", "--model", str(tmp_path / "nope"), "hi", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.splitlines()[-1] == f"neoxserve generate: model directory {tmp_path / 'nope'} does not exist"

@@ -31,7 +31,9 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.core import LLMEngine
+    from ..engine.errors import RequestRejected
     from ..engine.sampling_params import SamplingParams
+    from ..model.loader import CheckpointError
 
     settings = Settings.load(getattr(args, "config", None), model=args.model, data_dir=args.data_dir,
                              dtype=args.dtype, device=args.device)
@@ -50,9 +52,17 @@ def run(args: argparse.Namespace) -> int:
     if settings.torch_threads:
         import torch
         torch.set_num_threads(settings.torch_threads)
-    engine = LLMEngine.from_settings(settings)
+    try:
+        engine = LLMEngine.from_settings(settings)
+    except CheckpointError as e:
+        print(f"neoxserve generate: {e}", file=sys.stderr)
+        return 1
     prompt_ids = engine.tokenizer.encode(args.prompt)
-    engine.add_request("generate", prompt_ids, params)
+    try:
+        engine.add_request("generate", prompt_ids, params)
+    except RequestRejected as e:      # e.g. an empty prompt, or prompt + max_new_tokens beyond the context
+        print(f"neoxserve generate: {e}", file=sys.stderr)
+        return 2
 
     start = time.perf_counter()
     first = None
