@@ -95,15 +95,12 @@ class LLMEngine:
                         "rejected; raise kv_cache_memory_mb", num_blocks * self.block_size, self.max_context)
         self.block_manager = BlockManager(num_blocks, self.block_size, settings.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, settings.max_num_seqs, settings.max_num_batched_tokens)
-        self.runner = ModelRunner(loaded.model, cfg, num_blocks, self.block_size,
-                                  getattr(self.tokenizer, "vocab_size", None))
+        self.runner = ModelRunner(loaded.model, cfg, num_blocks, self.block_size, self.tokenizer.vocab_size)
         self.requests: dict[str, Sequence] = {}
         self.pending: list[Delta] = []          # deltas produced outside step() (aborts), sent with the next one
         self.counters = EngineStats()
         self.last_step_ran = False              # whether the latest step() ran a batch
-        tok = self.tokenizer
-        self._tokenizer_stop_ids = frozenset(getattr(tok, "stop_token_ids", ()) or ()) | (
-            frozenset([tok.eos_token_id]) if getattr(tok, "eos_token_id", None) is not None else frozenset())
+        self._tokenizer_stop_ids = frozenset(self.tokenizer.stop_token_ids)   # eos included (model/tokenizer.py)
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "LLMEngine":
