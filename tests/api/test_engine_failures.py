@@ -125,3 +125,59 @@ def test_chat_route_needs_a_chat_model(setup):
     assert (body["error_code"], body["error_msg"]) == (
         336003, "the chat route needs a chat model; the model of svc is a completion model: use /completions/svc")
     assert client.post(url, json={"prompt": "hi"}).json()["result"] == engine.text
+
+
+class _ErrorDeltaEngine(FakeEngine):
+    """Reports a failure the way the engine process does: a finished delta with finish_reason "error"."""
+
+    def __init__(self, good: int):
+        super().__init__(text="One. Two.")
+        self.good = good
+
+    async def generate(self, request_id, prompt_token_ids, params):
+        from neoxserve.engine.outputs import Delta
+
+        for i, c in enumerate(self.text[: self.good]):
+            yield Delta(request_id, c, [ord(c)], len(prompt_token_ids), i + 1)
+        yield Delta(request_id, "", [], len(prompt_token_ids), self.good, finished=True, finish_reason="error",
+                    error="device lost")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_error_delta_before_any_output_is_336000(setup, stream):
+    client, url, platform = setup(_ErrorDeltaEngine(good=0))
+    r = client.post(url, json={"prompt": "hi", "stream": stream})
+    assert r.headers["content-type"] == "application/json" and r.text.count("\n") == 0
+    body = r.json()
+    assert list(body) == ["id", "error_code", "error_msg"]
+    assert (body["error_code"], body["error_msg"]) == (336000, "Internal error")
+
+
+def test_error_delta_after_a_chunk_is_one_bare_json_line(setup):
+    client, url, _ = setup(_ErrorDeltaEngine(good=4))   # "One." makes a chunk, then the engine fails
+    lines = client.post(url, json={"prompt": "hi", "stream": True}).text.split("\n")
+    assert json.loads(lines[0][6:])["result"] == "One."
+    error = json.loads(lines[-2])
+    assert (error["error_code"], error["error_msg"]) == (336000, "Internal error") and lines[-1] == ""
+
+
+def test_rejection_without_a_reason_336003(setup):
+    client, url, _ = setup(FakeEngine(fail=RequestRejected()))
+    body = client.post(url, json={"prompt": "hi"}).json()
+    assert (body["error_code"], body["error_msg"]) == (336003, "request rejected by the engine")
+
+
+def test_unhandled_error_outside_a_model_call_is_336000(setup):
+    client, url, platform = setup(FakeEngine())
+
+    def store_down(*args):
+        raise RuntimeError("database is locked")
+
+    platform.issue_token = store_down
+    client = TestClient(client.app, raise_server_exceptions=False)
+    r = client.get("/oauth/2.0/token", params={"grant_type": "client_credentials", "client_id": "a",
+                                               "client_secret": "b"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert list(body) == ["id", "error_code", "error_msg"]
+    assert (body["error_code"], body["error_msg"]) == (336000, "Internal error")

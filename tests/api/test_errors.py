@@ -221,3 +221,34 @@ def test_accepted_extras(server, token):
             "some_future_field": [1, 2], "max_output_tokens": 2, "top_p": 0, "top_k": 3.0}
     r = post(server, token, json=body).json()
     assert "error_code" not in r and r["usage"]["completion_tokens"] <= 2
+
+
+def test_options_on_model_routes_336101(server, token):
+    for url in (server.completions_url(), server.chat_url()):
+        r = httpx.request("OPTIONS", url, params={"access_token": token})
+        assert business(r) == (336101, "Invalid HTTP Method")
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_unknown_route_any_method_3(server, token, method):
+    r = httpx.request(method, server.base_url + "/rpc/2.0/ai_custom/v1/wenxinworkshop/embeddings/demo",
+                      params={"access_token": token})
+    assert business(r) == (3, "Unsupported openapi method")
+
+
+@pytest.mark.parametrize("content,msg", [
+    (b'{"prompt": "hi", "temperature": NaN}', "temperature is nan, it must be in (0, 1.0]"),
+    (b'{"prompt": "hi", "top_p": Infinity}', "top_p is inf, it must be in [0, 1.0]"),
+    (b'{"prompt": "hi", "penalty_score": -Infinity}', "penalty_score is -inf, it must be in [1.0, 2.0]"),
+])
+def test_non_finite_numbers_336003(server, token, content, msg):
+    assert business(post(server, token, content=content)) == (336003, msg)
+
+
+def test_non_finite_integer_336001(server, token):
+    assert business(post(server, token, content=b'{"prompt": "hi", "top_k": Infinity}')) == (
+        336001, "Invalid Argument")
+
+
+def test_body_not_utf8_336002(server, token):
+    assert business(post(server, token, content=b'{"prompt": "\xff\xfe"}')) == (336002, "Invalid JSON")
