@@ -93,7 +93,8 @@ def _recording(run, sizes):
 
 
 def test_runner_metadata_matches_the_reference_builder(make_engine, monkeypatch):
-    """The runner's fast slot mapping equals AttentionMetadata.build on chunked, multi-block batches."""
+    """On chunked, multi-block batches the runner's metadata and positions agree with AttentionMetadata.build
+    from the scheduled lengths and the sequences' own block tables (build's slots: tests/model/test_attention.py)."""
     from neoxserve.model import attention
 
     engine = make_engine(kv_block_size=4, max_num_batched_tokens=11)
