@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..platform.models import SAMPLING_RULES
 from .errors import INVALID_ARGUMENT, INVALID_JSON, ApiError, out_of_range
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,15 @@ def _string(body: dict, name: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise _bad_type(name, "a string")
+    return value
+
+
+def _sampling(body: dict, name: str) -> float | int | None:
+    """A sampling field: 336001 for a wrong type, 336003 outside the range a service's default must keep too."""
+    integer, rule, ok = SAMPLING_RULES[name]
+    value = _integer(body, name) if integer else _number(body, name)
+    if value is not None and not ok(value):
+        raise out_of_range(f"{name} is {value if integer else format(value, 'g')}, it must be {rule}")
     return value
 
 
@@ -149,22 +159,12 @@ def parse_request(body: dict[str, Any], chat: bool) -> CompletionRequest:
         raise _bad_type("stream", "a boolean")
     req.stream = bool(stream)
 
-    req.temperature = _number(body, "temperature")
-    if req.temperature is not None and not 0.0 < req.temperature <= 1.0:
-        raise out_of_range(f"temperature is {req.temperature:g}, it must be in (0, 1.0]")
-    req.top_k = _integer(body, "top_k")
-    if req.top_k is not None and req.top_k < 1:
-        raise out_of_range(f"top_k is {req.top_k}, it must be a positive integer")
-    req.top_p = _number(body, "top_p")
-    if req.top_p is not None and not 0.0 <= req.top_p <= 1.0:
-        raise out_of_range(f"top_p is {req.top_p:g}, it must be in [0, 1.0]")
-    req.penalty_score = _number(body, "penalty_score")
-    if req.penalty_score is not None and not 1.0 <= req.penalty_score <= 2.0:
-        raise out_of_range(f"penalty_score is {req.penalty_score:g}, it must be in [1.0, 2.0]")
+    req.temperature = _sampling(body, "temperature")
+    req.top_k = _sampling(body, "top_k")
+    req.top_p = _sampling(body, "top_p")
+    req.penalty_score = _sampling(body, "penalty_score")
     req.stop = _stop(body)
-    req.max_output_tokens = _integer(body, "max_output_tokens")
-    if req.max_output_tokens is not None and req.max_output_tokens < 1:
-        raise out_of_range(f"max_output_tokens is {req.max_output_tokens}, it must be a positive integer")
+    req.max_output_tokens = _sampling(body, "max_output_tokens")
     req.seed = _integer(body, "seed")
     if req.seed is not None and not 0 <= req.seed < 2**63:
         raise out_of_range(f"seed is {req.seed}, it must be in [0, 2^63)")

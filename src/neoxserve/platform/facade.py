@@ -15,7 +15,8 @@ from . import iam, tokens
 from .errors import (API_NAME_NOT_EXIST, INVALID_PARAMETER, NO_PERMISSION, TOKEN_EXPIRED, TOKEN_INVALID,
                      AdminError, PlatformError, bad_client_secret, missing_parameter, unknown_client,
                      unsupported_grant)
-from .models import Admission, App, Counters, Limits, NewKeys, Service, StoredSecrets, TokenRecord, UsageRow
+from .models import (SAMPLING_RULES, Admission, App, Counters, Limits, NewKeys, Service, StoredSecrets, TokenRecord,
+                     UsageRow)
 from .names import check_api_name, check_app_name
 from .store import Store, open_store
 
@@ -271,19 +272,10 @@ def _check_limits(limits: Limits) -> None:
 
 
 def _check_defaults(s: Service) -> None:
-    def bad(field, value, rule):
-        raise AdminError(f"invalid {field} {value!r}: must be {rule}")
-
-    def finite(v):
-        return isinstance(v, (int, float)) and math.isfinite(v)
-
-    if s.temperature is not None and not (finite(s.temperature) and 0 < s.temperature <= 1):
-        bad("temperature", s.temperature, "in (0, 1.0]")
-    if s.top_p is not None and not (finite(s.top_p) and 0 <= s.top_p <= 1):
-        bad("top_p", s.top_p, "in [0, 1.0]")
-    if s.top_k is not None and not (isinstance(s.top_k, int) and s.top_k > 0):
-        bad("top_k", s.top_k, "a positive integer")
-    if s.penalty_score is not None and not (finite(s.penalty_score) and 1 <= s.penalty_score <= 2):
-        bad("penalty_score", s.penalty_score, "in [1.0, 2.0]")
-    if s.max_output_tokens is not None and not (isinstance(s.max_output_tokens, int) and s.max_output_tokens > 0):
-        bad("max_output_tokens", s.max_output_tokens, "a positive integer")
+    for name, (integer, rule, ok) in SAMPLING_RULES.items():
+        value = getattr(s, name)
+        if value is None:
+            continue
+        typed = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
+        if not (typed and ok(value)):
+            raise AdminError(f"invalid {name} {value!r}: must be {rule}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,17 @@ class Service:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# The ranges of the sampling fields, shared by request validation (336003) and a service's defaults (publish):
+# name -> (integer?, the rule as the error messages say it, the check on a number of the right type).
+SAMPLING_RULES: dict[str, tuple[bool, str, Callable[[float], bool]]] = {
+    "temperature": (False, "in (0, 1.0]", lambda v: 0 < v <= 1),
+    "top_p": (False, "in [0, 1.0]", lambda v: 0 <= v <= 1),
+    "top_k": (True, "a positive integer", lambda v: v > 0),
+    "penalty_score": (False, "in [1.0, 2.0]", lambda v: 1 <= v <= 2),
+    "max_output_tokens": (True, "a positive integer", lambda v: v > 0),
+}
 
 
 @dataclass(frozen=True)
