@@ -41,7 +41,8 @@ class Moderator:
         return cls(words, patterns)
 
     def is_safe(self, text: str) -> bool:
-        folded = text.casefold()
-        if any(w in folded for w in self.words):
-            return False
+        if self.words:  # casefolding a long prompt is only worth it with words to look for
+            folded = text.casefold()
+            if any(w in folded for w in self.words):
+                return False
         return not any(p.search(text) for p in self.patterns)
