@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from ..config import Settings
+from ..engine.sampling_params import SamplingParams
 
 
 def add_parser(subparsers: Any) -> None:
@@ -18,10 +19,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--model", help="Hugging Face model directory, or 'demo' (default)")
     p.add_argument("--data-dir", dest="data_dir", help="where the demo model is written")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.8, help="(0, 1]; 0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--top-p", type=float, default=0.8, help="(0, 1]; 1 = off")
-    p.add_argument("--penalty-score", type=float, default=1.0, help="repetition penalty in [1, 2]")
+    # the service's defaults (docs/sampling.md), so that generate and the API sample alike
+    defaults = SamplingParams()
+    p.add_argument("--temperature", type=float, default=defaults.temperature, help="(0, 1]; 0 = greedy")
+    p.add_argument("--top-k", type=int, default=defaults.top_k, help="0 = off")
+    p.add_argument("--top-p", type=float, default=defaults.top_p, help="[0, 1]; 1 = off")
+    p.add_argument("--penalty-score", type=float, default=defaults.penalty_score,
+                   help="repetition penalty in [1, 2]")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); never printed")
     p.add_argument("--seed", type=int, help="same seed, same text")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
@@ -32,7 +36,6 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..engine.core import LLMEngine
     from ..engine.errors import RequestRejected
-    from ..engine.sampling_params import SamplingParams
     from ..model.loader import CheckpointError
 
     settings = Settings.load(getattr(args, "config", None), model=args.model, data_dir=args.data_dir,
