@@ -165,13 +165,14 @@ def table(rows: list[dict]) -> str:
 
 
 async def bench_engine(args, model_dir: Path) -> list[dict]:
+    from neoxserve.commands.engine_config import engine_config
     from neoxserve.config import Settings
     from neoxserve.engine.client import AsyncEngineClient
 
     settings = Settings(model=str(model_dir), torch_threads=args.threads, dtype=args.dtype, kv_cache_memory_mb=args.kv_cache_memory_mb,
                         max_num_seqs=max(args.concurrency), max_num_batched_tokens=args.max_num_batched_tokens,
                         data_dir=Path(tempfile.gettempdir()) / "neoxserve-bench-data")
-    client = await AsyncEngineClient.start(settings)
+    client = await AsyncEngineClient.start(engine_config(settings))
     rows = []
     try:
         await run_engine_level(client, make_requests(2, 16, 4, 4, seed=99), 2, "warmup")

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-
 from neoxserve.engine.errors import EngineInternalError
 from neoxserve.engine.outputs import Delta
+from neoxserve.engine.protocol import ModelInfo
 
 
 class CharTokenizer:
@@ -30,19 +29,11 @@ class CharTokenizer:
         return self.encode(self.render_chat(messages, system))
 
 
-@dataclass
-class Info:
-    name: str = "fake"
-    path: str = ""
-    max_context: int = 64
-    is_chat: bool = True
-
-
 class FakeEngine:
     def __init__(self, text: str = "Hello world. 你好！ end", delay: float = 0.0, fail: Exception | None = None,
                  fail_after: int | None = None):
         self.tokenizer = CharTokenizer()
-        self.model_info = Info()
+        self.model_info = ModelInfo(name="fake", path="", max_context=64, is_chat=True)
         self.text = text
         self.delay = delay
         self.fail = fail

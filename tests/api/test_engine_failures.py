@@ -6,6 +6,7 @@ app and the real platform (SQLite in a temporary directory).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -118,7 +119,7 @@ def test_chunking_policy(texts, max_tokens, expected):
 
 def test_chat_route_needs_a_chat_model(setup):
     engine = FakeEngine()
-    engine.model_info.is_chat = False
+    engine.model_info = replace(engine.model_info, is_chat=False)
     client, url, _ = setup(engine)
     chat = url.replace("/completions/", "/chat/")
     body = client.post(chat, json={"messages": [{"role": "user", "content": "hi"}]}).json()

@@ -74,3 +74,13 @@ def test_first_start_banner_then_quiet_restart_and_clean_shutdown(tmp_path):
     finally:
         again.stop()
     assert _all_gone(engines)
+
+
+def _maps_torch(pid: int) -> bool:
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_the_http_process_never_loads_torch(server):
+    assert not _maps_torch(server.process.pid)
+    # the check can see torch: the engine process (a child) has it loaded
+    assert any(_maps_torch(pid) for pid in _children(server.process.pid))

@@ -1,12 +1,15 @@
 """Engine test fixtures: the demo model loaded once, engines built from settings overrides, a step driver."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from neoxserve.commands.engine_config import engine_config
 from neoxserve.config import Settings
+from neoxserve.engine.config import EngineConfig
 from neoxserve.engine.core import LLMEngine
 from neoxserve.engine.outputs import Delta
 
@@ -41,15 +44,16 @@ def tiny_loaded(demo_model_dir):
     return LoadedModel(model=model, config=cfg, tokenizer=tokenizer, path=Path(demo_model_dir))
 
 
-def engine_settings(**overrides) -> Settings:
-    """Settings for a test engine: a small KV pool (allocating 512 MB per engine is slow) unless overridden."""
-    return Settings.model_construct(**{**Settings().model_dump(), "kv_cache_memory_mb": 16, **overrides})
+def small_config(**overrides) -> EngineConfig:
+    """The engine config of the default settings, with a small KV pool (allocating 512 MB per engine is slow)
+    unless overridden."""
+    return replace(engine_config(Settings(kv_cache_memory_mb=16)), **overrides)
 
 
 @pytest.fixture
 def make_engine(demo_loaded):
     def make(loaded=None, **overrides) -> LLMEngine:
-        return LLMEngine(loaded or demo_loaded, engine_settings(**overrides))
+        return LLMEngine(loaded or demo_loaded, small_config(**overrides))
     return make
 
 
@@ -76,7 +80,7 @@ class Helpers:
     run_all = staticmethod(run_all)
     tokens_of = staticmethod(tokens_of)
     text_of = staticmethod(text_of)
-    settings = staticmethod(engine_settings)
+    config = staticmethod(small_config)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from neoxserve.commands.engine_config import engine_config
 from neoxserve.config import Settings
 from neoxserve.engine.client import AsyncEngineClient
 from neoxserve.engine.errors import EngineDead, EngineOverloaded, QueueTimeout, RequestRejected
@@ -36,7 +37,7 @@ def run(loop, coro, timeout: float = TIMEOUT):
 @pytest.fixture(scope="module")
 def client(loop, demo_model_dir, tmp_path_factory):
     settings = _settings(demo_model_dir, tmp_path_factory, max_num_seqs=1, max_waiting_requests=0)
-    client = run(loop, AsyncEngineClient.start(settings), 120)
+    client = run(loop, AsyncEngineClient.start(engine_config(settings)), 120)
     yield client
     run(loop, client.shutdown())
 
@@ -142,7 +143,7 @@ def test_full_queue_and_impossible_requests_refuse_before_the_first_delta(loop, 
 
 def test_killed_engine_fails_pending_requests_promptly(loop, demo_model_dir, tmp_path_factory):
     settings = _settings(demo_model_dir, tmp_path_factory, max_num_seqs=1, queue_timeout_seconds=0.3)
-    client = run(loop, AsyncEngineClient.start(settings), 120)
+    client = run(loop, AsyncEngineClient.start(engine_config(settings)), 120)
     prompt = client.tokenizer.encode("Numbers and code")
 
     async def scenario():
@@ -172,7 +173,7 @@ def test_killed_engine_fails_pending_requests_promptly(loop, demo_model_dir, tmp
 def test_load_error_surfaces_with_its_text(loop, tmp_path):
     settings = Settings(model=str(tmp_path / "no-such-model"), data_dir=tmp_path)
     with pytest.raises(EngineDead, match="does not exist"):
-        run(loop, AsyncEngineClient.start(settings), 120)
+        run(loop, AsyncEngineClient.start(engine_config(settings)), 120)
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -29,7 +29,7 @@ def test_auto_kv_budget_takes_at_most_half_the_free_memory(h, make_engine, monke
 def test_padded_embedding_rows_are_never_sampled(h, make_engine):
     engine = make_engine()
     tokenizer_ids = engine.tokenizer.vocab_size
-    assert engine.config.vocab_size > tokenizer_ids, "the demo model's embedding should be padded"
+    assert engine.loaded.config.vocab_size > tokenizer_ids, "the demo model's embedding should be padded"
     params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=64, ignore_eos=True, seed=3)
     for i in range(8):
         engine.add_request(f"r{i}", [5, 6, 7, i + 10], params)

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from neoxserve.engine.core import QUEUE_TIMEOUT_PREFIX
 from neoxserve.engine.errors import EngineOverloaded, RequestRejected
+from neoxserve.engine.outputs import Failure
 from neoxserve.engine.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(greedy=True, max_new_tokens=8, ignore_eos=True)
@@ -190,7 +190,8 @@ def test_waiting_past_the_deadline_fails_with_queue_timeout(h, make_engine):
         for d in engine.step():
             if d.request_id == "late":
                 late = d
-    assert late is not None and late.finish_reason == "error" and late.error.startswith(QUEUE_TIMEOUT_PREFIX)
+    assert late is not None and (late.finish_reason, late.failure) == ("error", Failure.QUEUE_TIMEOUT)
+    assert late.error.startswith("waited ")
     assert late.completion_tokens == 0
     engine.abort("busy")
     engine.step()
@@ -200,7 +201,19 @@ def test_waiting_past_the_deadline_fails_with_queue_timeout(h, make_engine):
 def test_model_demo_setting_loads_the_demo_model(h, tmp_path):
     from neoxserve.engine.core import LLMEngine
 
-    engine = LLMEngine.from_settings(h.settings(model="demo", data_dir=tmp_path, kv_cache_memory_mb=4))
+    engine = LLMEngine.from_config(h.config(model="demo", data_dir=tmp_path, kv_cache_memory_mb=4))
     assert engine.loaded.path.is_relative_to(tmp_path)
     engine.add_request("d", _prompt(5), GREEDY)
     assert len(h.tokens_of(h.run_all(engine)["d"])) == 8
+
+
+def test_a_step_that_can_run_nothing_is_an_error_not_a_spin(make_engine, monkeypatch):
+    """Admission guarantees every queued request can run; if the scheduler still runs nothing, that is a bug and
+    step() says so instead of letting the engine loop spin."""
+    from neoxserve.engine.scheduler import ScheduledBatch
+
+    engine = make_engine()
+    engine.add_request("stuck", _prompt(8), GREEDY)
+    monkeypatch.setattr(engine.scheduler, "schedule", ScheduledBatch)
+    with pytest.raises(RuntimeError, match="^the scheduler ran nothing: 0 running, 1 waiting, \\d+ free KV blocks$"):
+        engine.step()

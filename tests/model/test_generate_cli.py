@@ -5,6 +5,7 @@ import hashlib
 import subprocess
 import sys
 
+from neoxserve.commands.engine_config import engine_config
 from neoxserve.config import Settings
 from neoxserve.engine.core import LLMEngine
 from neoxserve.engine.sampling_params import SamplingParams
@@ -19,7 +20,7 @@ def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
 
 
 def _expected_text(model_dir, max_new_tokens: int) -> str:
-    engine = LLMEngine.from_settings(Settings.load(None, model=str(model_dir)))
+    engine = LLMEngine.from_config(engine_config(Settings.load(None, model=str(model_dir))))
     engine.add_request("r", engine.tokenizer.encode(PROMPT), SamplingParams(greedy=True,
                                                                             max_new_tokens=max_new_tokens))
     text = ""

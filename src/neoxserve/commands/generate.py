@@ -11,6 +11,7 @@ from typing import Any
 
 from ..config import Settings
 from ..engine.sampling_params import SamplingParams
+from .engine_config import engine_config
 
 
 def add_parser(subparsers: Any) -> None:
@@ -38,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.errors import RequestRejected
     from ..model.loader import CheckpointError
 
-    settings = Settings.load(getattr(args, "config", None), model=args.model, data_dir=args.data_dir,
-                             dtype=args.dtype, device=args.device)
+    config = engine_config(Settings.load(getattr(args, "config", None), model=args.model, data_dir=args.data_dir,
+                                         dtype=args.dtype, device=args.device))
     greedy = args.temperature == 0
     try:
         params = SamplingParams(temperature=1.0 if greedy else args.temperature, top_k=args.top_k,
@@ -49,14 +50,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"neoxserve generate: {e}", file=sys.stderr)
         return 2
-    if settings.model == "demo":
+    if config.is_demo:
         print("Using the demo model: its weights are random, so its text is noise.", file=sys.stderr)
 
-    if settings.torch_threads:
-        import torch
-        torch.set_num_threads(settings.torch_threads)
     try:
-        engine = LLMEngine.from_settings(settings)
+        engine = LLMEngine.from_config(config)
     except CheckpointError as e:
         print(f"neoxserve generate: {e}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import uvicorn
 
 from ..config import Settings
+from .engine_config import engine_config
 
 log = logging.getLogger("neoxserve.serve")
 
@@ -90,14 +91,15 @@ async def serve(settings: Settings) -> int:
     from ..platform import Platform
 
     platform = Platform.open(settings)   # first: a bad store or key fails before the model is loaded
+    config = engine_config(settings)
     engine = None
     try:
-        engine = await AsyncEngineClient.start(settings)
+        engine = await AsyncEngineClient.start(config)
         info = engine.model_info
-        api_name = settings.api_name or info.name
+        api_name = settings.api_name or info.name   # the one place the published name is decided
         keys = platform.bootstrap(api_name, info.name)
         if keys is not None:
-            print(banner(settings, api_name, keys, settings.model == "demo"), flush=True)
+            print(banner(settings, api_name, keys, config.is_demo), flush=True)
         app = create_app(settings, engine, platform)
         server = _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
                                         access_log=False))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from .apps import add_store_flags, admin_command, name_list, print_json
@@ -39,9 +38,9 @@ def add_parser(subparsers: Any) -> None:
 
 def _default_model(args: argparse.Namespace) -> str:
     from ..config import Settings
+    from .engine_config import engine_config
 
-    model = Settings.load(getattr(args, "config", None)).model
-    return Path(model).name or model
+    return engine_config(Settings.load(getattr(args, "config", None))).model_name
 
 
 @admin_command

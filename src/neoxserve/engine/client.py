@@ -1,8 +1,11 @@
-"""AsyncEngineClient: the HTTP process's handle on the engine process (see engine/process.py for the wire).
+"""AsyncEngineClient: the HTTP process's handle on the engine process (the messages are in engine/protocol.py).
 
 Threads in the HTTP process: a reader (engine -> per-request asyncio queues, one loop callback per engine
 message), a sender (so a full pipe never blocks the event loop), and a watchdog on the process sentinel. If the
 engine process dies, every pending request fails with EngineDead at once and `is_alive()` turns false.
+
+Importing this module does not import torch: the engine process imports it (engine/process.py), this one only
+speaks the protocol and loads the tokenizer.
 """
 from __future__ import annotations
 
@@ -11,28 +14,40 @@ import logging
 import multiprocessing as mp
 import queue
 import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Mapping
 from multiprocessing.connection import Connection, wait
-from typing import Any
 
-from neoxserve.engine.core import QUEUE_TIMEOUT_PREFIX
-from neoxserve.engine.errors import (EngineDead, EngineInternalError, EngineOverloaded, QueueTimeout,
+from neoxserve.engine.config import EngineConfig
+from neoxserve.engine.errors import (EngineDead, EngineError, EngineInternalError, EngineOverloaded, QueueTimeout,
                                      RequestRejected)
-from neoxserve.engine.outputs import Delta
-from neoxserve.engine.process import engine_main, settings_to_dict
+from neoxserve.engine.outputs import Delta, Failure
+from neoxserve.engine.process import engine_main
+from neoxserve.engine.protocol import (AbortRequest, Ack, AckError, AddRequest, ClientMessage, Failed, ModelInfo,
+                                       Output, ProtocolError, Ready, Shutdown)
 from neoxserve.engine.sampling_params import SamplingParams
+from neoxserve.engine.stats import StatsSnapshot
+from neoxserve.model.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-_ACK_ERRORS = {"overloaded": EngineOverloaded, "rejected": RequestRejected}
+_ACK_ERRORS: dict[AckError, type[EngineError]] = {
+    AckError.OVERLOADED: EngineOverloaded,
+    AckError.REJECTED: RequestRejected,
+    AckError.INTERNAL: EngineInternalError,
+}
+_FAILURE_ERRORS: dict[Failure, type[EngineError]] = {
+    Failure.QUEUE_TIMEOUT: QueueTimeout,
+    Failure.STEP_FAILED: EngineInternalError,
+}
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str          # the name the model is published under
-    path: str          # model directory
-    max_context: int   # max_position_embeddings: prompt + max_new_tokens must fit
-    is_chat: bool      # the tokenizer has the tuned model's chat tokens
+def failure_error(delta: Delta) -> EngineError | None:
+    """The exception a finished delta stands for (finish_reason "error"), or None. The one place a failed
+    generation becomes an exception."""
+    if delta.failure is None:
+        return None
+    return _FAILURE_ERRORS[delta.failure](delta.error or delta.failure.value)
 
 
 class RequestStream:
@@ -47,8 +62,8 @@ class RequestStream:
     def __init__(self, client: "AsyncEngineClient", request_id: str) -> None:
         self._client = client
         self.request_id = request_id
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._ack: asyncio.Future[Any] = client._loop.create_future()
+        self._queue: asyncio.Queue[Delta | EngineError] = asyncio.Queue()
+        self._ack: asyncio.Future[Ack] = client._loop.create_future()
         self._done = False
         self._registered = False     # sent to the engine (a refused duplicate id never is)
 
@@ -59,11 +74,10 @@ class RequestStream:
         if self._done:
             raise StopAsyncIteration
         try:
-            error = await self._ack      # done after the first call: returns at once
-            if error is not None:
+            ack = await self._ack        # done after the first call: returns at once
+            if ack.error is not None:
                 self._close(abort=False)
-                kind, message = error
-                raise _ACK_ERRORS[kind](message)
+                raise _ACK_ERRORS[ack.error](ack.message)
             item = await self._queue.get()
         except asyncio.CancelledError:
             self._close(abort=True)
@@ -76,11 +90,9 @@ class RequestStream:
             raise item
         if item.finished:
             self._close(abort=False)
-            if item.finish_reason == "error":
-                error = item.error or "engine error"
-                if error.startswith(QUEUE_TIMEOUT_PREFIX):
-                    raise QueueTimeout(error)
-                raise EngineInternalError(error)
+            error = failure_error(item)
+            if error is not None:
+                raise error
         return item
 
     async def aclose(self) -> None:
@@ -96,7 +108,7 @@ class RequestStream:
         if streams.get(self.request_id) is self:
             del streams[self.request_id]
         if abort:
-            self._client._send(("abort", self.request_id))
+            self._client._send(AbortRequest(self.request_id))
 
     def __del__(self) -> None:
         if not self._done:
@@ -108,7 +120,7 @@ class RequestStream:
 
 class AsyncEngineClient:
     def __init__(self, process: mp.process.BaseProcess, requests: Connection, outputs: Connection,
-                 model_info: ModelInfo, tokenizer: Any, loop: asyncio.AbstractEventLoop) -> None:
+                 model_info: ModelInfo, tokenizer: Tokenizer, loop: asyncio.AbstractEventLoop) -> None:
         self._process = process
         self._requests = requests
         self._outputs = outputs
@@ -116,32 +128,30 @@ class AsyncEngineClient:
         self.tokenizer = tokenizer
         self._loop = loop
         self._streams: dict[str, RequestStream] = {}
-        self._stats: dict[str, Any] = {}
+        self._stats: StatsSnapshot | None = None
         self._dead: str | None = None          # why the engine is gone
         self._shutting_down = False
-        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[ClientMessage | None] = queue.SimpleQueue()   # None stops the sender
         self._threads = [threading.Thread(target=f, name=f"engine-{f.__name__.strip('_')}", daemon=True)
                          for f in (self._reader, self._sender, self._watchdog)]
         for t in self._threads:
             t.start()
 
     @classmethod
-    async def start(cls, settings: Any, startup_timeout: float | None = None) -> "AsyncEngineClient":
+    async def start(cls, config: EngineConfig, startup_timeout: float | None = None) -> AsyncEngineClient:
         """Spawn the engine process and return once its model is loaded. A load failure raises EngineDead
         with the engine's error text (e.g. the CheckpointError message)."""
         loop = asyncio.get_running_loop()
         ctx = mp.get_context("spawn")
         req_read, req_write = ctx.Pipe(duplex=False)
         out_read, out_write = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=engine_main, args=(settings_to_dict(settings), req_read, out_write),
+        process = ctx.Process(target=engine_main, args=(config, req_read, out_write),
                               name="neoxserve-engine", daemon=True)
         process.start()
         req_read.close()
         out_write.close()   # so that the engine's death reads as EOF here
         try:
-            msg = await loop.run_in_executor(None, _wait_ready, process, out_read, startup_timeout)
-            info = ModelInfo(**msg)
-            from neoxserve.model.tokenizer import Tokenizer
+            info = await loop.run_in_executor(None, _wait_ready, process, out_read, startup_timeout)
             tokenizer = await loop.run_in_executor(None, Tokenizer.from_dir, info.path)
         except BaseException:
             _stop_process(process)
@@ -160,11 +170,11 @@ class AsyncEngineClient:
             stream._ack.exception()   # mark retrieved; __anext__ raises it
             return stream
         if request_id in self._streams:
-            stream._ack.set_result(("rejected", f"request id {request_id!r} is already in use"))
+            stream._ack.set_result(Ack(request_id, AckError.REJECTED, f"request id {request_id!r} is already in use"))
             return stream
         self._streams[request_id] = stream
         stream._registered = True
-        self._send(("add", request_id, list(prompt_token_ids), params))
+        self._send(AddRequest(request_id, list(prompt_token_ids), params))
         return stream
 
     async def abort(self, request_id: str) -> None:
@@ -172,14 +182,14 @@ class AsyncEngineClient:
         if stream is not None:
             stream._close(abort=True)
         else:
-            self._send(("abort", request_id))
+            self._send(AbortRequest(request_id))
 
     def is_alive(self) -> bool:
         return self._dead is None and self._process.is_alive()
 
-    def stats(self) -> dict[str, Any]:
-        """The latest stats dict pushed by the engine (see engine/stats.py for its keys and layout)."""
-        return self._stats
+    def stats(self) -> Mapping[str, object]:
+        """The latest stats snapshot pushed by the engine (engine/stats.py), {} before the first one."""
+        return self._stats or {}
 
     @property
     def pid(self) -> int | None:
@@ -188,7 +198,7 @@ class AsyncEngineClient:
     async def shutdown(self, timeout: float = 10.0) -> None:
         self._shutting_down = True
         if self._dead is None:
-            self._send(("shutdown",))
+            self._send(Shutdown())
         await self._loop.run_in_executor(None, self._process.join, timeout)
         _stop_process(self._process)
         self._mark_dead("the engine was shut down")
@@ -196,7 +206,7 @@ class AsyncEngineClient:
 
     # ---- threads and plumbing ---------------------------------------------------------------------------
 
-    def _send(self, msg: tuple) -> None:
+    def _send(self, msg: ClientMessage) -> None:
         if self._dead is None:
             self._outbox.put(msg)
 
@@ -212,9 +222,16 @@ class AsyncEngineClient:
         try:
             while True:
                 msg = self._outputs.recv()
+                if not isinstance(msg, Output):
+                    raise ProtocolError(f"the client got an unexpected message after start: {msg!r}")
                 self._loop.call_soon_threadsafe(self._dispatch, msg)
         except (EOFError, OSError):
             pass
+        except ProtocolError as e:   # a bug: stop the engine, so that every pending request fails now
+            log.error("%s; stopping the engine", e)
+            self._died(str(e))
+            _stop_process(self._process)
+            return
         except RuntimeError:   # the event loop is closed
             return
         self._process.join(0.5)
@@ -248,35 +265,35 @@ class AsyncEngineClient:
                 stream._queue.put_nowait(error)
             self._streams.pop(stream.request_id, None)
 
-    def _dispatch(self, msg: tuple) -> None:
-        if msg[0] != "out":
-            return
-        _, acks, deltas, stats = msg
+    def _dispatch(self, msg: Output) -> None:
         streams = self._streams
-        for request_id, error in acks:
-            stream = streams.get(request_id)
+        for ack in msg.acks:
+            stream = streams.get(ack.request_id)
             if stream is not None and not stream._ack.done():
-                stream._ack.set_result(error)
-        for delta in deltas:
+                stream._ack.set_result(ack)
+        for delta in msg.deltas:
             stream = streams.get(delta.request_id)
             if stream is not None:
                 stream._queue.put_nowait(delta)
-        if stats is not None:
-            self._stats = stats
+        if msg.stats is not None:
+            self._stats = msg.stats
 
 
-def _wait_ready(process: mp.process.BaseProcess, outputs: Connection, timeout: float | None) -> dict[str, Any]:
-    import time
+def _wait_ready(process: mp.process.BaseProcess, outputs: Connection, timeout: float | None) -> ModelInfo:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         if outputs.poll(0.1):
             try:
-                kind, payload = outputs.recv()
+                msg = outputs.recv()
             except EOFError:
                 raise EngineDead(f"the engine process exited while loading (exit code {process.exitcode})") from None
-            if kind == "ready":
-                return payload
-            raise EngineDead(f"the engine failed to start: {payload}")
+            match msg:
+                case Ready():
+                    return msg.model_info
+                case Failed():
+                    raise EngineDead(f"the engine failed to start: {msg.error}")
+                case _:
+                    raise ProtocolError(f"the client got an unexpected message while the engine loads: {msg!r}")
         if not process.is_alive():
             if outputs.poll(0):
                 continue

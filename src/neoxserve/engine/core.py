@@ -6,35 +6,33 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from neoxserve.engine.block_manager import BlockManager, bytes_per_block
+from neoxserve.engine.config import EngineConfig
 from neoxserve.engine.errors import EngineOverloaded, RequestRejected
-from neoxserve.engine.outputs import Delta
+from neoxserve.engine.outputs import Delta, Failure, FinishReason
+from neoxserve.engine.protocol import ModelInfo
 from neoxserve.engine.runner import ModelRunner
 from neoxserve.engine.sampling import new_detokenizer
 from neoxserve.engine.sampling_params import SamplingParams
 from neoxserve.engine.scheduler import ScheduledBatch, Scheduler
 from neoxserve.engine.sequence import Sequence
-from neoxserve.engine.stats import EngineStats
+from neoxserve.engine.stats import EngineStats, StatsSnapshot
 
 if TYPE_CHECKING:
     import torch
 
-    from neoxserve.config import Settings
     from neoxserve.model.loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
-# Delta.error of a request that waited past its deadline starts with this; the client raises QueueTimeout.
-QUEUE_TIMEOUT_PREFIX = "queue timeout:"
 
-
-def resolve_model_dir(settings: "Settings") -> Path:
-    if settings.model == "demo":
+def resolve_model_dir(config: EngineConfig) -> Path:
+    if config.is_demo:
         from neoxserve.model.demo import ensure_demo_model
-        return Path(ensure_demo_model(settings.data_dir))
-    return Path(settings.model)
+        return Path(ensure_demo_model(config.data_dir))
+    return Path(config.model)
 
 
 def resolve_device(device: str) -> str:
@@ -44,16 +42,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def kv_cache_budget(settings: "Settings", bytes_per_context: int, device: "torch.device") -> int:
+def kv_cache_budget(config: EngineConfig, bytes_per_context: int, device: torch.device) -> int:
     """Bytes for the KV cache: `kv_cache_memory_mb` when set; otherwise room for `max_num_seqs` full contexts,
     but at most half the memory still available once the model is loaded (the cache is zeroed up front, so every
     byte of it is resident)."""
-    if settings.kv_cache_memory_mb:
-        return settings.kv_cache_memory_mb * 2**20
-    return min(settings.max_num_seqs * bytes_per_context, available_memory(device) // 2)
+    if config.kv_cache_memory_mb:
+        return config.kv_cache_memory_mb * 2**20
+    return min(config.max_num_seqs * bytes_per_context, available_memory(device) // 2)
 
 
-def available_memory(device: "torch.device") -> int:
+def available_memory(device: torch.device) -> int:
     import torch
 
     if device.type == "cuda":
@@ -69,59 +67,71 @@ def available_memory(device: "torch.device") -> int:
 
 
 class LLMEngine:
-    def __init__(self, loaded: "LoadedModel", settings: "Settings") -> None:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
         self.loaded = loaded
-        self.config = cfg = loaded.config
+        cfg = loaded.config
         self.tokenizer = loaded.tokenizer
-        self.settings = settings
-        self.max_context = cfg.max_position_embeddings
-        self.block_size = settings.kv_block_size
-        self.max_waiting_requests = settings.max_waiting_requests
-        self.max_queued_tokens = settings.max_queued_tokens
-        self.queue_timeout = settings.queue_timeout_seconds
+        self.model_info = ModelInfo(name=config.model_name, path=str(loaded.path),
+                                    max_context=cfg.max_position_embeddings, is_chat=self.tokenizer.is_chat)
+        self.block_size = config.kv_block_size
+        self.max_waiting_requests = config.max_waiting_requests
+        self.max_queued_tokens = config.max_queued_tokens
+        self.queue_timeout = config.queue_timeout_seconds
 
         param = next(loaded.model.parameters())
         per_block = bytes_per_block(cfg.num_hidden_layers, self.block_size, cfg.num_attention_heads, cfg.head_dim,
                                     param.element_size())
-        budget = kv_cache_budget(settings, per_block * -(-self.max_context // self.block_size), param.device)
+        budget = kv_cache_budget(config, per_block * -(-self.max_context // self.block_size), param.device)
         num_blocks = budget // per_block
         if num_blocks < 1:
-            raise ValueError(f"kv_cache_memory_mb={settings.kv_cache_memory_mb} holds no KV block "
+            raise ValueError(f"kv_cache_memory_mb={config.kv_cache_memory_mb} holds no KV block "
                              f"({per_block} bytes each)")
         log.info("KV cache: %d blocks of %d tokens (%d tokens, %.0f MB)", num_blocks, self.block_size,
                  num_blocks * self.block_size, num_blocks * per_block / 2**20)
         if num_blocks * self.block_size < self.max_context:
             log.warning("the KV cache holds %d tokens, less than one full context (%d): longer requests are "
                         "rejected; raise kv_cache_memory_mb", num_blocks * self.block_size, self.max_context)
-        self.block_manager = BlockManager(num_blocks, self.block_size, settings.enable_prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, settings.max_num_seqs, settings.max_num_batched_tokens)
+        self.block_manager = BlockManager(num_blocks, self.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = ModelRunner(loaded.model, cfg, num_blocks, self.block_size, self.tokenizer.vocab_size)
         self.requests: dict[str, Sequence] = {}
         self.pending: list[Delta] = []          # deltas produced outside step() (aborts), sent with the next one
         self.counters = EngineStats()
-        self.last_step_ran = False              # whether the latest step() ran a batch
         self._tokenizer_stop_ids = frozenset(self.tokenizer.stop_token_ids)   # eos included (model/tokenizer.py)
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> "LLMEngine":
+    def from_config(cls, config: EngineConfig) -> LLMEngine:
+        """Load the model and build the engine. Sets torch's thread count first when the config gives one."""
+        import torch
+
         from neoxserve.model.loader import load_model
-        loaded = load_model(resolve_model_dir(settings), resolve_device(settings.device), settings.dtype)
-        return cls(loaded, settings)
+
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        loaded = load_model(resolve_model_dir(config), resolve_device(config.device), config.dtype)
+        return cls(loaded, config)
+
+    @property
+    def max_context(self) -> int:
+        return self.model_info.max_context
 
     # ---- requests ---------------------------------------------------------------------------------------
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Queue a request. RequestRejected if it can never run, EngineOverloaded if the queue is full."""
+        """Queue a request. RequestRejected if it can never run, EngineOverloaded if the queue is full.
+
+        The stop tokens are the tokenizer's (eos included) unless `params.ignore_eos`, plus `params.stop_token_ids`:
+        callers do not add the tokenizer's themselves."""
         n = len(prompt_token_ids)
         if request_id in self.requests:
             raise RequestRejected(f"request id {request_id!r} is already in use")
         if n == 0:
             raise RequestRejected("the prompt is empty")
-        if n + params.max_new_tokens > self.max_context:
+        if params.max_new_tokens > self.model_info.output_room(n):
             raise RequestRejected(
                 f"prompt ({n} tokens) + max_new_tokens ({params.max_new_tokens}) = {n + params.max_new_tokens} "
                 f"exceeds the model's context of {self.max_context} tokens")
-        vocab = self.config.vocab_size
+        vocab = self.loaded.config.vocab_size
         if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab:
             raise RequestRejected(f"prompt token ids must be in [0, {vocab})")
         blocks = -(-(n + params.max_new_tokens) // self.block_size)
@@ -168,8 +178,11 @@ class LLMEngine:
         if self.queue_timeout > 0:
             self._expire_waiting(deltas)
         batch = self.scheduler.schedule()
-        self.last_step_ran = bool(batch)
         if not batch:
+            if self.requests and not deltas:
+                sched = self.scheduler
+                raise RuntimeError(f"the scheduler ran nothing: {len(sched.running)} running, {len(sched.waiting)} "
+                                   f"waiting, {self.block_manager.num_free_blocks} free KV blocks")
             return deltas
         try:
             sampled = self.runner.run(batch)
@@ -177,7 +190,7 @@ class LLMEngine:
             log.exception("engine step failed for %d requests", len(batch.seqs))
             error = f"{type(e).__name__}: {e}"
             for seq in batch.seqs:
-                deltas.append(self._finish(seq, "error", error))
+                deltas.append(self._finish(seq, "error", Failure.STEP_FAILED, error))
             return deltas
         self._advance(batch, sampled, deltas)
         return deltas
@@ -217,22 +230,22 @@ class LLMEngine:
         for seq in list(self.scheduler.waiting):
             if seq.deadline is not None and seq.first_scheduled_time is None and now > seq.deadline:
                 deltas.append(self._finish(
-                    seq, "error", f"{QUEUE_TIMEOUT_PREFIX} waited {now - seq.arrival_time:.1f} s "
-                                  f"(queue_timeout_seconds={self.queue_timeout})"))
+                    seq, "error", Failure.QUEUE_TIMEOUT, f"waited {now - seq.arrival_time:.1f} s "
+                                                         f"(queue_timeout_seconds={self.queue_timeout})"))
 
-    def _finish(self, seq: Sequence, reason: str, error: str | None = None, text: str = "",
-                token_ids: list[int] | None = None) -> Delta:
+    def _finish(self, seq: Sequence, reason: FinishReason, failure: Failure | None = None, error: str | None = None,
+                text: str = "", token_ids: list[int] | None = None) -> Delta:
         self.scheduler.remove(seq)
         del self.requests[seq.request_id]
         self.counters.finished[reason] += 1
         if seq.first_token_time is not None and seq.num_output_tokens >= 2 and seq.last_token_time is not None:
             self.counters.tpot.observe((seq.last_token_time - seq.first_token_time) / (seq.num_output_tokens - 1))
         return Delta(seq.request_id, text, token_ids or [], seq.num_prompt_tokens, seq.num_output_tokens,
-                     finished=True, finish_reason=reason, error=error)  # type: ignore[arg-type]
+                     finished=True, finish_reason=reason, failure=failure, error=error)
 
     # ---- introspection ----------------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> StatsSnapshot:
         sched, bm = self.scheduler, self.block_manager
         return self.counters.snapshot(
             running=len(sched.running), waiting=len(sched.waiting), kv_blocks_used=bm.num_used_blocks,

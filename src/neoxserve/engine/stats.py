@@ -1,6 +1,6 @@
 """Engine statistics: gauges, counters and latency histograms, as one plain dict the client can read.
 
-The snapshot dict (what `AsyncEngineClient.stats()` returns; all plain, picklable types):
+The snapshot dict (StatsSnapshot: what `AsyncEngineClient.stats()` returns; all plain, picklable types):
 
     running, waiting                    gauges: sequences running / waiting (incl. preempted ones)
     kv_blocks_used, kv_blocks_total     gauges: paged KV cache blocks (used = held by a sequence)
@@ -16,7 +16,7 @@ The snapshot dict (what `AsyncEngineClient.stats()` returns; all plain, picklabl
     time_per_output_token_seconds       histogram: per finished request with >= 2 tokens,
                                         (last token time - first token time) / (tokens - 1)
 
-Each histogram is `{"buckets": [[upper_bound, cumulative_count], ..., [inf, count]], "sum": float,
+Each histogram is `{"buckets": [(upper_bound, cumulative_count), ..., (inf, count)], "sum": float,
 "count": int}` -- the Prometheus histogram layout, so exporting is direct, e.g. with prometheus_client:
 
     HistogramMetricFamily(name, doc,
@@ -26,13 +26,36 @@ Each histogram is `{"buckets": [[upper_bound, cumulative_count], ..., [inf, coun
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any
+from typing import TypedDict
 
 QUEUE_TIME_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0)
 TPOT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
 
 FINISH_REASONS = ("stop", "length", "abort", "error")
+
+
+class HistogramSnapshot(TypedDict):
+    buckets: list[tuple[float, int]]   # (upper bound, cumulative count), the last bound inf
+    sum: float
+    count: int
+
+
+class StatsSnapshot(TypedDict):
+    running: int
+    waiting: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    prefix_cache_hit_rate: float
+    prefix_cache_queries_total: int
+    prefix_cache_hits_total: int
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    preemptions_total: int
+    requests_finished_total: dict[str, int]
+    queue_time_seconds: HistogramSnapshot
+    time_to_first_token_seconds: HistogramSnapshot
+    time_per_output_token_seconds: HistogramSnapshot
 
 
 class Histogram:
@@ -49,11 +72,11 @@ class Histogram:
         self.sum += value
         self.count += 1
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> HistogramSnapshot:
         buckets, total = [], 0
         for le, n in zip((*self.bounds, float("inf")), self.counts):
             total += n
-            buckets.append([le, total])
+            buckets.append((le, total))
         return {"buckets": buckets, "sum": self.sum, "count": self.count}
 
 
@@ -67,7 +90,7 @@ class EngineStats:
         self.tpot = Histogram(TPOT_BUCKETS)
 
     def snapshot(self, *, running: int, waiting: int, kv_blocks_used: int, kv_blocks_total: int,
-                 prefix_queries: int, prefix_hits: int, preemptions: int) -> dict[str, Any]:
+                 prefix_queries: int, prefix_hits: int, preemptions: int) -> StatsSnapshot:
         return {
             "running": running,
             "waiting": waiting,

@@ -1,0 +1,40 @@
+"""EngineConfig: the engine's own settings, and nothing else of the service's.
+
+Built from the service `Settings` by `commands.engine_config.engine_config` (field names are the same as the
+Settings fields they come from) and passed to the engine process as is: plain and picklable, so secrets, the
+listening address, moderation and the other HTTP-side settings never reach the engine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEMO_MODEL = "demo"   # the `model` value that stands for the embedded demo model
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    # model
+    model: str                     # Hugging Face model directory, or DEMO_MODEL
+    data_dir: Path                 # where the demo model is written (data_dir/demo-model)
+    device: str                    # auto, cpu, cuda or cuda:N
+    dtype: str                     # auto, float32, bfloat16, float16
+    torch_threads: int             # 0 = torch's default (all cores)
+    # KV cache and scheduler
+    kv_cache_memory_mb: int        # 0 = auto (engine/kv_cache.py)
+    kv_block_size: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_waiting_requests: int
+    max_queued_tokens: int
+    queue_timeout_seconds: float   # 0 = none
+    enable_prefix_caching: bool
+
+    @property
+    def is_demo(self) -> bool:
+        return self.model == DEMO_MODEL
+
+    @property
+    def model_name(self) -> str:
+        """The model's name: "demo", or the model directory's name."""
+        return DEMO_MODEL if self.is_demo else Path(self.model).name or self.model

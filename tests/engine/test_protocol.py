@@ -1,0 +1,155 @@
+"""The seam between the HTTP process and the engine process: torch-free imports, typed messages, loud failures."""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from multiprocessing import Pipe
+
+import pytest
+
+from neoxserve.engine import process
+from neoxserve.engine.client import AsyncEngineClient, failure_error
+from neoxserve.engine.errors import (EngineDead, EngineInternalError, EngineOverloaded, QueueTimeout,
+                                     RequestRejected)
+from neoxserve.engine.outputs import Delta, Failure
+from neoxserve.engine.protocol import (AbortRequest, Ack, AckError, AddRequest, ModelInfo, Output, ProtocolError,
+                                       Ready, Shutdown)
+from neoxserve.engine.sampling_params import SamplingParams
+
+
+@pytest.mark.parametrize("module", ["neoxserve.engine.client", "neoxserve.api.app", "neoxserve.commands.serve"])
+def test_the_http_side_imports_no_torch(module):
+    code = f"import sys, {module}; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+class _StubEngine:
+    """Just enough of LLMEngine for the process loop: add_request behaves as told, nothing ever runs."""
+
+    def __init__(self, add_error: Exception | None = None) -> None:
+        self.add_error = add_error
+        self.aborted: list[str] = []
+
+    def add_request(self, request_id, prompt_token_ids, params) -> None:
+        if self.add_error is not None:
+            raise self.add_error
+
+    def abort(self, request_id: str) -> bool:
+        self.aborted.append(request_id)
+        return True
+
+    def has_unfinished(self) -> bool:
+        return False
+
+    def stats(self) -> dict:
+        return {}
+
+
+def _run_loop(engine, *messages) -> list:
+    """Feed messages to the engine loop; what it sent back until it returned (on Shutdown)."""
+    requests_read, requests_write = Pipe(duplex=False)
+    outputs_read, outputs_write = Pipe(duplex=False)
+    for msg in messages:
+        requests_write.send(msg)
+    process._loop(engine, requests_read, outputs_write)
+    sent = []
+    while outputs_read.poll(0):
+        sent.append(outputs_read.recv())
+    return sent
+
+
+@pytest.mark.parametrize("error,kind", [
+    (EngineOverloaded("queue full"), AckError.OVERLOADED),
+    (RequestRejected("too long"), AckError.REJECTED),
+    (KeyError("a bug"), AckError.INTERNAL),
+])
+def test_add_errors_are_acked_by_kind(error, kind):
+    ack = process._add(_StubEngine(error), AddRequest("r1", [1, 2], SamplingParams()))
+    assert ack == Ack("r1", kind, str(error) if kind is not AckError.INTERNAL else "KeyError: 'a bug'")
+    assert process._add(_StubEngine(), AddRequest("r2", [1], SamplingParams())) == Ack("r2")
+
+
+def test_the_loop_aborts_stops_on_shutdown_and_raises_on_unknown_messages():
+    engine = _StubEngine()
+    assert _run_loop(engine, AbortRequest("a1"), Shutdown()) == [Output(stats={})]   # the idle stats push
+    assert engine.aborted == ["a1"]
+    with pytest.raises(ProtocolError, match="unknown message: \\('add', 'r1'\\)"):
+        _run_loop(engine, ("add", "r1"))
+
+
+@pytest.mark.parametrize("failure,error", [(Failure.QUEUE_TIMEOUT, QueueTimeout),
+                                           (Failure.STEP_FAILED, EngineInternalError)])
+def test_a_failed_delta_is_raised_as_its_kind(failure, error):
+    delta = Delta("r", "", [], 3, 0, finished=True, finish_reason="error", failure=failure, error="details")
+    raised = failure_error(delta)
+    assert type(raised) is error and str(raised) == "details"
+    assert failure_error(Delta("r", "x", [1], 3, 1, finished=True, finish_reason="stop")) is None
+
+
+def test_internal_ack_raises_engine_internal_error():
+    """An unexpected exception while the engine admits a request is the engine's fault (336000 in the API)."""
+
+    async def scenario():
+        client = _client_without_process()
+        stream = client.generate("r", [1], SamplingParams())
+        client._dispatch(Output(acks=[Ack("r", AckError.INTERNAL, "KeyError: 'x'")]))
+        with pytest.raises(EngineInternalError, match="KeyError"):
+            await stream.__anext__()
+        await client.shutdown(timeout=0)
+
+    asyncio.run(scenario())
+
+
+def test_an_unexpected_message_from_the_engine_fails_every_request():
+    """The reader meets a message that is not an Output: the engine is stopped and pending requests fail."""
+
+    async def scenario():
+        client = _client_without_process()
+        stream = client.generate("r", [1], SamplingParams())
+        client._engine_ends[1].send(Ready(ModelInfo("m", "", 8, False)))
+        with pytest.raises(EngineDead, match="unexpected message after start"):
+            await asyncio.wait_for(stream.__anext__(), 10)
+        assert not client.is_alive()
+        await client.shutdown(timeout=0)
+
+    asyncio.run(scenario())
+
+
+class _NoProcess:
+    """A stand-in for the engine process that never exits on its own."""
+
+    def __init__(self) -> None:
+        import threading
+        self._stopped = threading.Event()
+        self._r, self._w = Pipe(duplex=False)
+        self.pid = None
+        self.exitcode = None
+
+    @property
+    def sentinel(self):
+        return self._r
+
+    def is_alive(self) -> bool:
+        return not self._stopped.is_set()
+
+    def join(self, timeout=None) -> None:
+        self._stopped.wait(timeout)
+
+    def terminate(self) -> None:
+        self._stopped.set()
+        self.exitcode = -15
+        self._w.send(b"")
+
+    kill = terminate
+
+
+def _client_without_process() -> AsyncEngineClient:
+    requests_read, requests_write = Pipe(duplex=False)
+    outputs_read, outputs_write = Pipe(duplex=False)
+    client = AsyncEngineClient(_NoProcess(), requests_write, outputs_read, ModelInfo("m", "", 8, False), None,
+                               asyncio.get_running_loop())
+    client._engine_ends = (requests_read, outputs_write)   # kept open: the stand-in engine's side of the pipes
+    return client
