@@ -1,37 +1,36 @@
-"""A small stand-in with the engine client's interface, for failures the real engine cannot produce on demand."""
+"""A small stand-in with the engine client's interface, for failures the real engine cannot produce on demand.
+
+mypy checks FakeEngine against engine.client.EngineClient (see `_is_an_engine_client`), so the fake cannot drift
+from the interface the API is written against.
+"""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator, Mapping, Sequence
+
+from neoxserve.engine.client import EngineClient
 from neoxserve.engine.errors import EngineInternalError
 from neoxserve.engine.outputs import Delta
 from neoxserve.engine.protocol import ModelInfo
+from neoxserve.engine.sampling_params import SamplingParams
 
 
 class CharTokenizer:
     """One token per character."""
 
-    stop_token_ids = (0,)
-    is_chat = True
-
     def encode(self, text: str) -> list[int]:
         return [ord(c) for c in text]
 
-    def decode(self, ids, skip_special_tokens=True) -> str:
-        return "".join(chr(i) for i in ids)
-
-    def render_chat(self, messages, system=None) -> str:
+    def encode_chat(self, messages: Sequence[Mapping[str, str]], system: str | None = None) -> list[int]:
         out = "<S>" + (system or "")
         for m in messages:
             out += ("<U>" if m["role"] == "user" else "<A>") + m["content"]
-        return out + "<A>"
-
-    def encode_chat(self, messages, system=None) -> list[int]:
-        return self.encode(self.render_chat(messages, system))
+        return self.encode(out + "<A>")
 
 
 class FakeEngine:
     def __init__(self, text: str = "Hello world. 你好！ end", delay: float = 0.0, fail: Exception | None = None,
-                 fail_after: int | None = None):
+                 fail_after: int | None = None) -> None:
         self.tokenizer = CharTokenizer()
         self.model_info = ModelInfo(name="fake", path="", max_context=64, is_chat=True)
         self.text = text
@@ -39,16 +38,17 @@ class FakeEngine:
         self.fail = fail
         self.fail_after = fail_after
         self.running = 0
-        self.calls: list = []
+        self.calls: list[tuple[str, list[int], SamplingParams]] = []
         self.alive = True
 
     def is_alive(self) -> bool:
         return self.alive
 
-    def stats(self) -> dict:
+    def stats(self) -> Mapping[str, object]:
         return {"running": self.running, "generation_tokens_total": 3}
 
-    async def generate(self, request_id, prompt_token_ids, params):
+    async def generate(self, request_id: str, prompt_token_ids: list[int],
+                       params: SamplingParams) -> AsyncGenerator[Delta, None]:
         self.calls.append((request_id, list(prompt_token_ids), params))
         if self.fail is not None:
             raise self.fail
@@ -65,3 +65,7 @@ class FakeEngine:
                             finish_reason="length" if last else None)
         finally:
             self.running -= 1
+
+
+def _is_an_engine_client(engine: FakeEngine) -> EngineClient:
+    return engine

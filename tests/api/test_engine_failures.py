@@ -182,3 +182,15 @@ def test_unhandled_error_outside_a_model_call_is_336000(setup):
     body = r.json()
     assert list(body) == ["id", "error_code", "error_msg"]
     assert (body["error_code"], body["error_msg"]) == (336000, "Internal error")
+
+
+def test_a_failing_stats_source_is_an_error_not_missing_metrics(setup):
+    """stats() failing is a bug: /metrics answers 336000 (and the server logs it) instead of silently dropping
+    the engine's metrics."""
+    class BrokenStats(FakeEngine):
+        def stats(self) -> dict:
+            raise RuntimeError("stats are broken")
+
+    client, _, _ = setup(BrokenStats())
+    r = TestClient(client.app, raise_server_exceptions=False).get("/metrics")
+    assert (r.json()["error_code"], r.json()["error_msg"]) == (336000, "Internal error")

@@ -4,12 +4,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..config import Settings
+from ..engine.client import EngineClient
+from ..platform import Platform
 from .completions import Completions
 from .errors import INTERNAL, INVALID_HTTP_METHOD, UNSUPPORTED_METHOD, ApiError, error_response
 from .metrics import Metrics
@@ -49,7 +51,8 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-def create_app(settings: Any, engine_client: Any, platform: Any) -> FastAPI:
+def create_app(settings: Settings, engine_client: EngineClient, platform: Platform) -> FastAPI:
+    """The app over a started engine client (its model is loaded) and an open platform."""
     app = FastAPI(title="neoxserve", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics(engine_client.stats)
     completions = Completions(settings, engine_client, platform, Moderator.from_file(settings.moderation_file),
@@ -89,11 +92,9 @@ def create_app(settings: Any, engine_client: Any, platform: Any) -> FastAPI:
 
     @app.get("/ready")
     async def ready() -> Response:
-        loaded = getattr(engine_client, "model_info", None) is not None
-        alive = engine_client.is_alive()
-        ok = loaded and alive
-        return JSONResponse({"status": "ready" if ok else "not ready", "model_loaded": loaded,
-                             "engine_alive": alive}, status_code=200 if ok else 503)
+        alive = engine_client.is_alive()   # the model is loaded: the app is created after that
+        return JSONResponse({"status": "ready" if alive else "not ready", "model_loaded": True,
+                             "engine_alive": alive}, status_code=200 if alive else 503)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
 
+from ..config import Settings
+from ..engine.client import DeltaStream, EngineClient
 from ..engine.errors import EngineOverloaded, QueueTimeout, RequestRejected
 from ..engine.outputs import Delta
 from ..engine.sampling_params import SamplingParams
+from ..platform import App, Platform, Service
 from .errors import INTERNAL, OVERLOADED, ApiError, compact, error_body, error_response, new_id, out_of_range
 from .metrics import Metrics
 from .moderation import Moderator
@@ -35,13 +39,14 @@ def engine_error(e: BaseException, request_id: str) -> ApiError:
     return ApiError(INTERNAL)
 
 
-async def _no_output(prompt_tokens: int) -> AsyncIterator[Delta]:
+async def _no_output(prompt_tokens: int) -> AsyncGenerator[Delta, None]:
     """What a flagged input gets under moderation_action "empty": no generation at all."""
     yield Delta("", "", [], prompt_tokens, 0, finished=True, finish_reason="stop")
 
 
 class Completions:
-    def __init__(self, settings: Any, engine: Any, platform: Any, moderator: Moderator, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, engine: EngineClient, platform: Platform, moderator: Moderator,
+                 metrics: Metrics) -> None:
         self.settings = settings
         self.engine = engine
         self.platform = platform
@@ -54,7 +59,7 @@ class Completions:
             return tokenizer.encode_chat(req.messages, req.system)
         return tokenizer.encode(req.prompt)
 
-    def _body(self, rid: str, object_: str, chunk: Chunk, is_safe: bool, sentence_id: int | None) -> dict:
+    def _body(self, rid: str, object_: str, chunk: Chunk, is_safe: bool, sentence_id: int | None) -> dict[str, Any]:
         body: dict[str, Any] = {"id": rid, "object": object_, "created": int(time.time())}
         if sentence_id is not None:
             body.update(sentence_id=sentence_id, is_end=chunk.is_end)
@@ -65,7 +70,7 @@ class Completions:
         })
         return body
 
-    async def _prepare(self, request: Request, api_name: str, chat: bool, rid: str) -> "_Call":
+    async def _prepare(self, request: Request, api_name: str, chat: bool, rid: str) -> _Call:
         """Authenticate, find the service, check permission, validate the body, then count it against quotas."""
         app = await authenticate(self.platform, request)
         service = await call(self.platform.get_service, api_name)
@@ -78,12 +83,12 @@ class Completions:
         prompt_ids = self._prompt_ids(req)
         service_max = service.max_output_tokens or self.settings.default_max_output_tokens
         max_tokens = max_new_tokens(req, service_max, len(prompt_ids), info.max_context)
-        params = sampling_params(req, service, max_tokens, tuple(self.engine.tokenizer.stop_token_ids))
+        params = sampling_params(req, service, max_tokens)
         is_safe = self.moderator.is_safe(req.input_text())
         if not is_safe:
             log.info("request %s: input flagged by moderation (action %s)", rid, self.settings.moderation_action)
         admission = await call(self.platform.admit, app, service)
-        headers = {}
+        headers: dict[str, str] = {}
         rpm = admission.limits.requests_per_minute
         if rpm is not None:
             headers["X-Ratelimit-Limit-Requests"] = str(rpm)
@@ -97,6 +102,7 @@ class Completions:
         try:
             c = await self._prepare(request, api_name, chat, rid)
             headers = c.headers
+            deltas: DeltaStream
             if not c.is_safe and self.settings.moderation_action == "empty":
                 deltas = _no_output(len(c.prompt_ids))
             else:
@@ -118,8 +124,8 @@ class Completions:
             self.metrics.observe(route, error.code, time.monotonic() - started)
             return error_response(error, rid, headers)
 
-    async def _stream(self, request: Request, rid: str, object_: str, deltas: AsyncIterator[Delta],
-                      is_safe: bool, headers: dict[str, str], usage: "_Usage") -> Response:
+    async def _stream(self, request: Request, rid: str, object_: str, deltas: DeltaStream,
+                      is_safe: bool, headers: dict[str, str], usage: _Usage) -> Response:
         parts = chunks(deltas, self.settings.stream_chunk_tokens)
         try:
             # An error before the first chunk is answered like a non-stream error, so wait for it here.
@@ -132,7 +138,7 @@ class Completions:
             await parts.aclose()
             raise
 
-        async def frames() -> AsyncIterator[bytes]:
+        async def frames() -> AsyncGenerator[bytes, None]:
             chunk, sentence_id, code = first, 0, 0
             try:
                 while True:
@@ -156,8 +162,8 @@ class Completions:
 class _Call:
     """An admitted request, ready for the engine."""
 
-    app: Any
-    service: Any
+    app: App
+    service: Service
     req: CompletionRequest
     prompt_ids: list[int]
     params: SamplingParams
@@ -168,7 +174,7 @@ class _Call:
 class _Usage:
     """Records usage and metrics once per request that reached the engine."""
 
-    def __init__(self, owner: Completions, app: Any, service: Any, route: str, started: float,
+    def __init__(self, owner: Completions, app: App, service: Service, route: str, started: float,
                  prompt_tokens: int) -> None:
         self.owner, self.app, self.service, self.route = owner, app, service, route
         self.started, self.prompt_tokens = started, prompt_tokens

@@ -80,8 +80,8 @@ def compact(obj: object) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-def error_body(error: ApiError, response_id: str | None = None) -> dict:
-    body: dict = {"id": response_id} if response_id else {}
+def error_body(error: ApiError, response_id: str | None = None) -> dict[str, object]:
+    body: dict[str, object] = {"id": response_id} if response_id else {}
     body.update(error_code=error.code, error_msg=error.message)
     return body
 

@@ -5,7 +5,7 @@ Each app gets its own registry, so several apps (tests) can live in one process.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -14,7 +14,7 @@ PREFIX = "neoxserve_"
 _NAME_SAFE = re.compile(r"[^a-zA-Z0-9_]")
 
 
-def _number(value: Any) -> float | None:
+def _number(value: object) -> float | None:
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, (int, float)):
@@ -29,16 +29,12 @@ class EngineStatsCollector:
     dict of numbers under a `_total` key is a counter labelled by `reason`.
     """
 
-    def __init__(self, stats: Callable[[], dict]) -> None:
+    def __init__(self, stats: Callable[[], Mapping[str, object]]) -> None:
         self._stats = stats
 
     def collect(self) -> Iterable[Metric]:
-        try:
-            stats = self._stats() or {}
-        except Exception:
-            return []
         metrics: list[Metric] = []
-        for key, value in stats.items():
+        for key, value in self._stats().items():
             name = PREFIX + "engine_" + _NAME_SAFE.sub("_", str(key))
             doc = f"engine {key}"
             if isinstance(value, dict) and "buckets" in value:
@@ -59,7 +55,7 @@ class EngineStatsCollector:
 
 
 class Metrics:
-    def __init__(self, engine_stats: Callable[[], dict]) -> None:
+    def __init__(self, engine_stats: Callable[[], Mapping[str, object]]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(PREFIX + "http_requests", "HTTP requests by route and Qianfan error code (0 = ok)",
                                 ["route", "error_code"], registry=self.registry)

@@ -5,12 +5,12 @@ the SDK sends `{}` and the doc's sample sends `""`.
 """
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import Request
 from fastapi.responses import Response
 
+from ..platform import Platform
 from ..platform.errors import OAuthError
 from .errors import compact, oauth_error_response
 from .platform_calls import call
@@ -29,7 +29,7 @@ async def token_parameters(request: Request) -> dict[str, str]:
     return params
 
 
-async def issue_token(platform: Any, request: Request) -> tuple[Response, str]:
+async def issue_token(platform: Platform, request: Request) -> tuple[Response, str]:
     """The response and the outcome for metrics ("ok" or the OAuth error)."""
     params = await token_parameters(request)
     try:

@@ -1,7 +1,7 @@
 """A validated request + the service's defaults -> SamplingParams, with the output-length and context checks."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeVar
 
 from ..engine.sampling_params import SamplingParams
 from ..platform.models import Service
@@ -9,7 +9,10 @@ from .errors import out_of_range
 from .validation import CompletionRequest
 
 
-def _pick(requested: Any, service_default: Any, fallback: Any) -> Any:
+T = TypeVar("T", int, float)
+
+
+def _pick(requested: T | None, service_default: T | None, fallback: T) -> T:
     if requested is not None:
         return requested
     return fallback if service_default is None else service_default
@@ -31,8 +34,8 @@ def max_new_tokens(req: CompletionRequest, service_max: int, prompt_tokens: int,
     return req.max_output_tokens
 
 
-def sampling_params(req: CompletionRequest, service: Service, max_tokens: int,
-                    stop_token_ids: tuple[int, ...] = ()) -> SamplingParams:
+def sampling_params(req: CompletionRequest, service: Service, max_tokens: int) -> SamplingParams:
+    """The engine adds the model's stop tokens itself (engine/core.py): they are not the API's to pass."""
     base = SamplingParams()
     top_p = _pick(req.top_p, service.top_p, base.top_p)
     return SamplingParams(
@@ -42,7 +45,6 @@ def sampling_params(req: CompletionRequest, service: Service, max_tokens: int,
         penalty_score=_pick(req.penalty_score, service.penalty_score, base.penalty_score),
         max_new_tokens=max_tokens,
         stop=req.stop,
-        stop_token_ids=stop_token_ids,
         seed=req.seed,
         greedy=top_p == 0.0,  # top_p 0 keeps no candidate but the most likely one
     )

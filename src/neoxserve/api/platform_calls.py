@@ -2,30 +2,30 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 from fastapi import Request
 
+from ..platform import App, Platform
 from ..platform.errors import PlatformError
 from .errors import ApiError
 
+P = ParamSpec("P")
+T = TypeVar("T")
 
-async def call(fn: Callable[..., Any], *args: Any) -> Any:
-    """Await `fn(*args)`; a sync `fn` (the Platform's store calls: SQLite may wait up to its busy timeout for the
-    write lock, Redis for the network) runs in a worker thread, so it never stalls other requests' streams."""
+
+async def call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`fn(*args)` in a worker thread: the Platform's store calls block (SQLite may wait up to its busy timeout for
+    the write lock, Redis for the network), and must never stall other requests' streams. PlatformError becomes
+    the ApiError of the same code and message."""
     try:
-        if inspect.iscoroutinefunction(fn):
-            return await fn(*args)
-        result = await asyncio.to_thread(fn, *args)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        return await asyncio.to_thread(fn, *args, **kwargs)
     except PlatformError as e:
         raise ApiError(e.code, e.message) from e
 
 
-async def authenticate(platform: Any, request: Request) -> Any:
+async def authenticate(platform: Platform, request: Request) -> App:
     """The calling app: from an IAM signature (`Authorization: bce-auth-v1/...`) or `?access_token=`."""
     authorization = request.headers.get("authorization", "")
     if authorization.lower().startswith("bce-auth-v1/"):

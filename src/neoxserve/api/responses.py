@@ -7,7 +7,8 @@ the `http.disconnect` message and always close what they started.
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Awaitable, TypeVar
+from collections.abc import AsyncGenerator, Awaitable
+from typing import TypeVar
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -44,7 +45,7 @@ async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
 class StreamResponse(StreamingResponse):
     """Writes the byte frames of `frames` as they come; stops and closes `frames` when the client leaves."""
 
-    def __init__(self, frames: AsyncIterator[bytes], media_type: str = "text/event-stream",
+    def __init__(self, frames: AsyncGenerator[bytes, None], media_type: str = "text/event-stream",
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(frames, media_type=media_type, headers=headers)
         self.frames = frames
@@ -61,5 +62,5 @@ class StreamResponse(StreamingResponse):
         except (ClientGone, OSError):
             pass
         finally:
-            await self.frames.aclose()  # type: ignore[attr-defined]
+            await self.frames.aclose()
 

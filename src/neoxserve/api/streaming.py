@@ -5,10 +5,12 @@ whichever comes first; the last chunk is the one carrying the finished delta.
 """
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import Any
 
+from ..engine.client import DeltaStream
 from ..engine.outputs import Delta
 from .errors import compact
 
@@ -38,7 +40,7 @@ def _check(delta: Delta) -> None:
         raise GenerationFailed(delta.error or "engine error")
 
 
-async def chunks(deltas: AsyncIterator[Delta], max_tokens: int) -> AsyncIterator[Chunk]:
+async def chunks(deltas: DeltaStream, max_tokens: int) -> AsyncGenerator[Chunk, None]:
     text, emitted, prompt_tokens, completion_tokens = "", 0, 0, 0
     # closing the engine's iterator is what aborts the request there, so never leave it to the GC
     async with aclosing(deltas):
@@ -54,7 +56,7 @@ async def chunks(deltas: AsyncIterator[Delta], max_tokens: int) -> AsyncIterator
     yield Chunk(text, completion_tokens - emitted, completion_tokens, prompt_tokens, True)
 
 
-async def collect(deltas: AsyncIterator[Delta]) -> Chunk:
+async def collect(deltas: DeltaStream) -> Chunk:
     """The whole generation as one chunk (non-stream responses)."""
     parts, prompt_tokens, completion_tokens = [], 0, 0
     async with aclosing(deltas):
@@ -67,6 +69,6 @@ async def collect(deltas: AsyncIterator[Delta]) -> Chunk:
     return Chunk("".join(parts), completion_tokens, completion_tokens, prompt_tokens, True)
 
 
-def frame(body: dict) -> bytes:
+def frame(body: dict[str, Any]) -> bytes:
     """`data: <compact JSON>` and a blank line: nothing else, the SDK's parser breaks on comments or events."""
     return f"data: {compact(body)}\n\n".encode()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..platform.models import SAMPLING_RULES
 from .errors import INVALID_ARGUMENT, INVALID_JSON, ApiError, out_of_range
@@ -48,7 +47,7 @@ def _bad_type(name: str, expected: str) -> ApiError:
     return ApiError(INVALID_ARGUMENT)
 
 
-def _number(body: dict, name: str) -> float | None:
+def _number(body: dict[str, object], name: str) -> float | None:
     value = body.get(name)
     if value is None:
         return None
@@ -57,7 +56,7 @@ def _number(body: dict, name: str) -> float | None:
     return float(value)
 
 
-def _integer(body: dict, name: str) -> int | None:
+def _integer(body: dict[str, object], name: str) -> int | None:
     value = body.get(name)
     if value is None:
         return None
@@ -69,7 +68,7 @@ def _integer(body: dict, name: str) -> int | None:
     return value
 
 
-def _string(body: dict, name: str) -> str | None:
+def _string(body: dict[str, object], name: str) -> str | None:
     value = body.get(name)
     if value is None:
         return None
@@ -78,16 +77,26 @@ def _string(body: dict, name: str) -> str | None:
     return value
 
 
-def _sampling(body: dict, name: str) -> float | int | None:
-    """A sampling field: 336001 for a wrong type, 336003 outside the range a service's default must keep too."""
+def _check_range(name: str, value: float | None) -> None:
+    """336003 outside the range a service's default must keep too (SAMPLING_RULES)."""
     integer, rule, ok = SAMPLING_RULES[name]
-    value = _integer(body, name) if integer else _number(body, name)
     if value is not None and not ok(value):
         raise out_of_range(f"{name} is {value if integer else format(value, 'g')}, it must be {rule}")
+
+
+def _sampling_number(body: dict[str, object], name: str) -> float | None:
+    value = _number(body, name)
+    _check_range(name, value)
     return value
 
 
-def parse_json(raw: bytes) -> dict[str, Any]:
+def _sampling_integer(body: dict[str, object], name: str) -> int | None:
+    value = _integer(body, name)
+    _check_range(name, value)
+    return value
+
+
+def parse_json(raw: bytes) -> dict[str, object]:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -97,7 +106,7 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _stop(body: dict) -> tuple[str, ...]:
+def _stop(body: dict[str, object]) -> tuple[str, ...]:
     value = body.get("stop")
     if value is None:
         return ()
@@ -113,7 +122,7 @@ def _stop(body: dict) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _messages(body: dict) -> list[dict[str, str]]:
+def _messages(body: dict[str, object]) -> list[dict[str, str]]:
     value = body.get("messages")
     if value is None:
         raise _bad_type("messages", "present")
@@ -139,7 +148,7 @@ def _messages(body: dict) -> list[dict[str, str]]:
     return messages
 
 
-def parse_request(body: dict[str, Any], chat: bool) -> CompletionRequest:
+def parse_request(body: dict[str, object], chat: bool) -> CompletionRequest:
     req = CompletionRequest()
     if chat:
         req.messages = _messages(body)
@@ -159,12 +168,12 @@ def parse_request(body: dict[str, Any], chat: bool) -> CompletionRequest:
         raise _bad_type("stream", "a boolean")
     req.stream = bool(stream)
 
-    req.temperature = _sampling(body, "temperature")
-    req.top_k = _sampling(body, "top_k")
-    req.top_p = _sampling(body, "top_p")
-    req.penalty_score = _sampling(body, "penalty_score")
+    req.temperature = _sampling_number(body, "temperature")
+    req.top_k = _sampling_integer(body, "top_k")
+    req.top_p = _sampling_number(body, "top_p")
+    req.penalty_score = _sampling_number(body, "penalty_score")
     req.stop = _stop(body)
-    req.max_output_tokens = _sampling(body, "max_output_tokens")
+    req.max_output_tokens = _sampling_integer(body, "max_output_tokens")
     req.seed = _integer(body, "seed")
     if req.seed is not None and not 0 <= req.seed < 2**63:
         raise out_of_range(f"seed is {req.seed}, it must be in [0, 2^63)")

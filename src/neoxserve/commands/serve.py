@@ -12,11 +12,14 @@ import logging
 import shlex
 import signal
 import sys
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import uvicorn
 
 from ..config import Settings
+
+if TYPE_CHECKING:
+    from ..platform import NewKeys
 from .engine_config import engine_config
 
 log = logging.getLogger("neoxserve.serve")
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def banner(settings: Settings, api_name: str, keys: Any, is_demo: bool) -> str:
+def banner(settings: Settings, api_name: str, keys: NewKeys, is_demo: bool) -> str:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     base = f"http://{host}:{settings.port}"
     token_url = (f"{base}/oauth/2.0/token?grant_type=client_credentials"

@@ -15,8 +15,9 @@ import multiprocessing as mp
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
+from typing import Protocol
 
 from neoxserve.engine.config import EngineConfig
 from neoxserve.engine.errors import (EngineDead, EngineError, EngineInternalError, EngineOverloaded, QueueTimeout,
@@ -48,6 +49,46 @@ def failure_error(delta: Delta) -> EngineError | None:
     if delta.failure is None:
         return None
     return _FAILURE_ERRORS[delta.failure](delta.error or delta.failure.value)
+
+
+class PromptTokenizer(Protocol):
+    """What the HTTP process needs of a tokenizer (model/tokenizer.py's Tokenizer has it)."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_chat(self, messages: Sequence[Mapping[str, str]], system: str | None = None) -> list[int]: ...
+
+
+class DeltaStream(Protocol):
+    """One request's deltas (an async iterator); closing it early aborts the request in the engine."""
+
+    def __aiter__(self) -> AsyncIterator[Delta]: ...
+
+    def __anext__(self) -> Awaitable[Delta]: ...
+
+    def aclose(self) -> Awaitable[None]: ...
+
+
+class EngineClient(Protocol):
+    """What the API needs of the engine: AsyncEngineClient below, and the tests' FakeEngine (tests/api/fakes.py,
+    checked against this by mypy)."""
+
+    @property
+    def model_info(self) -> ModelInfo: ...
+
+    @property
+    def tokenizer(self) -> PromptTokenizer: ...
+
+    def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> DeltaStream:
+        """Submit a request. Errors that refuse it (EngineOverloaded, RequestRejected, EngineDead) and a failed
+        generation (QueueTimeout, EngineInternalError) are raised by the stream, never sent as deltas."""
+        ...
+
+    def is_alive(self) -> bool: ...
+
+    def stats(self) -> Mapping[str, object]:
+        """The engine's latest stats snapshot (engine/stats.py); {} before the first one."""
+        ...
 
 
 class RequestStream:

@@ -8,6 +8,7 @@ import secrets as _random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import credentials as cred
@@ -19,6 +20,9 @@ from .models import (SAMPLING_RULES, Admission, App, Counters, Limits, NewKeys, 
                      UsageRow)
 from .names import check_api_name, check_app_name
 from .store import Store, open_store
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 log = logging.getLogger("neoxserve.platform")
 
@@ -43,7 +47,7 @@ class Platform:
         self._check_key()
 
     @classmethod
-    def open(cls, settings, clock: Callable[[], float] = time.time) -> "Platform":
+    def open(cls, settings: Settings, clock: Callable[[], float] = time.time) -> Platform:
         """Open the store named by settings (data_dir, store_url) with settings' key, token TTL, timezone, skew."""
         key = settings.secret_key or cred.load_or_create_key_file(settings.data_dir)
         store = open_store(settings.data_dir, settings.store_url)
@@ -77,7 +81,8 @@ class Platform:
 
     # ----- serving -----
 
-    def issue_token(self, grant_type: str | None, client_id: str | None, client_secret: str | None) -> dict:
+    def issue_token(self, grant_type: str | None, client_id: str | None,
+                    client_secret: str | None) -> dict[str, object]:
         """The /oauth/2.0/token success body, or OAuthError (spec section 2)."""
         if not grant_type:
             raise missing_parameter("grant_type")
