@@ -14,8 +14,10 @@ from fastapi.testclient import TestClient
 from neoxserve.api.app import create_app
 from neoxserve.api.streaming import chunks
 from neoxserve.config import Settings
+from neoxserve.engine.client import failure_error
 from neoxserve.engine.errors import (EngineDead, EngineInternalError, EngineOverloaded, QueueTimeout,
                                      RequestRejected)
+from neoxserve.engine.outputs import Delta, Failure
 from neoxserve.platform import Platform
 
 from fakes import FakeEngine
@@ -96,7 +98,6 @@ def test_moderation_answer_action_still_answers(setup, tmp_path):
 
 
 async def _deltas(texts):
-    from neoxserve.engine.outputs import Delta
     for i, t in enumerate(texts):
         yield Delta("r", t, [i], 3, i + 1, finished=i == len(texts) - 1)
 
@@ -128,34 +129,37 @@ def test_chat_route_needs_a_chat_model(setup):
     assert client.post(url, json={"prompt": "hi"}).json()["result"] == engine.text
 
 
-class _ErrorDeltaEngine(FakeEngine):
-    """Reports a failure the way the engine process does: a finished delta with finish_reason "error"."""
+class _FailedDeltaEngine(FakeEngine):
+    """The engine process reports a failed request as a finished delta with a failure kind; the real client turns
+    that delta into its exception (engine.client.failure_error), and so does this fake."""
 
-    def __init__(self, good: int):
+    def __init__(self, good: int, failure: Failure = Failure.STEP_FAILED):
         super().__init__(text="One. Two.")
         self.good = good
+        self.failure = failure
 
     async def generate(self, request_id, prompt_token_ids, params):
-        from neoxserve.engine.outputs import Delta
-
         for i, c in enumerate(self.text[: self.good]):
             yield Delta(request_id, c, [ord(c)], len(prompt_token_ids), i + 1)
-        yield Delta(request_id, "", [], len(prompt_token_ids), self.good, finished=True, finish_reason="error",
-                    error="device lost")
+        failed = Delta(request_id, "", [], len(prompt_token_ids), self.good, finished=True, finish_reason="error",
+                       failure=self.failure, error="device lost")
+        raise failure_error(failed)
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_error_delta_before_any_output_is_336000(setup, stream):
-    client, url, platform = setup(_ErrorDeltaEngine(good=0))
+@pytest.mark.parametrize("failure,code,msg", [(Failure.STEP_FAILED, 336000, "Internal error"),
+                                              (Failure.QUEUE_TIMEOUT, 336100, OVERLOADED)])
+def test_failed_delta_before_any_output(setup, stream, failure, code, msg):
+    client, url, platform = setup(_FailedDeltaEngine(good=0, failure=failure))
     r = client.post(url, json={"prompt": "hi", "stream": stream})
     assert r.headers["content-type"] == "application/json" and r.text.count("\n") == 0
     body = r.json()
     assert list(body) == ["id", "error_code", "error_msg"]
-    assert (body["error_code"], body["error_msg"]) == (336000, "Internal error")
+    assert (body["error_code"], body["error_msg"]) == (code, msg)
 
 
-def test_error_delta_after_a_chunk_is_one_bare_json_line(setup):
-    client, url, _ = setup(_ErrorDeltaEngine(good=4))   # "One." makes a chunk, then the engine fails
+def test_failed_delta_after_a_chunk_is_one_bare_json_line(setup):
+    client, url, _ = setup(_FailedDeltaEngine(good=4))   # "One." makes a chunk, then the engine fails
     lines = client.post(url, json={"prompt": "hi", "stream": True}).text.split("\n")
     assert json.loads(lines[0][6:])["result"] == "One."
     error = json.loads(lines[-2])

@@ -14,18 +14,23 @@ from neoxserve.engine.sequence import Sequence
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(temperature=0.0), "temperature must be in (0, 1], got 0.0"),
-    (dict(temperature=1.5), "temperature must be in (0, 1], got 1.5"),
+    (dict(temperature=0.0), "temperature must be > 0, got 0.0"),
+    (dict(temperature=float("nan")), "temperature must be > 0, got nan"),
     (dict(top_k=-1), "top_k must be >= 0, got -1"),
     (dict(top_p=1.5), "top_p must be in [0, 1], got 1.5"),
     (dict(top_p=-0.1), "top_p must be in [0, 1], got -0.1"),
-    (dict(penalty_score=0.9), "penalty_score must be in [1, 2], got 0.9"),
-    (dict(penalty_score=2.5), "penalty_score must be in [1, 2], got 2.5"),
+    (dict(penalty_score=0.0), "penalty_score must be > 0, got 0.0"),
     (dict(max_new_tokens=0), "max_new_tokens must be >= 1, got 0"),
 ])
-def test_sampling_params_refuse_out_of_range_values(kwargs, message):
+def test_sampling_params_refuse_what_the_sampler_cannot_compute(kwargs, message):
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         SamplingParams(**kwargs)
+
+
+def test_sampling_params_leave_the_api_ranges_to_the_api():
+    """temperature above 1 or a penalty outside [1, 2] is computable; only the API refuses them (SAMPLING_RULES)."""
+    params = SamplingParams(temperature=1.5, penalty_score=2.5)
+    assert (params.temperature, params.penalty_score) == (1.5, 2.5)
 
 
 def test_greedy_ignores_the_temperature_range():

@@ -80,3 +80,14 @@ def test_generate_reports_a_model_that_cannot_load(tmp_path):
     result = _cli("generate", "--model", str(tmp_path / "nope"), "hi", cwd=tmp_path)
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr.splitlines()[-1] == f"neoxserve generate: model directory {tmp_path / 'nope'} does not exist"
+
+
+def test_generate_applies_the_service_ranges(tmp_path, demo_model_dir):
+    """The sampling flags obey the same ranges as a request to the API (SAMPLING_RULES), not only what the
+    sampler can compute."""
+    for flag, value, message in (("--temperature", "1.5", "temperature is 1.5, it must be in (0, 1.0]"),
+                                 ("--penalty-score", "2.5", "penalty_score is 2.5, it must be in [1.0, 2.0]"),
+                                 ("--top-k", "-2", "top_k is -2, it must be a positive integer")):
+        result = _cli("generate", "--model", str(demo_model_dir), PROMPT, flag, value, cwd=tmp_path)
+        assert (result.returncode, result.stdout) == (2, "")
+        assert result.stderr.splitlines()[-1] == f"neoxserve generate: {message}"

@@ -32,7 +32,7 @@ def outcome(p, app, service):
 def test_limits_are_exposed_only_when_set(served):
     p, _, _ = served
     app = p.get_app("alice")
-    assert app.limits == Limits() and not app.limits.any and app.limits.requests_per_minute is None
+    assert app.limits == Limits() and app.limits.requests_per_minute is None
     app = p.set_limits("alice", Limits(qps=5, daily=100))
     assert app.limits == Limits(qps=5, daily=100, total=None) and app.limits.requests_per_minute == 300
 

@@ -82,7 +82,7 @@ class Completions:
         req = parse_request(parse_json(await request.body()), chat)
         prompt_ids = self._prompt_ids(req)
         service_max = service.max_output_tokens or self.settings.default_max_output_tokens
-        max_tokens = max_new_tokens(req, service_max, len(prompt_ids), info.max_context)
+        max_tokens = max_new_tokens(req, service_max, len(prompt_ids), info)
         params = sampling_params(req, service, max_tokens)
         is_safe = self.moderator.is_safe(req.input_text())
         if not is_safe:

@@ -11,45 +11,26 @@ import string
 
 from fastapi.responses import Response
 
-from neoxserve.platform import errors as platform_errors
 from neoxserve.platform.errors import OAuthError
-from neoxserve.platform.errors import (API_NAME_NOT_EXIST, DAILY_LIMIT, IAM_FAILED, INVALID_PARAMETER,  # noqa: F401
-                                       QPS_LIMIT, TOKEN_EXPIRED, TOKEN_INVALID, TOTAL_LIMIT)
 
-# The codes the platform raises (auth, quotas, services) are defined with their messages in platform/errors.py;
-# these are the rest of the catalogue.
-UNKNOWN = 1
-SERVICE_UNAVAILABLE = 2
+# The codes the platform raises (auth, quotas, services) are defined with their messages in platform/errors.py and
+# reach the API as PlatformError (code and message); these are the ones the API raises itself.
 UNSUPPORTED_METHOD = 3
-REQUEST_LIMIT = 4
-NO_PERMISSION_DATA = 6
-APP_NOT_EXISTS = 15
 INTERNAL = 336000
 INVALID_ARGUMENT = 336001
 INVALID_JSON = 336002
 OUT_OF_RANGE = 336003
-PERMISSION = platform_errors.NO_PERMISSION
 OVERLOADED = 336100
 INVALID_HTTP_METHOD = 336101
-RPM_LIMIT = 336501
-TPM_LIMIT = 336502
 
-# Fixed messages. 336003 and 336004 carry a cause-specific message instead.
+# Fixed messages. 336003 carries a cause-specific message instead.
 MESSAGES: dict[int, str] = {
-    **platform_errors.MESSAGES,
-    UNKNOWN: "Unknown error",
-    SERVICE_UNAVAILABLE: "Service temporarily unavailable",
     UNSUPPORTED_METHOD: "Unsupported openapi method",
-    REQUEST_LIMIT: "Open api request limit reached",
-    NO_PERMISSION_DATA: "No permission to access data",
-    APP_NOT_EXISTS: "app not exists or create failed",
     INTERNAL: "Internal error",
     INVALID_ARGUMENT: "Invalid Argument",
     INVALID_JSON: "Invalid JSON",
     OVERLOADED: "人工智能是一项革命性的技术。与我互动的人过多，请您稍后重新向我提问。",
     INVALID_HTTP_METHOD: "Invalid HTTP Method",
-    RPM_LIMIT: "Open api rpm request limit reached",
-    TPM_LIMIT: "Open api tpm request limit reached",
 }
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+from ..engine.protocol import ModelInfo
 from ..engine.sampling_params import SamplingParams
 from ..platform.models import Service
 from .errors import out_of_range
 from .validation import CompletionRequest
-
 
 T = TypeVar("T", int, float)
 
@@ -18,17 +18,19 @@ def _pick(requested: T | None, service_default: T | None, fallback: T) -> T:
     return fallback if service_default is None else service_default
 
 
-def max_new_tokens(req: CompletionRequest, service_max: int, prompt_tokens: int, context: int) -> int:
+def max_new_tokens(req: CompletionRequest, service_max: int, prompt_tokens: int, model: ModelInfo) -> int:
     """The request's max_output_tokens (at most the service's), or the service's limit cut to what the context
-    leaves; 336003 when the prompt leaves no room."""
-    if prompt_tokens >= context:
+    leaves (the engine's own rule, `ModelInfo.output_room`); 336003 when the prompt leaves no room."""
+    room = model.output_room(prompt_tokens)
+    context = model.max_context
+    if room < 1:
         raise out_of_range(f"prompt is too long: {prompt_tokens} tokens, the model context is {context} tokens")
     if req.max_output_tokens is None:
-        return min(service_max, context - prompt_tokens)
+        return min(service_max, room)
     if req.max_output_tokens > service_max:
         raise out_of_range(f"max_output_tokens is {req.max_output_tokens}, "
                            f"this service allows at most {service_max}")
-    if prompt_tokens + req.max_output_tokens > context:
+    if req.max_output_tokens > room:
         raise out_of_range(f"prompt is too long: {prompt_tokens} prompt tokens + {req.max_output_tokens} "
                            f"max_output_tokens exceed the model context of {context} tokens")
     return req.max_output_tokens

@@ -11,14 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine.client import DeltaStream
-from ..engine.outputs import Delta
 from .errors import compact
 
 SENTENCE_END = frozenset(".!?。！？\n")
-
-
-class GenerationFailed(Exception):
-    """The engine reported an error for this request after it started (finish_reason "error")."""
 
 
 @dataclass
@@ -35,17 +30,11 @@ def ends_sentence(text: str) -> bool:
     return bool(stripped) and stripped[-1] in SENTENCE_END
 
 
-def _check(delta: Delta) -> None:
-    if delta.finish_reason == "error":
-        raise GenerationFailed(delta.error or "engine error")
-
-
 async def chunks(deltas: DeltaStream, max_tokens: int) -> AsyncGenerator[Chunk, None]:
     text, emitted, prompt_tokens, completion_tokens = "", 0, 0, 0
     # closing the engine's iterator is what aborts the request there, so never leave it to the GC
     async with aclosing(deltas):
         async for delta in deltas:
-            _check(delta)
             text += delta.text
             prompt_tokens, completion_tokens = delta.prompt_tokens, delta.completion_tokens
             if delta.finished:
@@ -61,7 +50,6 @@ async def collect(deltas: DeltaStream) -> Chunk:
     parts, prompt_tokens, completion_tokens = [], 0, 0
     async with aclosing(deltas):
         async for delta in deltas:
-            _check(delta)
             parts.append(delta.text)
             prompt_tokens, completion_tokens = delta.prompt_tokens, delta.completion_tokens
             if delta.finished:

@@ -34,6 +34,20 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(run=run)
 
 
+def _out_of_range(args: argparse.Namespace, greedy: bool) -> str | None:
+    """The service's ranges (the ones the API applies) for the sampling flags; temperature 0 and top_k 0 are this
+    command's spellings of greedy and off."""
+    from ..platform.models import SAMPLING_RULES
+
+    given = {"temperature": None if greedy else args.temperature, "top_k": args.top_k or None,
+             "top_p": args.top_p, "penalty_score": args.penalty_score}
+    for name, value in given.items():
+        _, rule, ok = SAMPLING_RULES[name]
+        if value is not None and not ok(value):
+            return f"{name} is {value:g}, it must be {rule}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..engine.core import LLMEngine
     from ..engine.errors import RequestRejected
@@ -42,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     config = engine_config(Settings.load(getattr(args, "config", None), model=args.model, data_dir=args.data_dir,
                                          dtype=args.dtype, device=args.device))
     greedy = args.temperature == 0
+    problem = _out_of_range(args, greedy)
+    if problem is not None:
+        print(f"neoxserve generate: {problem}", file=sys.stderr)
+        return 2
     try:
         params = SamplingParams(temperature=1.0 if greedy else args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, penalty_score=args.penalty_score,

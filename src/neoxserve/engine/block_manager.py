@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from neoxserve.engine.sequence import Sequence
+from neoxserve.model.arith import cdiv
 
 
 def bytes_per_block(num_layers: int, block_size: int, num_heads: int, head_dim: int, dtype_size: int) -> int:
@@ -49,7 +50,7 @@ class BlockManager:
 
     def blocks_needed(self, seq: Sequence, num_new_tokens: int) -> int:
         total = seq.num_computed_tokens + num_new_tokens
-        return max(0, -(-total // self.block_size) - len(seq.block_table))
+        return max(0, cdiv(total, self.block_size) - len(seq.block_table))
 
     # ---- prefix cache -----------------------------------------------------------------------------------
 

@@ -218,13 +218,6 @@ class AsyncEngineClient:
         self._send(AddRequest(request_id, list(prompt_token_ids), params))
         return stream
 
-    async def abort(self, request_id: str) -> None:
-        stream = self._streams.get(request_id)
-        if stream is not None:
-            stream._close(abort=True)
-        else:
-            self._send(AbortRequest(request_id))
-
     def is_alive(self) -> bool:
         return self._dead is None and self._process.is_alive()
 

@@ -19,6 +19,7 @@ from neoxserve.engine.sampling_params import SamplingParams
 from neoxserve.engine.scheduler import ScheduledBatch, Scheduler
 from neoxserve.engine.sequence import Sequence
 from neoxserve.engine.stats import EngineStats, StatsSnapshot
+from neoxserve.model.arith import cdiv
 
 if TYPE_CHECKING:
     import torch
@@ -81,7 +82,7 @@ class LLMEngine:
         param = next(loaded.model.parameters())
         per_block = bytes_per_block(cfg.num_hidden_layers, self.block_size, cfg.num_attention_heads, cfg.head_dim,
                                     param.element_size())
-        budget = kv_cache_budget(config, per_block * -(-self.max_context // self.block_size), param.device)
+        budget = kv_cache_budget(config, per_block * cdiv(self.max_context, self.block_size), param.device)
         num_blocks = budget // per_block
         if num_blocks < 1:
             raise ValueError(f"kv_cache_memory_mb={config.kv_cache_memory_mb} holds no KV block "
@@ -134,7 +135,7 @@ class LLMEngine:
         vocab = self.loaded.config.vocab_size
         if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab:
             raise RequestRejected(f"prompt token ids must be in [0, {vocab})")
-        blocks = -(-(n + params.max_new_tokens) // self.block_size)
+        blocks = cdiv(n + params.max_new_tokens, self.block_size)
         if blocks > self.block_manager.num_blocks:
             raise RequestRejected(
                 f"prompt + max_new_tokens needs {blocks} KV blocks but the cache has {self.block_manager.num_blocks}"
@@ -210,7 +211,7 @@ class LLMEngine:
                 counters.ttft.observe(now - seq.arrival_time)
                 counters.queue_time.observe((seq.first_scheduled_time or now) - seq.arrival_time)
             seq.last_token_time = now
-            reason = None
+            reason: FinishReason | None = None
             if token in seq.stop_token_ids:
                 text, reason = seq.detokenizer.flush(), "stop"
             else:

@@ -14,7 +14,7 @@ class RequestRejected(EngineError):
 
 
 class EngineDead(EngineError):
-    """The engine process is gone or not ready. API: 336000 (or 2 where a retry may help)."""
+    """The engine process is gone or did not start. API: 336000."""
 
 
 class EngineInternalError(EngineError):

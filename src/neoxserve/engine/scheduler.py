@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from neoxserve.engine.block_manager import BlockManager
 from neoxserve.engine.sequence import Sequence, SequenceStatus
+from neoxserve.model.arith import cdiv
 
 
 @dataclass
@@ -62,7 +63,6 @@ class Scheduler:
         self.bm.free_sequence(seq)
         seq.num_computed_tokens = 0
         seq.status = SequenceStatus.WAITING
-        seq.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
         self.num_waiting_tokens += seq.num_prompt_tokens
@@ -102,7 +102,7 @@ class Scheduler:
                 if len(hits) < (seq.num_tokens - 1) // bm.block_size and bm.block_hash(seq, len(hits)) in inflight:
                     break                  # FCFS: the ones behind it wait too
             n = min(seq.num_tokens - len(hits) * bm.block_size, budget)
-            need = -(-(len(hits) * bm.block_size + n) // bm.block_size) - len(hits)
+            need = cdiv(len(hits) * bm.block_size + n, bm.block_size) - len(hits)
             if need > bm.num_free_after_taking(hits):
                 break
             self.waiting.popleft()

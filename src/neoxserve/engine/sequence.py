@@ -21,7 +21,7 @@ class Sequence:
     __slots__ = (
         "request_id", "params", "token_ids", "num_prompt_tokens", "num_computed_tokens", "block_table",
         "num_hashed_blocks", "block_hashes", "status", "arrival_time", "deadline", "first_scheduled_time",
-        "first_token_time", "last_token_time", "num_cached_prompt_tokens", "num_preemptions", "detokenizer",
+        "first_token_time", "last_token_time", "num_cached_prompt_tokens", "detokenizer",
         "stop_token_ids",
     )
 
@@ -43,7 +43,6 @@ class Sequence:
         self.first_token_time: float | None = None
         self.last_token_time: float | None = None
         self.num_cached_prompt_tokens = 0     # prompt tokens found in the prefix cache (first admission)
-        self.num_preemptions = 0
         self.detokenizer: Any = None
         self.stop_token_ids = stop_token_ids
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from neoxserve.model.arith import cdiv
 from neoxserve.model.config import NeoXConfig
 
 KVCache = tuple[Tensor, Tensor]  # (k_cache, v_cache), each [num_blocks, block_size, num_heads, head_dim]
@@ -92,7 +93,7 @@ def paged_attention(q: Tensor, k: Tensor, v: Tensor, kv_cache: KVCache, meta: At
 
 def _gather(k_cache: Tensor, v_cache: Tensor, table: Tensor, n: int, block_size: int) -> tuple[Tensor, Tensor]:
     """The first n cached tokens of one sequence: [n, nh, hd] each."""
-    blocks = table[: (n + block_size - 1) // block_size]
+    blocks = table[: cdiv(n, block_size)]
     nh, hd = k_cache.shape[2:]
     return k_cache[blocks].view(-1, nh, hd)[:n], v_cache[blocks].view(-1, nh, hd)[:n]
 
@@ -117,7 +118,7 @@ def _decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, meta: Attenti
     num_seqs = len(meta.seq_lens_list)
     _, block_size, nh, hd = k_cache.shape
     if meta._decode_plan is None:
-        nb = (max(meta.seq_lens_list) + block_size - 1) // block_size
+        nb = cdiv(max(meta.seq_lens_list), block_size)
         blocks = meta.block_tables[:, :nb]
         mask = None
         if num_seqs > 1 and min(meta.seq_lens_list) != nb * block_size:

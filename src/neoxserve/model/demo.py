@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from neoxserve.model.arith import cdiv
+
 DEMO_DIR_NAME = "demo-model"
 BPE_VOCAB_SIZE = 1000          # specials + 256 bytes + merges
 CHAT_TOKENS = ["<|USER|>", "<|ASSISTANT|>", "<|SYSTEM|>"]
@@ -80,7 +82,7 @@ def build_tokenizer() -> Tokenizer:
 
 
 def demo_config(vocab_size: int) -> dict:
-    return {**DEMO_CONFIG, "vocab_size": -(-vocab_size // 64) * 64}
+    return {**DEMO_CONFIG, "vocab_size": cdiv(vocab_size, 64) * 64}
 
 
 def random_weights(config: dict, seed: int) -> dict[str, torch.Tensor]:

@@ -14,10 +14,6 @@ class Limits:
     total: int | None = None
 
     @property
-    def any(self) -> bool:
-        return any(v is not None for v in (self.qps, self.daily, self.total))
-
-    @property
     def requests_per_minute(self) -> int | None:
         """The QPS limit as the per-minute figure of X-Ratelimit-Limit-Requests; None when there is no QPS limit."""
         return None if self.qps is None else self.qps * 60
