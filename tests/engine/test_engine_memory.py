@@ -1,7 +1,7 @@
 """How the engine sizes its KV cache, and which token ids it may sample."""
 from __future__ import annotations
 
-from neoxserve.engine import core
+from neoxserve.engine import kv_cache
 from neoxserve.engine.sampling_params import SamplingParams
 
 
@@ -13,7 +13,7 @@ def test_explicit_kv_budget_is_used_as_given(h, make_engine):
 
 
 def test_auto_kv_budget_holds_max_num_seqs_contexts_when_memory_allows(h, make_engine, monkeypatch):
-    monkeypatch.setattr(core, "available_memory", lambda device: 2**40)
+    monkeypatch.setattr(kv_cache, "available_memory", lambda device: 2**40)
     engine = make_engine(kv_cache_memory_mb=0, max_num_seqs=2)
     assert engine.block_manager.num_blocks * engine.block_size == 2 * engine.max_context
 
@@ -21,7 +21,7 @@ def test_auto_kv_budget_holds_max_num_seqs_contexts_when_memory_allows(h, make_e
 def test_auto_kv_budget_takes_at_most_half_the_free_memory(h, make_engine, monkeypatch):
     caches = make_engine(kv_cache_memory_mb=1).runner.kv_caches
     per_block = sum(t[0].numel() * t.element_size() for pair in caches for t in pair)
-    monkeypatch.setattr(core, "available_memory", lambda device: 10 * per_block)
+    monkeypatch.setattr(kv_cache, "available_memory", lambda device: 10 * per_block)
     engine = make_engine(kv_cache_memory_mb=0, max_num_seqs=32)
     assert engine.block_manager.num_blocks == 5
 

@@ -5,7 +5,7 @@ from typing import TypeVar
 
 from ..engine.protocol import ModelInfo
 from ..engine.sampling_params import SamplingParams
-from ..platform.models import Service
+from ..platform.records import Service
 from .errors import out_of_range
 from .validation import CompletionRequest
 

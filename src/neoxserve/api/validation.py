@@ -9,7 +9,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from ..platform.models import SAMPLING_RULES
+from ..platform.records import SAMPLING_RULES
 from .errors import INVALID_ARGUMENT, INVALID_JSON, ApiError, out_of_range
 
 log = logging.getLogger(__name__)

@@ -1,71 +1,10 @@
-"""`neoxserve apps ...`: create, list, show, rotate, delete apps, set their limits and allowed services.
-
-Also holds the helpers the other admin commands (services, usage) share: store flags, opening the platform,
-and turning bad input into a one-line error with exit code 2.
-"""
+"""`neoxserve apps ...`: create, list, show, rotate, delete apps, set their limits and allowed services."""
 from __future__ import annotations
 
 import argparse
-import functools
-import json
 import sys
-from typing import Any, Callable
 
-EXIT_BAD_INPUT = 2
-EXIT_STORE_FAILED = 1
-
-
-# ----- shared by the admin commands -----
-
-def add_store_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", dest="data_dir", help="data directory holding the SQLite store (NEOXSERVE_DATA_DIR)")
-    p.add_argument("--store-url", dest="store_url", help="redis://host:port/db for a Redis store (NEOXSERVE_STORE_URL)")
-
-
-def open_platform(args: argparse.Namespace):
-    from ..config import Settings
-    from ..platform import Platform
-
-    settings = Settings.load(getattr(args, "config", None), data_dir=getattr(args, "data_dir", None),
-                             store_url=getattr(args, "store_url", None))
-    return Platform.open(settings)
-
-
-def fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
-    print(f"neoxserve: error: {message}", file=sys.stderr)
-    return code
-
-
-def admin_command(fn: Callable[[Any, argparse.Namespace], int | None]) -> Callable[[argparse.Namespace], int]:
-    """Open the platform, run fn(platform, args), close; bad input exits 2 with a message, never a traceback."""
-
-    @functools.wraps(fn)
-    def run(args: argparse.Namespace) -> int:
-        from pydantic import ValidationError
-
-        from ..platform import AdminError
-
-        try:
-            platform = open_platform(args)
-        except ValidationError as e:
-            return fail(f"invalid settings: {_first_error(e)}")
-        except (AdminError, ValueError) as e:
-            return fail(str(e))
-        except Exception as e:  # store unreachable (Redis down, unreadable file): not the operator's input
-            return fail(f"cannot open the store: {type(e).__name__}: {e}", EXIT_STORE_FAILED)
-        try:
-            return int(fn(platform, args) or 0)
-        except AdminError as e:
-            return fail(str(e))
-        finally:
-            platform.close()
-
-    return run
-
-
-def _first_error(e) -> str:
-    err = e.errors()[0]
-    return f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
+from .admin import add_store_flags, admin_command, name_list, print_json
 
 
 def limit_value(text: str) -> int:
@@ -81,17 +20,7 @@ def limit_value(text: str) -> int:
     return value
 
 
-def name_list(text: str) -> list[str]:
-    return [n.strip() for n in text.split(",") if n.strip()]
-
-
-def print_json(value: Any) -> None:
-    print(json.dumps(value, ensure_ascii=False, indent=2))
-
-
-# ----- apps -----
-
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("apps", help="manage apps and their keys, limits and services", description=__doc__)
     actions = p.add_subparsers(dest="apps_command", required=True)
 

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("demo", help="the embedded demo model", description=__doc__)
     actions = p.add_subparsers(dest="demo_command", required=True)
     write = actions.add_parser("write", help="write the demo model directory")

@@ -7,14 +7,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
 from ..config import Settings
 from ..engine.sampling_params import SamplingParams
 from .engine_config import engine_config
 
 
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("generate", help="complete one prompt locally (no server)", description=__doc__)
     p.add_argument("prompt", help="the prompt text")
     p.add_argument("--model", help="Hugging Face model directory, or 'demo' (default)")
@@ -37,7 +36,7 @@ def add_parser(subparsers: Any) -> None:
 def _out_of_range(args: argparse.Namespace, greedy: bool) -> str | None:
     """The service's ranges (the ones the API applies) for the sampling flags; temperature 0 and top_k 0 are this
     command's spellings of greedy and off."""
-    from ..platform.models import SAMPLING_RULES
+    from ..platform.records import SAMPLING_RULES
 
     given = {"temperature": None if greedy else args.temperature, "top_k": args.top_k or None,
              "top_p": args.top_p, "penalty_score": args.penalty_score}

@@ -12,7 +12,7 @@ import logging
 import shlex
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import uvicorn
 
@@ -25,7 +25,7 @@ from .engine_config import engine_config
 log = logging.getLogger("neoxserve.serve")
 
 
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("serve", help="serve the Qianfan v1 completions API",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="Hugging Face model directory, or 'demo' (default)")

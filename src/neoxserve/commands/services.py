@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from .apps import add_store_flags, admin_command, name_list, print_json
+from .admin import add_store_flags, admin_command, name_list, print_json
 
 
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("services", help="publish and unpublish services", description=__doc__)
     actions = p.add_subparsers(dest="services_command", required=True)
 

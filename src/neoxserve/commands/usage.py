@@ -1,12 +1,12 @@
 """`neoxserve usage`: requests and tokens per day, app and service (days in quota_timezone)."""
 from __future__ import annotations
 
-from typing import Any
+import argparse
 
-from .apps import add_store_flags, admin_command, print_json
+from .admin import add_store_flags, admin_command, print_json
 
 
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("usage", help="requests and tokens per day, app and service", description=__doc__)
     p.add_argument("--app", help="only this app")
     p.add_argument("--service", help="only this api_name")

@@ -14,10 +14,6 @@ from neoxserve.engine.sequence import Sequence
 from neoxserve.model.arith import cdiv
 
 
-def bytes_per_block(num_layers: int, block_size: int, num_heads: int, head_dim: int, dtype_size: int) -> int:
-    return 2 * num_layers * block_size * num_heads * head_dim * dtype_size
-
-
 class Block:
     __slots__ = ("block_id", "ref_count", "hash", "token_ids")
 

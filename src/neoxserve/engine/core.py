@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from neoxserve.engine.block_manager import BlockManager, bytes_per_block
+from neoxserve.engine.block_manager import BlockManager
 from neoxserve.engine.config import EngineConfig
+from neoxserve.engine.detokenizer import IncrementalDetokenizer
 from neoxserve.engine.errors import EngineOverloaded, RequestRejected
+from neoxserve.engine.kv_cache import num_kv_blocks
 from neoxserve.engine.outputs import Delta, Failure, FinishReason
 from neoxserve.engine.protocol import ModelInfo
 from neoxserve.engine.runner import ModelRunner
-from neoxserve.engine.sampling import new_detokenizer
 from neoxserve.engine.sampling_params import SamplingParams
 from neoxserve.engine.scheduler import ScheduledBatch, Scheduler
 from neoxserve.engine.sequence import Sequence
@@ -22,8 +22,6 @@ from neoxserve.engine.stats import EngineStats, StatsSnapshot
 from neoxserve.model.arith import cdiv
 
 if TYPE_CHECKING:
-    import torch
-
     from neoxserve.model.loader import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -43,30 +41,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def kv_cache_budget(config: EngineConfig, bytes_per_context: int, device: torch.device) -> int:
-    """Bytes for the KV cache: `kv_cache_memory_mb` when set; otherwise room for `max_num_seqs` full contexts,
-    but at most half the memory still available once the model is loaded (the cache is zeroed up front, so every
-    byte of it is resident)."""
-    if config.kv_cache_memory_mb:
-        return config.kv_cache_memory_mb * 2**20
-    return min(config.max_num_seqs * bytes_per_context, available_memory(device) // 2)
-
-
-def available_memory(device: torch.device) -> int:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 class LLMEngine:
     def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
         self.loaded = loaded
@@ -80,18 +54,7 @@ class LLMEngine:
         self.queue_timeout = config.queue_timeout_seconds
 
         param = next(loaded.model.parameters())
-        per_block = bytes_per_block(cfg.num_hidden_layers, self.block_size, cfg.num_attention_heads, cfg.head_dim,
-                                    param.element_size())
-        budget = kv_cache_budget(config, per_block * cdiv(self.max_context, self.block_size), param.device)
-        num_blocks = budget // per_block
-        if num_blocks < 1:
-            raise ValueError(f"kv_cache_memory_mb={config.kv_cache_memory_mb} holds no KV block "
-                             f"({per_block} bytes each)")
-        log.info("KV cache: %d blocks of %d tokens (%d tokens, %.0f MB)", num_blocks, self.block_size,
-                 num_blocks * self.block_size, num_blocks * per_block / 2**20)
-        if num_blocks * self.block_size < self.max_context:
-            log.warning("the KV cache holds %d tokens, less than one full context (%d): longer requests are "
-                        "rejected; raise kv_cache_memory_mb", num_blocks * self.block_size, self.max_context)
+        num_blocks = num_kv_blocks(cfg, config, param.element_size(), param.device)
         self.block_manager = BlockManager(num_blocks, self.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = ModelRunner(loaded.model, cfg, num_blocks, self.block_size, self.tokenizer.vocab_size)
@@ -155,7 +118,7 @@ class LLMEngine:
             stop_ids |= self._tokenizer_stop_ids
         deadline = time.monotonic() + self.queue_timeout if self.queue_timeout > 0 else None
         seq = Sequence(request_id, prompt_token_ids, params, stop_ids, deadline)
-        seq.detokenizer = new_detokenizer(self.tokenizer, seq)
+        seq.detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop)
         self.requests[request_id] = seq
         sched.add(seq)
         self.counters.prompt_tokens_total += n
@@ -212,15 +175,17 @@ class LLMEngine:
                 counters.queue_time.observe((seq.first_scheduled_time or now) - seq.arrival_time)
             seq.last_token_time = now
             reason: FinishReason | None = None
+            detokenizer = seq.detokenizer
+            assert detokenizer is not None   # every admitted sequence has one
             if token in seq.stop_token_ids:
-                text, reason = seq.detokenizer.flush(), "stop"
+                text, reason = detokenizer.flush(), "stop"
             else:
-                text = seq.detokenizer.push(token)
-                if seq.detokenizer.stopped:
+                text = detokenizer.push(token)
+                if detokenizer.stopped:
                     reason = "stop"
                 elif seq.num_output_tokens >= seq.params.max_new_tokens:
                     reason = "length"
-                    text += seq.detokenizer.flush()
+                    text += detokenizer.flush()
             if reason is None:
                 deltas.append(Delta(seq.request_id, text, [token], seq.num_prompt_tokens, seq.num_output_tokens))
             else:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from neoxserve.engine.sampling import TokenSampler
+from neoxserve.engine.sampler import Sampler, SampleRequest
 from neoxserve.engine.scheduler import ScheduledBatch
 from neoxserve.engine.sequence import Sequence
 from neoxserve.model.attention import AttentionMetadata, allocate_kv_cache
@@ -22,7 +22,7 @@ class ModelRunner:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.kv_caches = allocate_kv_cache(config, num_blocks, block_size, self.dtype, self.device)
-        self.sampler = TokenSampler()
+        self.sampler = Sampler()
 
     def run(self, batch: ScheduledBatch) -> list[tuple[Sequence, int]]:
         """Compute the batch's new tokens; sample one token for every sequence that is caught up after it."""
@@ -54,5 +54,6 @@ class ModelRunner:
             rows = hidden[sample_rows[0]:sample_rows[0] + 1] if len(sample_rows) == 1 else \
                 hidden[torch.tensor(sample_rows, device=dev)]
             logits = self.model.compute_logits(rows)[:, :self.num_token_ids]
-            tokens = self.sampler(logits, sample_seqs)
+            tokens = self.sampler.sample(
+                logits, [SampleRequest(s.params, s.token_ids, s.num_output_tokens) for s in sample_seqs])
         return list(zip(sample_seqs, tokens))

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from neoxserve.engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from neoxserve.engine.detokenizer import IncrementalDetokenizer
 
 
 class SequenceStatus(enum.Enum):
@@ -43,7 +46,7 @@ class Sequence:
         self.first_token_time: float | None = None
         self.last_token_time: float | None = None
         self.num_cached_prompt_tokens = 0     # prompt tokens found in the prefix cache (first admission)
-        self.detokenizer: Any = None
+        self.detokenizer: IncrementalDetokenizer | None = None   # set by the engine core (LLMEngine.add_request)
         self.stop_token_ids = stop_token_ids
 
     @property

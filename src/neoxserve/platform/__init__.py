@@ -5,7 +5,7 @@ into token endpoint errors.
 """
 from .errors import AdminError, OAuthError, PlatformError
 from .facade import Platform
-from .models import Admission, App, Counters, Limits, NewKeys, Service, UsageRow
+from .records import Admission, App, Counters, Limits, NewKeys, Service, UsageRow
 
 __all__ = ["Platform", "PlatformError", "OAuthError", "AdminError", "App", "Service", "Limits", "Admission",
            "NewKeys", "Counters", "UsageRow"]

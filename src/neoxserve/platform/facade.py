@@ -16,7 +16,7 @@ from . import iam, tokens
 from .errors import (API_NAME_NOT_EXIST, INVALID_PARAMETER, NO_PERMISSION, TOKEN_EXPIRED, TOKEN_INVALID,
                      AdminError, PlatformError, bad_client_secret, missing_parameter, unknown_client,
                      unsupported_grant)
-from .models import (SAMPLING_RULES, Admission, App, Counters, Limits, NewKeys, Service, StoredSecrets, TokenRecord,
+from .records import (SAMPLING_RULES, Admission, App, Counters, Limits, NewKeys, Service, StoredSecrets, TokenRecord,
                      UsageRow)
 from .names import check_api_name, check_app_name
 from .store import Store, open_store

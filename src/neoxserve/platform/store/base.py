@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from ..models import Admission, App, Counters, Limits, Service, StoredSecrets, TokenRecord, UsageRow
+from ..records import Admission, App, Counters, Limits, Service, StoredSecrets, TokenRecord, UsageRow
 
 # An expired token is remembered this long, so that it is reported as expired (111) rather than unknown (110).
 TOKEN_GRACE_SECONDS = 7 * 86400

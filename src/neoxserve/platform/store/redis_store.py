@@ -6,7 +6,7 @@ after the token does (so an expired token is reported as expired for a while, th
 from __future__ import annotations
 
 from ..errors import DAILY_LIMIT, QPS_LIMIT, TOKEN_INVALID, TOTAL_LIMIT, AdminError, PlatformError
-from ..models import Admission, App, Counters, Limits, Service, StoredSecrets, TokenRecord, UsageRow
+from ..records import Admission, App, Counters, Limits, Service, StoredSecrets, TokenRecord, UsageRow
 from . import redis_scripts as lua
 from .base import TOKEN_GRACE_SECONDS, Store
 

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import DAILY_LIMIT, QPS_LIMIT, TOKEN_INVALID, TOTAL_LIMIT, AdminError, PlatformError
-from ..models import Admission, App, Counters, Limits, Service, StoredSecrets, TokenRecord, UsageRow
+from ..records import Admission, App, Counters, Limits, Service, StoredSecrets, TokenRecord, UsageRow
 from .base import TOKEN_GRACE_SECONDS, Store
 
 SCHEMA = """
