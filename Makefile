@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8360
 
-.PHONY: serve test clean
+.PHONY: serve test lint clean
 
 # torch is pinned exactly and installed first so that pip takes the local CPU wheel
 # instead of resolving a CUDA build with gigabytes of dependencies.
@@ -25,6 +25,11 @@ serve: $(BIN)/.installed
 
 test: $(BIN)/.test-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Style and types (configured in pyproject.toml); CI runs it before the tests.
+lint: $(BIN)/.test-installed
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
+                               TomlConfigSettingsSource)
 
 from .engine.config import DEMO_MODEL
 
@@ -52,13 +53,16 @@ class Settings(BaseSettings):
     moderation_action: Literal["answer", "empty"] = "answer"
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
         # flags (init) > NEOXSERVE_* environment > TOML file
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
     @classmethod
-    def load(cls, config_file: str | Path | None = None, **flags: Any) -> "Settings":
+    def load(cls, config_file: str | Path | None = None, **flags: Any) -> Settings:
         """Build settings; flags that are None (not given on the command line) do not override anything."""
         path = config_file or os.environ.get("NEOXSERVE_CONFIG")
 

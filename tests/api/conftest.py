@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from live import LiveServer, start_server  # noqa: E402
+from live import LiveServer, start_server
 
 
 @pytest.fixture(scope="session")

@@ -80,13 +80,12 @@ def test_chinese_stream_concatenates_to_the_non_stream_result(server):
 def test_stream_disconnect_aborts_the_generation(server):
     token = server.token()
     aborted = _finished(server, "abort")
-    with httpx.Client(timeout=60) as client:
-        with client.stream("POST", server.completions_url(), params={"access_token": token},
-                           json={**LONG, "stream": True}) as r:
-            lines = r.iter_lines()   # kept: dropping the iterator would close the connection
-            first = next(lines)
-            assert first.startswith("data: ")
-            assert _wait_for(lambda: server.engine_stats()["running"] == 1, 3)   # stats lag by up to 0.25 s
+    with httpx.Client(timeout=60) as client, client.stream(
+            "POST", server.completions_url(), params={"access_token": token}, json={**LONG, "stream": True}) as r:
+        lines = r.iter_lines()   # kept: dropping the iterator would close the connection
+        first = next(lines)
+        assert first.startswith("data: ")
+        assert _wait_for(lambda: server.engine_stats()["running"] == 1, 3)   # stats lag by up to 0.25 s
     # leaving the block closed the connection mid-stream
     assert _wait_for(lambda: server.engine_stats()["running"] == 0)
     assert _wait_for(lambda: server.engine_stats()["kv_blocks_used"] == 0)

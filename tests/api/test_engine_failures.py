@@ -61,7 +61,7 @@ def test_errors_before_the_first_delta(setup, error, code, msg, stream):
 
 def test_error_after_chunks_is_one_bare_json_line(setup):
     engine = FakeEngine(text="One. Two. Three.", fail_after=6)
-    client, url, platform = setup(engine)
+    client, url, _ = setup(engine)
     r = client.post(url, json={"prompt": "hi", "stream": True})
     lines = r.text.split("\n")
     assert lines[0].startswith("data: ") and json.loads(lines[0][6:])["result"] == "One."
@@ -76,7 +76,7 @@ def test_moderation_empty_action_skips_generation(setup, tmp_path):
     words = tmp_path / "words.txt"
     words.write_text("# comment\n\nSecretWord\nre:^bad\\d+$\n", encoding="utf-8")
     engine = FakeEngine()
-    client, url, platform = setup(engine, moderation_file=words, moderation_action="empty")
+    client, url, _ = setup(engine, moderation_file=words, moderation_action="empty")
     for prompt in ("say secretword now", "bad42"):
         body = client.post(url, json={"prompt": prompt}).json()
         assert (body["is_safe"], body["result"], body["usage"]["completion_tokens"]) == (0, "", 0)
@@ -150,7 +150,7 @@ class _FailedDeltaEngine(FakeEngine):
 @pytest.mark.parametrize("failure,code,msg", [(Failure.STEP_FAILED, 336000, "Internal error"),
                                               (Failure.QUEUE_TIMEOUT, 336100, OVERLOADED)])
 def test_failed_delta_before_any_output(setup, stream, failure, code, msg):
-    client, url, platform = setup(_FailedDeltaEngine(good=0, failure=failure))
+    client, url, _ = setup(_FailedDeltaEngine(good=0, failure=failure))
     r = client.post(url, json={"prompt": "hi", "stream": stream})
     assert r.headers["content-type"] == "application/json" and r.text.count("\n") == 0
     body = r.json()
@@ -173,7 +173,7 @@ def test_rejection_without_a_reason_336003(setup):
 
 
 def test_unhandled_error_outside_a_model_call_is_336000(setup):
-    client, url, platform = setup(FakeEngine())
+    client, _, platform = setup(FakeEngine())
 
     def store_down(*args):
         raise RuntimeError("database is locked")

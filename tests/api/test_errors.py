@@ -35,8 +35,8 @@ def platform(server):
     p.close()
 
 
-def new_app(platform, name_prefix: str, services=("demo",), limits=Limits()):
-    return platform.create_app(f"{name_prefix}-{secrets.token_hex(3)}", services=services, limits=limits)
+def new_app(platform, name_prefix: str, services=("demo",), limits: Limits | None = None):
+    return platform.create_app(f"{name_prefix}-{secrets.token_hex(3)}", services=services, limits=limits or Limits())
 
 
 def token_for(server, keys) -> str:
@@ -138,7 +138,7 @@ def test_unknown_route_3(server, token):
 
 # ---- the body ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("content", [b"not json", b"", b"{\"prompt\": ", "{'prompt': 'x'}".encode()])
+@pytest.mark.parametrize("content", [b"not json", b"", b"{\"prompt\": ", b"{'prompt': 'x'}"])
 def test_body_not_json_336002(server, token, content):
     assert business(post(server, token, content=content)) == (336002, "Invalid JSON")
 

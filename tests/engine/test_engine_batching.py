@@ -18,7 +18,7 @@ PARAMS = [
 
 def _requests(vocab: int):
     reqs = []
-    for i, (n, params) in enumerate(zip(PROMPT_LENGTHS, PARAMS)):
+    for i, (n, params) in enumerate(zip(PROMPT_LENGTHS, PARAMS, strict=True)):
         prompt = [(17 * i + 31 * j + 5) % (vocab - 8) + 2 for j in range(n)]   # deterministic, distinct
         reqs.append((f"r{i}", prompt, params))
     return reqs
@@ -104,11 +104,12 @@ def test_runner_metadata_matches_the_reference_builder(make_engine, monkeypatch)
     def check(input_ids, positions, meta, kv_caches):
         ref = attention.AttentionMetadata.build(meta.query_lens, meta.seq_lens_list,
                                                 [row[:(n + 3) // 4] for row, n in
-                                                 zip(meta.block_tables.tolist(), meta.seq_lens_list)], 4)
+                                                 zip(meta.block_tables.tolist(), meta.seq_lens_list, strict=True)], 4)
         assert meta.slot_mapping.tolist() == ref.slot_mapping.tolist()
         assert meta.query_start_loc.tolist() == ref.query_start_loc.tolist()
         assert meta.seq_lens.tolist() == ref.seq_lens.tolist()
-        assert positions.tolist() == [p for q, n in zip(meta.query_lens, meta.seq_lens_list) for p in range(n - q, n)]
+        assert positions.tolist() == [p for q, n in zip(meta.query_lens, meta.seq_lens_list, strict=True)
+                                      for p in range(n - q, n)]
         seen.append(len(meta.query_lens))
         return real_forward(input_ids, positions, meta, kv_caches)
 

@@ -22,7 +22,7 @@ def _counting(engine):
     run = engine.runner.run
 
     def wrapped(batch):
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             computed[seq.request_id] = computed.get(seq.request_id, 0) + n
         return run(batch)
 
@@ -34,9 +34,9 @@ def test_repeated_prefix_is_computed_once(h, make_engine):
     engine = make_engine(kv_block_size=8)
     computed = _counting(engine)
     system = _prompt(45)
-    engine.add_request("first", system + [60, 61, 62], GREEDY)
+    engine.add_request("first", [*system, 60, 61, 62], GREEDY)
     first = h.run_all(engine)["first"]
-    engine.add_request("second", system + [60, 61, 62], GREEDY)
+    engine.add_request("second", [*system, 60, 61, 62], GREEDY)
     second = engine.step()
     cached = engine.sequence("second").num_cached_prompt_tokens
     second += h.run_all(engine)["second"]
@@ -215,5 +215,5 @@ def test_a_step_that_can_run_nothing_is_an_error_not_a_spin(make_engine, monkeyp
     engine = make_engine()
     engine.add_request("stuck", _prompt(8), GREEDY)
     monkeypatch.setattr(engine.scheduler, "schedule", ScheduledBatch)
-    with pytest.raises(RuntimeError, match="^the scheduler ran nothing: 0 running, 1 waiting, \\d+ free KV blocks$"):
+    with pytest.raises(RuntimeError, match=r"^the scheduler ran nothing: 0 running, 1 waiting, \d+ free KV blocks$"):
         engine.step()

@@ -70,11 +70,11 @@ def test_a_kv_budget_below_one_block_refuses_to_start(make_engine):
 
 
 def test_block_manager_refusals():
-    with pytest.raises(ValueError, match="^the KV cache needs at least one block$"):
+    with pytest.raises(ValueError, match=r"^the KV cache needs at least one block$"):
         BlockManager(0, 4)
     bm = BlockManager(2, 4)
     seq = Sequence("s", [1, 2, 3], SamplingParams())
-    with pytest.raises(RuntimeError, match="^out of KV blocks: need 3, 2 free$"):
+    with pytest.raises(RuntimeError, match=r"^out of KV blocks: need 3, 2 free$"):
         bm.allocate(seq, 3)
     assert bm.num_free_blocks == 2 and seq.block_table == []
 

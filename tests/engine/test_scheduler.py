@@ -10,7 +10,7 @@ from neoxserve.engine.sequence import SequenceStatus, Sequence
 def _run_step(sched: Scheduler, next_token: int = 1):
     """Pretend the model ran: computed tokens catch up, and sequences whose prompt is done get a token."""
     batch = sched.schedule()
-    for seq, n in zip(batch.seqs, batch.num_new_tokens):
+    for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
         seq.num_computed_tokens += n
         sched.bm.register_full_blocks(seq)
         if seq.num_computed_tokens == seq.num_tokens:

@@ -54,12 +54,12 @@ def test_paged_attention_matches_dense(batch):
 
     meta = AttentionMetadata.build([new for _, new in seqs], [c + new for c, new in seqs], tables, BLOCK)
     q = torch.randn(sum(new for _, new in seqs), NH, HD)
-    new_k = torch.cat([k[c:] for k, (c, _) in zip(full_k, seqs)])
-    new_v = torch.cat([v[c:] for v, (c, _) in zip(full_v, seqs)])
+    new_k = torch.cat([k[c:] for k, (c, _) in zip(full_k, seqs, strict=True)])
+    new_v = torch.cat([v[c:] for v, (c, _) in zip(full_v, seqs, strict=True)])
     out = paged_attention(q, new_k, new_v, (k_cache, v_cache), meta, HD ** -0.5)
 
     start = 0
-    for (cached, new), k, v in zip(seqs, full_k, full_v):
+    for (_, new), k, v in zip(seqs, full_k, full_v, strict=True):
         expected = _reference(q[start:start + new], k, v, HD ** -0.5)
         torch.testing.assert_close(out[start:start + new], expected, atol=1e-5, rtol=1e-5)
         start += new
@@ -75,7 +75,8 @@ def test_slot_mapping_is_block_times_size_plus_offset(batch):
     tables = [[free.pop() for _ in range(-(-(c + new) // BLOCK))] for c, new in seqs]
     meta = AttentionMetadata.build([new for _, new in seqs], [c + new for c, new in seqs], tables, BLOCK)
     assert meta.slot_mapping.tolist() == [table[p // BLOCK] * BLOCK + p % BLOCK
-                                          for (c, new), table in zip(seqs, tables) for p in range(c, c + new)]
+                                          for (c, new), table in zip(seqs, tables, strict=True)
+                                          for p in range(c, c + new)]
     assert meta.query_start_loc.tolist() == [sum(new for _, new in seqs[:i]) for i in range(len(seqs) + 1)]
 
 

@@ -48,7 +48,7 @@ def test_tokenizer(demo_model_dir):
                  "mixed 混合 text, émoji 🙂 and\nnewlines  "]:
         ids = tok.encode(text)
         assert tok.decode(ids) == text
-    assert len(tok.encode("The city of Beijing")) < len("The city of Beijing".encode())  # merges were learned
+    assert len(tok.encode("The city of Beijing")) < len(b"The city of Beijing")  # merges were learned
     chat = tok.encode("<|SYSTEM|>be brief<|USER|>hi<|ASSISTANT|>")
     assert tok.token_to_id("<|USER|>") in chat and tok.token_to_id("<|ASSISTANT|>") in chat
 

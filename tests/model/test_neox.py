@@ -77,7 +77,7 @@ def test_batched_decode_and_chunked_prefill_match_alone(model, runner_cls):
     tables = [[4, 11], [0, 6, 2, 8, 10], [1, 3, 5]]
     kv = allocate_kv_cache(model.cfg, 12, 4, torch.float32, "cpu")
     with torch.inference_mode():
-        for s, table in zip(seqs, tables):
+        for s, table in zip(seqs, tables, strict=True):
             chunks = [(0, 7), (7, len(s) - 1)] if len(s) > 8 else [(0, len(s) - 1)]
             for lo, hi in chunks:  # a chunk after the first attends over cached context plus itself
                 meta = AttentionMetadata.build([hi - lo], [hi], [table], 4)

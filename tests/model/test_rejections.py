@@ -1,7 +1,6 @@
 """Config and checkpoint inputs the loader refuses, with their exact messages."""
 from __future__ import annotations
 
-import json
 import re
 import shutil
 

@@ -60,7 +60,7 @@ def test_header_names_are_case_insensitive_and_query_may_be_a_mapping(signed):
 def test_authorization_query_parameter_is_ignored(signed):
     p, _, req = signed
     method, path, query, headers = received(req)
-    assert p.authenticate_iam(method, path, query + [("authorization", "x")], headers).name == "alice"
+    assert p.authenticate_iam(method, path, [*query, ("authorization", "x")], headers).name == "alice"
 
 
 @pytest.mark.parametrize("tamper", ["method", "path", "query_value", "query_added", "header_value", "host",
@@ -75,7 +75,7 @@ def test_tampering_is_rejected(signed, tamper):
     elif tamper == "query_value":
         query = [("foo", "a b/d"), ("x", "")]
     elif tamper == "query_added":
-        query = query + [("access_token", "1")]
+        query = [*query, ("access_token", "1")]
     elif tamper == "header_value":
         headers["Request_id"] = "sdk-req-124"
     elif tamper == "host":

@@ -15,7 +15,7 @@ MESSAGES = {17: "Open api daily request limit reached", 18: "Open api qps reques
 
 
 def limited(served, **limits):
-    p, keys, service = served
+    p, _, service = served
     app = p.set_limits("alice", Limits(**limits))
     return p, app, service
 
@@ -113,7 +113,7 @@ def test_counts_survive_restart(served, settings, clock):
 
 
 def test_unlimited_app_is_always_admitted_and_counted(served):
-    p, keys, service = served
+    p, _, service = served
     app = p.get_app("alice")
     for _ in range(20):
         admission = p.admit(app, service)

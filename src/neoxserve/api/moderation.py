@@ -19,7 +19,7 @@ class Moderator:
         self.patterns = patterns or []
 
     @classmethod
-    def from_file(cls, path: Path | None) -> "Moderator":
+    def from_file(cls, path: Path | None) -> Moderator:
         if path is None:
             return cls()
         try:

@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .admin import add_store_flags, admin_command, name_list, print_json
+
+if TYPE_CHECKING:
+    from ..platform import Limits, NewKeys, Platform
 
 
 def limit_value(text: str) -> int:
@@ -24,7 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = subparsers.add_parser("apps", help="manage apps and their keys, limits and services", description=__doc__)
     actions = p.add_subparsers(dest="apps_command", required=True)
 
-    def action(name: str, help: str, fn, with_name: bool = True, json_flag: bool = True):
+    def action(name: str, help: str, fn: Callable[[argparse.Namespace], int], with_name: bool = True,
+               json_flag: bool = True) -> argparse.ArgumentParser:
         a = actions.add_parser(name, help=help)
         if with_name:
             a.add_argument("name", help="app name")
@@ -59,7 +65,7 @@ def _limit(value: int | None) -> int | None:
     return value or None
 
 
-def _show_keys(keys, as_json: bool, verb: str) -> None:
+def _show_keys(keys: NewKeys, as_json: bool, verb: str) -> None:
     if as_json:
         print_json(keys.to_dict())
         return
@@ -71,13 +77,13 @@ def _show_keys(keys, as_json: bool, verb: str) -> None:
     print("The secret keys are shown only now: store them safely.", file=sys.stderr)
 
 
-def _limits_text(limits) -> str:
+def _limits_text(limits: Limits) -> str:
     return " ".join(f"{k}={getattr(limits, k) if getattr(limits, k) is not None else '-'}"
                     for k in ("qps", "daily", "total"))
 
 
 @admin_command
-def _create(platform, args) -> int:
+def _create(platform: Platform, args: argparse.Namespace) -> int:
     from ..platform import Limits
 
     keys = platform.create_app(args.name, services=args.services,
@@ -87,7 +93,7 @@ def _create(platform, args) -> int:
 
 
 @admin_command
-def _list(platform, args) -> int:
+def _list(platform: Platform, args: argparse.Namespace) -> int:
     apps = platform.list_apps()
     if args.json:
         print_json([a.to_dict() for a in apps])
@@ -99,7 +105,7 @@ def _list(platform, args) -> int:
 
 
 @admin_command
-def _show(platform, args) -> int:
+def _show(platform: Platform, args: argparse.Namespace) -> int:
     app = platform.get_app(args.name)
     counters = platform.counters(args.name)
     if args.json:
@@ -116,20 +122,20 @@ def _show(platform, args) -> int:
 
 
 @admin_command
-def _rotate(platform, args) -> int:
+def _rotate(platform: Platform, args: argparse.Namespace) -> int:
     _show_keys(platform.rotate_app(args.name), args.json, "rotated keys of")
     return 0
 
 
 @admin_command
-def _delete(platform, args) -> int:
+def _delete(platform: Platform, args: argparse.Namespace) -> int:
     platform.delete_app(args.name)
     print(f"deleted app '{args.name}'; its access tokens no longer work")
     return 0
 
 
 @admin_command
-def _limits(platform, args) -> int:
+def _limits(platform: Platform, args: argparse.Namespace) -> int:
     from ..platform import Limits
 
     app = platform.get_app(args.name)
@@ -146,7 +152,7 @@ def _limits(platform, args) -> int:
 
 
 @admin_command
-def _allow_or_disallow(platform, args) -> int:
+def _allow_or_disallow(platform: Platform, args: argparse.Namespace) -> int:
     change = platform.allow if args.apps_command == "allow" else platform.disallow
     for api_name in args.services:
         change(args.name, api_name)

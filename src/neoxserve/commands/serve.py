@@ -12,7 +12,8 @@ import logging
 import shlex
 import signal
 import sys
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
+from collections.abc import Iterator
 
 import uvicorn
 

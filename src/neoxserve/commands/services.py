@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import argparse
 
+from typing import TYPE_CHECKING
+
 from .admin import add_store_flags, admin_command, name_list, print_json
+
+if TYPE_CHECKING:
+    from ..platform import Platform, Service
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,7 +48,7 @@ def _default_model(args: argparse.Namespace) -> str:
 
 
 @admin_command
-def _publish(platform, args) -> int:
+def _publish(platform: Platform, args: argparse.Namespace) -> int:
     allow = [name for names in args.allow for name in names]
     service = platform.publish(args.name, args.model or _default_model(args), temperature=args.temperature,
                                top_p=args.top_p, top_k=args.top_k, penalty_score=args.penalty_score,
@@ -56,14 +61,14 @@ def _publish(platform, args) -> int:
     return 0
 
 
-def _defaults_text(s) -> str:
+def _defaults_text(s: Service) -> str:
     parts = [f"{k}={getattr(s, k)}" for k in ("temperature", "top_p", "top_k", "penalty_score", "max_output_tokens")
              if getattr(s, k) is not None]
     return " ".join(parts) or "-"
 
 
 @admin_command
-def _list(platform, args) -> int:
+def _list(platform: Platform, args: argparse.Namespace) -> int:
     services = platform.list_services()
     apps = platform.list_apps()
     allowed = {s.api_name: [a.name for a in apps if s.api_name in a.services] for s in services}
@@ -77,7 +82,7 @@ def _list(platform, args) -> int:
 
 
 @admin_command
-def _unpublish(platform, args) -> int:
+def _unpublish(platform: Platform, args: argparse.Namespace) -> int:
     platform.unpublish(args.name)
     print(f"unpublished '{args.name}'")
     return 0

@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import argparse
 
+from typing import TYPE_CHECKING
+
 from .admin import add_store_flags, admin_command, print_json
+
+if TYPE_CHECKING:
+    from ..platform import Platform
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 @admin_command
-def _usage(platform, args) -> int:
+def _usage(platform: Platform, args: argparse.Namespace) -> int:
     rows = platform.usage(app=args.app, service=args.service, since=args.since)
     if args.json:
         print_json([r.to_dict() for r in rows])

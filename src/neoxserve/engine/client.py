@@ -100,7 +100,7 @@ class RequestStream:
     cancellation of the awaiting task, or dropping the object) aborts the request in the engine.
     """
 
-    def __init__(self, client: "AsyncEngineClient", request_id: str) -> None:
+    def __init__(self, client: AsyncEngineClient, request_id: str) -> None:
         self._client = client
         self.request_id = request_id
         self._queue: asyncio.Queue[Delta | EngineError] = asyncio.Queue()
@@ -108,7 +108,7 @@ class RequestStream:
         self._done = False
         self._registered = False     # sent to the engine (a refused duplicate id never is)
 
-    def __aiter__(self) -> "RequestStream":
+    def __aiter__(self) -> RequestStream:
         return self
 
     async def __anext__(self) -> Delta:
@@ -153,10 +153,7 @@ class RequestStream:
 
     def __del__(self) -> None:
         if not self._done:
-            try:
-                self._close(abort=True)
-            except Exception:
-                pass
+            self._close(abort=True)
 
 
 class AsyncEngineClient:

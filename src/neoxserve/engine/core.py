@@ -161,7 +161,7 @@ class LLMEngine:
 
     def _advance(self, batch: ScheduledBatch, sampled: list[tuple[Sequence, int]], deltas: list[Delta]) -> None:
         bm = self.block_manager
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             seq.num_computed_tokens += n
             bm.register_full_blocks(seq)
         now = time.monotonic()

@@ -8,10 +8,11 @@ from neoxserve.engine.scheduler import ScheduledBatch
 from neoxserve.engine.sequence import Sequence
 from neoxserve.model.attention import AttentionMetadata, allocate_kv_cache
 from neoxserve.model.config import NeoXConfig
+from neoxserve.model.neox import GPTNeoX
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, config: NeoXConfig, num_blocks: int, block_size: int,
+    def __init__(self, model: GPTNeoX, config: NeoXConfig, num_blocks: int, block_size: int,
                  num_token_ids: int | None = None) -> None:
         """num_token_ids: ids the tokenizer has. The embedding is padded past them (50432 rows for 50277 tokens in
         StableLM-Alpha-7B); those rows stand for no text, so they are never sampled."""
@@ -32,7 +33,7 @@ class ModelRunner:
         tables: list[list[int]] = []
         sample_rows: list[int] = []
         sample_seqs: list[Sequence] = []
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             c = seq.num_computed_tokens
             end = c + n
             input_ids += seq.token_ids[c:end]
@@ -44,11 +45,10 @@ class ModelRunner:
                 sample_seqs.append(seq)
 
         dev = self.device
-        as_long = dict(dtype=torch.long, device=dev)
         meta = AttentionMetadata.build(batch.num_new_tokens, seq_lens, tables, self.block_size, dev)
         with torch.inference_mode():
-            hidden = self.model(torch.tensor(input_ids, **as_long), torch.tensor(positions, **as_long), meta,
-                                self.kv_caches)
+            hidden = self.model(torch.tensor(input_ids, dtype=torch.long, device=dev),
+                                torch.tensor(positions, dtype=torch.long, device=dev), meta, self.kv_caches)
             if not sample_seqs:
                 return []
             rows = hidden[sample_rows[0]:sample_rows[0] + 1] if len(sample_rows) == 1 else \
@@ -56,4 +56,4 @@ class ModelRunner:
             logits = self.model.compute_logits(rows)[:, :self.num_token_ids]
             tokens = self.sampler.sample(
                 logits, [SampleRequest(s.params, s.token_ids, s.num_output_tokens) for s in sample_seqs])
-        return list(zip(sample_seqs, tokens))
+        return list(zip(sample_seqs, tokens, strict=True))

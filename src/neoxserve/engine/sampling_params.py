@@ -13,7 +13,7 @@ class SamplingParams:
     temperature: float = 0.7          # > 0
     top_k: int = 0                    # 0 = off
     top_p: float = 0.9                # [0, 1]; 1 = off, 0 keeps only the most likely token (the API maps it to greedy)
-    penalty_score: float = 1.0        # > 0, 1 = off; transformers' RepetitionPenaltyLogitsProcessor over prompt + output
+    penalty_score: float = 1.0        # > 0, 1 = off; transformers' RepetitionPenaltyLogitsProcessor, prompt + output
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()        # generation ends before the first of these strings; never emitted
     stop_token_ids: tuple[int, ...] = ()

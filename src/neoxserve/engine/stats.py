@@ -74,7 +74,7 @@ class Histogram:
 
     def snapshot(self) -> HistogramSnapshot:
         buckets, total = [], 0
-        for le, n in zip((*self.bounds, float("inf")), self.counts):
+        for le, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
             total += n
             buckets.append((le, total))
         return {"buckets": buckets, "sum": self.sum, "count": self.count}

@@ -35,11 +35,11 @@ class AttentionMetadata:
 
     @classmethod
     def build(cls, query_lens: list[int], seq_lens: list[int], block_tables: list[list[int]], block_size: int,
-              device: torch.device | str = "cpu") -> "AttentionMetadata":
+              device: torch.device | str = "cpu") -> AttentionMetadata:
         """Metadata from plain lists (new tokens are the last `query_len` of each sequence's `seq_len`)."""
         starts = [0]
         slots: list[int] = []
-        for q, n, table in zip(query_lens, seq_lens, block_tables):
+        for q, n, table in zip(query_lens, seq_lens, block_tables, strict=True):
             starts.append(starts[-1] + q)
             p = n - q
             while p < n:        # slots block by block: one range per block instead of one op per token
@@ -50,10 +50,12 @@ class AttentionMetadata:
                 p = stop
         width = max((len(t) for t in block_tables), default=0)
         padded = [list(t) + [0] * (width - len(t)) for t in block_tables]
-        as_long = dict(dtype=torch.long, device=device)
-        return cls(query_start_loc=torch.tensor(starts, **as_long), seq_lens=torch.tensor(seq_lens, **as_long),
-                   block_tables=torch.tensor(padded, **as_long).view(len(block_tables), width),
-                   slot_mapping=torch.tensor(slots, **as_long),
+
+        def long(values: list[int] | list[list[int]]) -> Tensor:
+            return torch.tensor(values, dtype=torch.long, device=device)
+
+        return cls(query_start_loc=long(starts), seq_lens=long(seq_lens),
+                   block_tables=long(padded).view(len(block_tables), width), slot_mapping=long(slots),
                    query_lens=list(query_lens), seq_lens_list=list(seq_lens))
 
 
@@ -68,7 +70,7 @@ def paged_attention(q: Tensor, k: Tensor, v: Tensor, kv_cache: KVCache, meta: At
                     scale: float) -> Tensor:
     """q, k, v: [T, nh, hd] for the new tokens -> attention output [T, nh, hd]. Writes k, v into the cache."""
     k_cache, v_cache = kv_cache
-    num_blocks, block_size, nh, hd = k_cache.shape
+    _, block_size, nh, hd = k_cache.shape
     # The cache holds finite values only. Batched decode reads slots it masks out (block-table padding, the stale
     # tail of a reused block), and a masked NaN or inf still turns a softmax or its weighted sum into NaN: K/V that
     # overflowed in one request (fp16) would poison every request batched with its freed blocks later on.
@@ -80,7 +82,7 @@ def paged_attention(q: Tensor, k: Tensor, v: Tensor, kv_cache: KVCache, meta: At
 
     out = torch.empty_like(q)
     start = 0
-    for s, (q_len, n) in enumerate(zip(meta.query_lens, meta.seq_lens_list)):
+    for s, (q_len, n) in enumerate(zip(meta.query_lens, meta.seq_lens_list, strict=True)):
         end = start + q_len
         if q_len == n:  # nothing cached before this step: attend over the new tokens themselves
             ks, vs = k[start:end], v[start:end]

@@ -49,7 +49,7 @@ class NeoXConfig:
         return int(self.head_dim * self.rotary_pct)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "NeoXConfig":
+    def from_dict(cls, d: dict[str, Any]) -> NeoXConfig:
         archs = d.get("architectures") or [SUPPORTED_ARCHITECTURE]
         arch = archs[0]
         if arch == "StableLMAlphaForCausalLM":
@@ -90,7 +90,7 @@ class NeoXConfig:
             raise UnsupportedModelError(f"missing key {e.args[0]!r}") from None
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "NeoXConfig":
+    def from_file(cls, path: str | Path) -> NeoXConfig:
         with open(path, encoding="utf-8") as f:
             try:
                 d = json.load(f)

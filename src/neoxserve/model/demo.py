@@ -62,8 +62,9 @@ README = """# neoxserve demo model
 
 A small GPT-NeoX model (hidden 256, 4 layers) written by neoxserve (`neoxserve demo write DIR`, or on first use
 of `--model demo`). **Its weights are random: the text it generates is noise.** It exists so the service, the API
-and the CLI can be tried without downloading a real model. The byte-level BPE tokenizer was trained on a few embedded paragraphs of English and Chinese and
-includes the tuned chat tokens `<|USER|>`, `<|ASSISTANT|>` and `<|SYSTEM|>`.
+and the CLI can be tried without downloading a real model. The byte-level BPE tokenizer was trained on a few
+embedded paragraphs of English and Chinese and includes the tuned chat tokens `<|USER|>`, `<|ASSISTANT|>` and
+`<|SYSTEM|>`.
 """
 
 
@@ -88,7 +89,7 @@ def demo_config(vocab_size: int) -> dict:
 def random_weights(config: dict, seed: int) -> dict[str, torch.Tensor]:
     """Checkpoint-named fp32 tensors drawn from a seeded generator (normal(0, INIT_STD); norms at 1, biases 0)."""
     g = torch.Generator().manual_seed(seed)
-    H, I, V = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    H, F, V = config["hidden_size"], config["intermediate_size"], config["vocab_size"]   # F: the MLP's width
 
     def normal(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g) * INIT_STD
@@ -99,7 +100,7 @@ def random_weights(config: dict, seed: int) -> dict[str, torch.Tensor]:
         for norm in ("input_layernorm", "post_attention_layernorm"):
             w[p + norm + ".weight"], w[p + norm + ".bias"] = torch.ones(H), torch.zeros(H)
         for name, (out, inp) in {"attention.query_key_value": (3 * H, H), "attention.dense": (H, H),
-                                 "mlp.dense_h_to_4h": (I, H), "mlp.dense_4h_to_h": (H, I)}.items():
+                                 "mlp.dense_h_to_4h": (F, H), "mlp.dense_4h_to_h": (H, F)}.items():
             w[p + name + ".weight"], w[p + name + ".bias"] = normal(out, inp), torch.zeros(out)
     w["gpt_neox.final_layer_norm.weight"], w["gpt_neox.final_layer_norm.bias"] = torch.ones(H), torch.zeros(H)
     w["embed_out.weight"] = normal(V, H)

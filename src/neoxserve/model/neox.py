@@ -29,6 +29,7 @@ class Linear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.splits = splits if splits <= 1 or out_features % splits == 0 else 1
+        shape: tuple[int, ...]
         if self.splits:
             shape = (self.splits, in_features, out_features // self.splits)
         else:
@@ -136,7 +137,7 @@ class GPTNeoX(nn.Module):
         cos = self.rotary_cos[positions].view(T, 1, 1, -1)                   # [T, 1, 1, rot], shared by layers
         sin = self.rotary_sin[positions].view(T, 1, 1, -1)
         x = self.embed_in(input_ids)                                       # [T, H]
-        for layer, kv_cache in zip(self.layers, kv_caches):
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             x = layer(x, cos, sin, meta, kv_cache)
         return self.final_layer_norm(x)
 

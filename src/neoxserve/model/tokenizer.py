@@ -38,7 +38,7 @@ def byte_decoder() -> dict[str, int]:
             printable.append(b)
             chars.append(256 + extra)
             extra += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
 
 
 class Tokenizer:
@@ -59,11 +59,11 @@ class Tokenizer:
         self._plain = _plain_text_twin(hf)
 
     @classmethod
-    def from_file(cls, path: str | Path, eos_token_id: int | None = None) -> "Tokenizer":
+    def from_file(cls, path: str | Path, eos_token_id: int | None = None) -> Tokenizer:
         return cls(HFTokenizer.from_file(str(path)), eos_token_id)
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, eos_token_id: int | None = None) -> "Tokenizer":
+    def from_dir(cls, model_dir: str | Path, eos_token_id: int | None = None) -> Tokenizer:
         """`model_dir/tokenizer.json`; eos from the argument, else config.json's `eos_token_id`, else
         `<|endoftext|>`."""
         model_dir = Path(model_dir)
@@ -122,8 +122,9 @@ class Tokenizer:
                    ASSISTANT: self.token_to_id(ASSISTANT)}
         ids: list[int] = []
         for i, part in enumerate(_chat_parts(messages, system)):
-            if i % 2 == 0 and control.get(part) is not None:  # even parts are control tokens
-                ids.append(control[part])
+            token = control.get(part) if i % 2 == 0 else None   # even parts are control tokens
+            if token is not None:
+                ids.append(token)
             else:
                 ids.extend(self.encode_plain(part) if i % 2 else self.encode(part))
         return ids

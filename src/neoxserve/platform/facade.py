@@ -1,4 +1,6 @@
-"""`Platform`: everything the API and the admin commands need, over a Store. Sync: the API calls it from worker threads."""
+"""`Platform`: everything the API and the admin commands need, over a Store.
+
+Sync: the API calls it from worker threads."""
 from __future__ import annotations
 
 import hmac
@@ -62,7 +64,7 @@ class Platform:
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> "Platform":
+    def __enter__(self) -> Platform:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class App:
     limits: Limits
     services: tuple[str, ...]  # api_names this app may call, sorted
     created_at: float
+    secrets: StoredSecrets = field(repr=False, compare=False)
     token_generation: int = field(default=0, repr=False)  # bumped on rotate: older access tokens stop working
-    secrets: StoredSecrets | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         return {"id": self.id, "name": self.name, "api_key": self.api_key, "access_key": self.access_key,

@@ -17,8 +17,18 @@ def _opt(value) -> str:
     return "" if value is None else str(value)
 
 
-def _num(raw: bytes | None, kind=int):
-    return None if raw in (None, b"") else kind(raw.decode())
+def _int(raw: object) -> int | None:
+    return None if raw in (None, b"") else int(_text(raw))
+
+
+def _float(raw: object) -> float | None:
+    return None if raw in (None, b"") else float(_text(raw))
+
+
+def _text(reply: object) -> str:
+    """A reply as text: the client is made with decode_responses=False, so replies are bytes."""
+    assert isinstance(reply, bytes), reply
+    return reply.decode()
 
 
 class RedisStore(Store):
@@ -40,7 +50,7 @@ class RedisStore(Store):
 
     def claim_meta(self, key: str, value: str) -> str:
         self.r.hsetnx(self.p + "meta", key, value)
-        return self.r.hget(self.p + "meta", key).decode()
+        return _text(self.r.hget(self.p + "meta", key))
 
     # apps
     def get_app(self, app_id) -> App | None:
@@ -52,7 +62,7 @@ class RedisStore(Store):
             return None
         return App(id=int(app_id), name=h[b"name"].decode(), api_key=h[b"api_key"].decode(),
                    access_key=h[b"access_key"].decode(),
-                   limits=Limits(qps=_num(h.get(b"qps")), daily=_num(h.get(b"daily")), total=_num(h.get(b"total"))),
+                   limits=Limits(_int(h.get(b"qps")), _int(h.get(b"daily")), _int(h.get(b"total"))),
                    services=tuple(sorted(s.decode() for s in svcs)), created_at=float(h[b"created_at"]),
                    token_generation=int(h[b"generation"]),
                    secrets=StoredSecrets(h[b"sk_hash"], h[b"sk_salt"], h[b"sak_enc"]))
@@ -81,8 +91,10 @@ class RedisStore(Store):
         if result[0] == -1:
             raise AdminError(f"an app named {name!r} already exists")
         if result[0] == -2:
-            raise AdminError(f"no published service named {result[1].decode()!r}")
-        return self.get_app(int(result[0]))
+            raise AdminError(f"no published service named {_text(result[1])!r}")
+        app = self.get_app(int(result[0]))
+        assert app is not None   # created just now, in the same script
+        return app
 
     def rotate_app(self, app_id, api_key, access_key, secrets) -> bool:
         return self._run("ROTATE_APP", app_id, api_key, access_key, secrets.secret_key_hash,
@@ -114,7 +126,7 @@ class RedisStore(Store):
         raw = self.r.get(f"{self.p}tok:{token_hash.hex()}")
         if raw is None:
             return None
-        app_id, generation, expires_at = raw.decode().split(":")
+        app_id, generation, expires_at = _text(raw).split(":")
         return TokenRecord(int(app_id), int(generation), int(expires_at))
 
     def delete_token(self, token_hash) -> bool:
@@ -132,13 +144,13 @@ class RedisStore(Store):
         h = self.r.hgetall(f"{self.p}svc:{api_name}")
         if not h:
             return None
-        return Service(api_name=api_name, model=h[b"model"].decode(), temperature=_num(h[b"temperature"], float),
-                       top_p=_num(h[b"top_p"], float), top_k=_num(h[b"top_k"]),
-                       penalty_score=_num(h[b"penalty_score"], float),
-                       max_output_tokens=_num(h[b"max_output_tokens"]), created_at=float(h[b"created_at"]))
+        return Service(api_name=api_name, model=_text(h[b"model"]), temperature=_float(h[b"temperature"]),
+                       top_p=_float(h[b"top_p"]), top_k=_int(h[b"top_k"]),
+                       penalty_score=_float(h[b"penalty_score"]),
+                       max_output_tokens=_int(h[b"max_output_tokens"]), created_at=float(h[b"created_at"]))
 
     def list_services(self):
-        names = sorted(n.decode() for n in self.r.smembers(self.p + "svc:index"))
+        names = sorted(_text(n) for n in self.r.smembers(self.p + "svc:index"))
         return [s for s in (self.get_service(n) for n in names) if s is not None]
 
     def delete_service(self, api_name) -> bool:
@@ -152,7 +164,7 @@ class RedisStore(Store):
             raise PlatformError(TOKEN_INVALID, detail=f"app {app_id} was deleted")
         if code:
             raise PlatformError(code, detail=f"{_LIMIT_DETAIL[code]} limit reached")
-        return Admission(Limits(_num(result[4]), _num(result[5]), _num(result[6])), int(result[1]),
+        return Admission(Limits(_int(result[4]), _int(result[5]), _int(result[6])), int(result[1]),
                          int(result[2]), int(result[3]))
 
     def record_usage(self, day, app_id, app_name, api_name, prompt_tokens, completion_tokens) -> None:
@@ -169,16 +181,16 @@ class RedisStore(Store):
         return Counters(day, int(today or 0), int(total or 0))
 
     def usage(self, app_name=None, api_name=None, since=None):
-        entries = []
+        entries: list[tuple[str, int, str]] = []
         for member in self.r.smembers(self.p + "usage:index"):
-            day, app_id, svc = member.decode().split("|")
+            day, app, svc = _text(member).split("|")
             if (since is None or day >= since) and (api_name is None or svc == api_name):
-                entries.append((day, int(app_id), svc))
+                entries.append((day, int(app), svc))
         pipe = self.r.pipeline(transaction=False)
         for day, app_id, svc in entries:
             pipe.hgetall(f"{self.p}usage:{day}:{app_id}:{svc}")
         rows = []
-        for (day, app_id, svc), h in zip(entries, pipe.execute()):
+        for (day, app_id, svc), h in zip(entries, pipe.execute(), strict=True):
             name = h.get(b"app_name", b"").decode()
             if app_name is None or name == app_name:
                 rows.append(UsageRow(day, app_id, name, svc, int(h.get(b"requests", 0)),

@@ -126,7 +126,9 @@ class SQLiteStore(Store):
             app_id = cur.lastrowid
             c.executemany("INSERT OR IGNORE INTO permissions (app_id, api_name) VALUES (?, ?)",
                           [(app_id, s) for s in services])
-            return self._app(c, c.execute(f"{_APP} WHERE id = ?", (app_id,)).fetchone())
+            app = self._app(c, c.execute(f"{_APP} WHERE id = ?", (app_id,)).fetchone())
+            assert app is not None   # inserted just now, in this transaction
+            return app
 
     def get_app(self, app_id):
         return self._app_where("id", app_id)
