@@ -1,4 +1,4 @@
-"""create_app: the Qianfan-compatible HTTP surface over an engine client and a platform (spec section 1)."""
+"""create_app: the Qianfan-compatible HTTP surface over an engine client and a platform (docs/api.md#routes)."""
 from __future__ import annotations
 
 import logging

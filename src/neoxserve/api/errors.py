@@ -1,4 +1,4 @@
-"""The Qianfan error catalogue (spec section 6) and the two error shapes the API answers with.
+"""The Qianfan error codes the API raises (docs/api.md#errors) and the two error shapes it answers with.
 
 Business errors are HTTP 200 with one-line JSON: the SDK treats any non-2xx as a transport failure and then
 neither retries nor refreshes its token. Only the OAuth endpoint uses HTTP statuses.

@@ -1,4 +1,4 @@
-"""`/oauth/2.0/token`: API Key + Secret Key -> access token (spec section 2).
+"""`/oauth/2.0/token`: API Key + Secret Key -> access token (docs/api.md#access-tokens).
 
 Parameters come from the query string first; a form body may supply missing ones. A JSON body is ignored:
 the SDK sends `{}` and the doc's sample sends `""`.

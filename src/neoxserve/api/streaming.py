@@ -1,4 +1,4 @@
-"""Engine deltas -> response chunks, and the stream frame format (spec section 5).
+"""Engine deltas -> response chunks, and the stream frame format (docs/api.md#responses).
 
 A chunk closes when its text ends a sentence (. ! ? 。 ！ ？ or a newline) or holds `max_tokens` tokens,
 whichever comes first; the last chunk is the one carrying the finished delta.

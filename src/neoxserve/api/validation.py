@@ -1,4 +1,4 @@
-"""Request bodies -> a validated CompletionRequest (spec section 4).
+"""Request bodies -> a validated CompletionRequest (docs/api.md#request-body).
 
 Wrong or missing types are 336001 (fixed message); values out of range are 336003 with a message naming the
 field and the rule. Unknown fields (extra_parameters, user_id, ...) are accepted and ignored.

@@ -1,4 +1,4 @@
-"""Errors the platform raises, carrying Qianfan's codes and exact messages (spec sections 2 and 6).
+"""Errors the platform raises, carrying Qianfan's codes and exact messages (docs/api.md#errors).
 
 `message` is what goes on the wire. `detail` says what was actually wrong, for logs only: it never contains a
 secret, and it is not sent to clients where the spec fixes the message (a signature failure must not tell an

@@ -85,7 +85,7 @@ class Platform:
 
     def issue_token(self, grant_type: str | None, client_id: str | None,
                     client_secret: str | None) -> dict[str, object]:
-        """The /oauth/2.0/token success body, or OAuthError (spec section 2)."""
+        """The /oauth/2.0/token success body, or OAuthError (docs/api.md#access-tokens)."""
         if not grant_type:
             raise missing_parameter("grant_type")
         if grant_type != "client_credentials":

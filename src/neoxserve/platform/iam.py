@@ -1,4 +1,4 @@
-"""Verifying `Authorization: bce-auth-v1/...` signatures (spec section 8), as made by bce-python-sdk's signer."""
+"""Verifying `Authorization: bce-auth-v1/...` signatures (docs/api.md#iam-signatures), as bce-python-sdk makes them."""
 from __future__ import annotations
 
 import calendar

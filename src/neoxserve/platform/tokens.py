@@ -1,4 +1,4 @@
-"""The access token format of spec section 2: `24.<32 hex>.<ttl>.<expiry unix>.<n>-<app id>`."""
+"""The access token format (docs/api.md#access-tokens): `24.<32 hex>.<ttl>.<expiry unix>.<n>-<app id>`."""
 from __future__ import annotations
 
 import re
