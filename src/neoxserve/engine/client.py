@@ -4,8 +4,8 @@ Threads in the HTTP process: a reader (engine -> per-request asyncio queues, one
 message), a sender (so a full pipe never blocks the event loop), and a watchdog on the process sentinel. If the
 engine process dies, every pending request fails with EngineDead at once and `is_alive()` turns false.
 
-Importing this module does not import torch: the engine process imports it (engine/process.py), this one only
-speaks the protocol and loads the tokenizer.
+Importing this module does not import torch: only the spawned engine process does (engine/process.py imports
+the engine core inside `engine_main`); this side speaks the protocol and loads the tokenizer.
 """
 from __future__ import annotations
 
