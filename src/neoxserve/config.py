@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
@@ -62,7 +62,7 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
     @classmethod
-    def load(cls, config_file: str | Path | None = None, **flags: Any) -> Settings:
+    def load(cls, config_file: str | Path | None = None, **flags: object) -> Settings:
         """Build settings; flags that are None (not given on the command line) do not override anything."""
         path = config_file or os.environ.get("NEOXSERVE_CONFIG")
 

@@ -101,7 +101,7 @@ class NeoXConfig:
         return cls.from_dict(d)
 
 
-def _single_id(value: Any) -> int | None:
+def _single_id(value: Any) -> int | None:   # a JSON value
     if isinstance(value, list):  # some configs list several eos ids; the first is the canonical one
         value = value[0] if value else None
     return None if value is None else int(value)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from neoxserve.model.config import NeoXConfig, UnsupportedModelError
 from neoxserve.model.neox import GPTNeoX, Linear
+from neoxserve.model.tokenizer import Tokenizer
 
 # Buffers some checkpoints carry that are not parameters (causal mask, rotary frequencies): skipped.
 LEGACY_SUFFIXES = (".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq")
@@ -34,7 +35,7 @@ class CheckpointError(Exception):
 class LoadedModel:
     model: GPTNeoX
     config: NeoXConfig
-    tokenizer: Any  # neoxserve.model.tokenizer.Tokenizer
+    tokenizer: Tokenizer
     path: Path
 
 
@@ -56,7 +57,6 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
     model.init_rotary()
     model.eval().requires_grad_(False)
 
-    from neoxserve.model.tokenizer import Tokenizer
     return LoadedModel(model=model, config=config, tokenizer=Tokenizer.from_dir(path), path=path)
 
 
