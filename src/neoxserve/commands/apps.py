@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .admin import add_store_flags, admin_command, name_list, print_json
+from .common import add_store_flags, admin_command, name_list, print_json
 
 if TYPE_CHECKING:
     from ..platform import Limits, NewKeys, Platform

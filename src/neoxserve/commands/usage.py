@@ -5,7 +5,7 @@ import argparse
 
 from typing import TYPE_CHECKING
 
-from .admin import add_store_flags, admin_command, print_json
+from .common import add_store_flags, admin_command, print_json
 
 if TYPE_CHECKING:
     from ..platform import Platform
