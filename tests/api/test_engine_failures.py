@@ -55,8 +55,8 @@ def test_errors_before_the_first_delta(setup, error, code, msg, stream):
     assert r.text.count("\n") == 0
     body = r.json()
     assert body["id"].startswith("as-") and (body["error_code"], body["error_msg"]) == (code, msg)
-    # admitted (the platform counts the request) but no tokens recorded
-    assert [(u.requests, u.prompt_tokens, u.completion_tokens) for u in platform.usage()] == [(1, 0, 0)]
+    # one failed call, no tokens recorded
+    assert [(u.calls, u.failed, u.prompt_tokens, u.completion_tokens) for u in platform.usage()] == [(1, 1, 0, 0)]
 
 
 def test_error_after_chunks_is_one_bare_json_line(setup):

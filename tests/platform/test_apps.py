@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from neoxserve.platform import AdminError, Limits, Platform
+from neoxserve.platform import AdminError, Limits, Outcome, Platform
 
 
 def test_create_show_list_delete(platform):
@@ -101,26 +101,28 @@ def test_usage_per_app_service_day(served, clock):
     p.create_app("bob", services=["demo"])
     alice, bob = p.get_app("alice"), p.get_app("bob")
     clock.t = 1_750_003_100.0  # 2025-06-15 23:58:20 in Shanghai
-    p.admit(alice, demo)
-    p.record_usage(alice, demo, 10, 20)
-    p.admit(alice, demo)
-    p.record_usage(alice, demo, 1, 2)
-    p.admit(bob, demo)
-    p.record_usage(bob, demo, 3, 4)
+    p.settle(p.admit(alice, demo), Outcome.SUCCEEDED, 10, 20)
+    p.settle(p.admit(alice, demo), Outcome.SUCCEEDED, 1, 2)
+    p.settle(p.admit(bob, demo), Outcome.SUCCEEDED, 3, 4)
+    late = p.admit(bob, demo)
     clock.advance(200)  # the next day in Shanghai
-    p.admit(alice, other)
-    p.record_usage(alice, other, 5, 6)
-    rows = [(r.day, r.app_name, r.api_name, r.requests, r.prompt_tokens, r.completion_tokens) for r in p.usage()]
-    assert rows == [("2025-06-15", "alice", "demo", 2, 11, 22), ("2025-06-15", "bob", "demo", 1, 3, 4),
-                    ("2025-06-16", "alice", "other", 1, 5, 6)]
+    p.settle(late, Outcome.FAILED, 7, 1)    # counted on the day it was admitted
+    p.record_failure(bob, demo)             # today
+    p.settle(p.admit(alice, other), Outcome.SUCCEEDED, 5, 6)
+    rows = [(r.day, r.app_name, r.api_name, r.calls, r.succeeded, r.failed, r.prompt_tokens, r.completion_tokens)
+            for r in p.usage()]
+    assert rows == [("2025-06-15", "alice", "demo", 2, 2, 0, 11, 22), ("2025-06-15", "bob", "demo", 2, 1, 1, 10, 5),
+                    ("2025-06-16", "alice", "other", 1, 1, 0, 5, 6), ("2025-06-16", "bob", "demo", 1, 0, 1, 0, 0)]
     assert [r.api_name for r in p.usage(app="alice")] == ["demo", "other"]
-    assert [r.app_name for r in p.usage(service="demo")] == ["alice", "bob"]
-    assert [r.day for r in p.usage(since="2025-06-16")] == ["2025-06-16"]
-    assert p.usage(app="alice", service="other")[0].to_dict()["total_tokens"] == 11
+    assert [r.app_name for r in p.usage(service="demo")] == ["alice", "bob", "bob"]
+    assert [r.day for r in p.usage(since="2025-06-16")] == ["2025-06-16", "2025-06-16"]
+    assert p.usage(app="alice", service="other")[0].to_dict() == {
+        "day": "2025-06-16", "app_id": alice.id, "app_name": "alice", "api_name": "other", "calls": 1,
+        "succeeded": 1, "failed": 0, "prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
     with pytest.raises(AdminError, match="invalid date '16/06/2025': use YYYY-MM-DD"):
         p.usage(since="16/06/2025")
-    with pytest.raises(ValueError):
-        p.record_usage(alice, demo, -1, 0)
+    with pytest.raises(ValueError, match="token counts must not be negative"):
+        p.settle(p.admit(alice, demo), Outcome.SUCCEEDED, -1, 0)
 
 
 def test_unknown_timezone(settings):

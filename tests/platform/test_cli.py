@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from neoxserve.config import Settings
-from neoxserve.platform import Platform
+from neoxserve.platform import Outcome, Platform, PlatformError
 
 NEOXSERVE = Path(sys.executable).with_name("neoxserve")
 
@@ -49,17 +49,17 @@ def test_create_keys_work_and_secrets_print_once(store_flags, settings):
         assert app.name == "alice" and app.limits.qps == 5 and app.services == ("demo",)
         service = p.get_service("demo")
         assert (service.model, service.temperature, service.max_output_tokens) == ("m1", 0.5, 64)
-        p.admit(app, service)
-        p.record_usage(app, service, 7, 9)
+        p.settle(p.admit(app, service, 16), Outcome.SUCCEEDED, 7, 9)
     for cmd in (["apps", "list", "--json"], ["apps", "show", "alice", "--json"], ["apps", "list"],
                 ["apps", "show", "alice"]):
         out = ok(*cmd, *store_flags)
         assert keys["api_key"] in out and keys["secret_key"] not in out and keys["secret_access_key"] not in out
     shown = json.loads(ok("apps", "show", "alice", "--json", *store_flags))
-    assert shown["requests_total"] == 1 and shown["limits"] == {"qps": 5, "daily": None, "total": None}
+    assert shown["requests_total"] == 1 and shown["limits"] == {"qps": 5, "daily": None, "total": None,
+                                                                "rpm": None, "tpm": None}
     usage = json.loads(ok("usage", "--app", "alice", "--json", *store_flags))
-    assert [(u["api_name"], u["requests"], u["prompt_tokens"], u["completion_tokens"]) for u in usage] == [
-        ("demo", 1, 7, 9)]
+    assert [(u["api_name"], u["calls"], u["succeeded"], u["failed"], u["prompt_tokens"], u["completion_tokens"])
+            for u in usage] == [("demo", 1, 1, 0, 7, 9)]
     assert "alice" in ok("usage", "--service", "demo", "--since", "2000-01-01", *store_flags)
     assert json.loads(ok("usage", "--service", "nope", "--json", *store_flags)) == []
     services = json.loads(ok("services", "list", "--json", *store_flags))
@@ -68,10 +68,13 @@ def test_create_keys_work_and_secrets_print_once(store_flags, settings):
 
 def test_limits_rotate_delete(store_flags, settings):
     keys = json.loads(ok("apps", "create", "alice", "--daily", "10", "--json", *store_flags))
-    limits = json.loads(ok("apps", "limits", "alice", "--qps", "3", "--total", "100", "--json", *store_flags))
-    assert limits == {"name": "alice", "qps": 3, "daily": 10, "total": 100}
-    limits = json.loads(ok("apps", "limits", "alice", "--daily", "none", "--qps", "0", "--json", *store_flags))
-    assert limits == {"name": "alice", "qps": None, "daily": None, "total": 100}
+    limits = json.loads(ok("apps", "limits", "alice", "--qps", "3", "--total", "100", "--rpm", "120", "--tpm",
+                           "5000", "--json", *store_flags))
+    assert limits == {"name": "alice", "qps": 3, "daily": 10, "total": 100, "rpm": 120, "tpm": 5000}
+    limits = json.loads(ok("apps", "limits", "alice", "--daily", "none", "--qps", "0", "--tpm", "none", "--json",
+                           *store_flags))
+    assert limits == {"name": "alice", "qps": None, "daily": None, "total": 100, "rpm": 120, "tpm": None}
+    assert "qps=- daily=- total=100 rpm=120 tpm=-" in ok("apps", "limits", "alice", *store_flags)
     new = json.loads(ok("apps", "rotate", "alice", "--json", *store_flags))
     assert new["api_key"] != keys["api_key"] and new["secret_key"] != keys["secret_key"]
     assert "deleted app 'alice'" in ok("apps", "delete", "alice", *store_flags)
@@ -121,3 +124,54 @@ def test_settings_from_environment(settings):
     with Platform.open(Settings.load(None, data_dir=settings.data_dir)) as p:
         assert p.get_app("alice").name == "alice"
     bad("apps", "list", env={**env, "NEOXSERVE_TOKEN_TTL_SECONDS": "x"}, message="invalid settings")
+
+
+def test_apikeys_create_list_revoke(store_flags, settings):
+    ok("apps", "create", "alice", *store_flags)
+    created = json.loads(ok("apikeys", "create", "--app", "alice", "--expires-in", "3600", "--json", *store_flags))
+    assert set(created) == {"id", "key", "app_id", "app_name", "created_at", "expires_at"}
+    assert created["key"].startswith("bce-v3/" + created["id"] + "/")
+    assert created["expires_at"] == int(created["created_at"]) + 3600
+    text = run("apikeys", "create", "--app", "alice", *store_flags)
+    assert text.returncode == 0 and "shown only now" in text.stderr
+    second_key = text.stdout.split("Key:")[1].split()[0]
+    listed = json.loads(ok("apikeys", "list", "--json", *store_flags))
+    assert [(k["id"], k["app_name"], k["status"]) for k in listed] == [
+        (created["id"], "alice", "active"), (second_key.split("/")[1], "alice", "active")]
+    for out in (json.dumps(listed), ok("apikeys", "list", "--app", "alice", *store_flags)):
+        assert created["key"] not in out and second_key not in out and created["id"] in out
+    with Platform.open(settings) as p:
+        assert p.authenticate_bearer(created["key"]).name == "alice"
+    assert f"revoked API key {created['id']}" in ok("apikeys", "revoke", created["id"], *store_flags)
+    with Platform.open(settings) as p:
+        with pytest.raises(PlatformError) as e:
+            p.authenticate_bearer(created["key"])
+        assert e.value.code == 110
+    assert [k["id"] for k in json.loads(ok("apikeys", "list", "--json", *store_flags))] == [second_key.split("/")[1]]
+
+
+def test_usage_table_shows_successes_and_failures(store_flags, settings):
+    ok("services", "publish", "demo", "--model", "m", *store_flags)
+    ok("apps", "create", "alice", "--services", "demo", "--rpm", "60", "--tpm", "9000", *store_flags)
+    with Platform.open(settings) as p:
+        app, service = p.get_app("alice"), p.get_service("demo")
+        p.settle(p.admit(app, service, 50), Outcome.SUCCEEDED, 11, 22)
+        p.settle(p.admit(app, service, 50), Outcome.NOT_SERVED)
+        p.record_failure(app, service)
+    lines = ok("usage", *store_flags).splitlines()
+    assert lines[0].split() == ["DAY", "APP", "SERVICE", "CALLS", "SUCCEEDED", "FAILED", "PROMPT", "COMPLETION",
+                                "TOTAL"]
+    assert lines[1].split()[1:] == ["alice", "demo", "3", "1", "2", "11", "22", "33"]
+    shown = json.loads(ok("apps", "show", "alice", "--json", *store_flags))
+    assert (shown["limits"]["rpm"], shown["limits"]["tpm"], shown["requests_total"]) == (60, 9000, 1)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_apikeys_bad_input(store_flags):
+    ok("apps", "create", "alice", *store_flags)
+    bad("apikeys", "create", "--app", "ghost", *store_flags, message="no app named 'ghost'")
+    bad("apikeys", "create", "--app", "alice", "--expires-in", "0", *store_flags,
+        message="invalid expiry '0': use a positive number of seconds")
+    bad("apikeys", "revoke", "ALTAK-nope", *store_flags, message="no API key with id 'ALTAK-nope'")
+    bad("apikeys", "list", "--app", "ghost", *store_flags, message="no app named 'ghost'")
+    bad("apps", "limits", "alice", "--rpm", "x", *store_flags, message="invalid limit 'x'")

@@ -98,7 +98,7 @@ def test_rejected_requests_do_not_count(served, clock):
     assert p.counters("alice").total_count == 5
     p.set_limits("alice", Limits(total=6))  # raising the limit lets exactly one more through
     assert [outcome(p, app, service) for _ in range(2)] == [0, 19]
-    assert p.usage(app="alice")[0].requests == 6
+    assert p.counters("alice").total_count == 6
 
 
 def test_counts_survive_restart(served, settings, clock):

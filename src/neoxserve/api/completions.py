@@ -15,7 +15,9 @@ from ..engine.client import DeltaStream, EngineClient
 from ..engine.errors import EngineOverloaded, QueueTimeout, RequestRejected
 from ..engine.outputs import Delta
 from ..engine.sampling_params import SamplingParams
-from ..platform import App, Platform, Service
+from ..platform import Platform
+from ..platform.errors import QuotaError
+from .call_ledger import CallLedger
 from .errors import INTERNAL, OVERLOADED, ApiError, compact, error_body, error_response, new_id, out_of_range
 from .metrics import Metrics
 from .moderation import Moderator
@@ -70,10 +72,12 @@ class Completions:
         })
         return body
 
-    async def _prepare(self, request: Request, api_name: str, chat: bool, rid: str) -> _Call:
-        """Authenticate, find the service, check permission, validate the body, then count it against quotas."""
+    async def _prepare(self, request: Request, api_name: str, chat: bool, rid: str, ledger: CallLedger) -> _Call:
+        """Authenticate, find the service, check permission, validate the body, then admit it: count it against
+        the app's limits, reserving prompt + maximum output tokens of its TPM budget."""
         app = await authenticate(self.platform, request)
         service = await call(self.platform.get_service, api_name)
+        ledger.identified(app, service)
         await call(self.platform.check_permission, app, service)
         info = self.engine.model_info
         if chat and not info.is_chat:
@@ -87,20 +91,18 @@ class Completions:
         is_safe = self.moderator.is_safe(req.input_text())
         if not is_safe:
             log.info("request %s: input flagged by moderation (action %s)", rid, self.settings.moderation_action)
-        admission = await call(self.platform.admit, app, service)
-        headers: dict[str, str] = {}
-        rpm = admission.limits.requests_per_minute
-        if rpm is not None:
-            headers["X-Ratelimit-Limit-Requests"] = str(rpm)
-        return _Call(app, service, req, prompt_ids, params, is_safe, headers)
+        admission = await call(self.platform.admit, app, service, len(prompt_ids) + max_tokens)
+        ledger.admitted(admission, len(prompt_ids))
+        return _Call(req, prompt_ids, params, is_safe, admission.rate_limit_headers())
 
     async def handle(self, request: Request, api_name: str, chat: bool) -> Response:
         route = "chat" if chat else "completions"
         started = time.monotonic()
         rid = new_id()
         headers: dict[str, str] = {}
+        ledger = CallLedger(self.platform)
         try:
-            c = await self._prepare(request, api_name, chat, rid)
+            c = await self._prepare(request, api_name, chat, rid, ledger)
             headers = c.headers
             deltas: DeltaStream
             if not c.is_safe and self.settings.moderation_action == "empty":
@@ -108,42 +110,47 @@ class Completions:
             else:
                 deltas = self.engine.generate(rid, c.prompt_ids, c.params)
             object_ = "chat.completion" if chat else "completion"
-            usage = _Usage(self, c.app, c.service, route, started, len(c.prompt_ids))
             if c.req.stream:
-                return await self._stream(request, rid, object_, deltas, c.is_safe, headers, usage)
+                return await self._stream(request, rid, object_, deltas, c.is_safe, headers, ledger, route, started)
             try:
                 chunk = await unless_disconnected(collect(deltas), request.receive)
             except ClientGone:
-                await usage.done(0, 0)
+                await ledger.ended_early(0)
+                self.metrics.observe(route, 0, time.monotonic() - started)
                 return Response(status_code=204)
-            await usage.done(0, chunk.completion_tokens)
+            await ledger.succeeded(chunk.completion_tokens)
+            self.metrics.observe(route, 0, time.monotonic() - started, chunk.completion_tokens)
             return Response(compact(self._body(rid, object_, chunk, c.is_safe, None)),
                             media_type="application/json", headers=headers)
         except Exception as e:
             error = engine_error(e, rid)
+            await ledger.failed()
             self.metrics.observe(route, error.code, time.monotonic() - started)
-            return error_response(error, rid, headers)
+            return error_response(error, rid, {**headers, **quota_headers(e)})
 
     async def _stream(self, request: Request, rid: str, object_: str, deltas: DeltaStream,
-                      is_safe: bool, headers: dict[str, str], usage: _Usage) -> Response:
+                      is_safe: bool, headers: dict[str, str], ledger: CallLedger, route: str,
+                      started: float) -> Response:
         parts = chunks(deltas, self.settings.stream_chunk_tokens)
         try:
             # An error before the first chunk is answered like a non-stream error, so wait for it here.
             first = await unless_disconnected(parts.__anext__(), request.receive)
         except ClientGone:
             await parts.aclose()
-            await usage.done(0, 0)
+            await ledger.ended_early(0)
+            self.metrics.observe(route, 0, time.monotonic() - started)
             return Response(status_code=204)
         except BaseException:
             await parts.aclose()
             raise
 
         async def frames() -> AsyncGenerator[bytes, None]:
-            chunk, sentence_id, code = first, 0, 0
+            chunk, sentence_id, code, complete = first, 0, 0, False
             try:
                 while True:
                     yield frame(self._body(rid, object_, chunk, is_safe, sentence_id))
                     if chunk.is_end:
+                        complete = True
                         break
                     chunk = await parts.__anext__()
                     sentence_id += 1
@@ -153,36 +160,28 @@ class Completions:
                 yield (compact(error_body(error, rid)) + "\n").encode()
             finally:
                 await parts.aclose()
-                await usage.done(code, chunk.completion_tokens)
+                # `chunk` is the last one sent: its tokens reached the client
+                if complete:
+                    await ledger.succeeded(chunk.completion_tokens)
+                else:
+                    await ledger.ended_early(chunk.completion_tokens)
+                self.metrics.observe(route, code, time.monotonic() - started, chunk.completion_tokens)
 
         return StreamResponse(frames(), headers=headers)
+
+
+def quota_headers(e: BaseException) -> dict[str, str]:
+    """The X-Ratelimit-* headers a refusal by the app's limits carries."""
+    cause = e.__cause__
+    return cause.headers if isinstance(cause, QuotaError) else {}
 
 
 @dataclass
 class _Call:
     """An admitted request, ready for the engine."""
 
-    app: App
-    service: Service
     req: CompletionRequest
     prompt_ids: list[int]
     params: SamplingParams
     is_safe: bool
     headers: dict[str, str]
-
-
-class _Usage:
-    """Records usage and metrics once per request that reached the engine."""
-
-    def __init__(self, owner: Completions, app: App, service: Service, route: str, started: float,
-                 prompt_tokens: int) -> None:
-        self.owner, self.app, self.service, self.route = owner, app, service, route
-        self.started, self.prompt_tokens = started, prompt_tokens
-
-    async def done(self, code: int, completion_tokens: int) -> None:
-        self.owner.metrics.observe(self.route, code, time.monotonic() - self.started, completion_tokens)
-        try:
-            await call(self.owner.platform.record_usage, self.app, self.service, self.prompt_tokens,
-                       completion_tokens)
-        except Exception:
-            log.exception("recording usage failed")

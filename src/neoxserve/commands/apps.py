@@ -59,6 +59,9 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qps", type=limit_value, help="requests per second (error 18 beyond)")
     p.add_argument("--daily", type=limit_value, help="requests per day in quota_timezone (error 17 beyond)")
     p.add_argument("--total", type=limit_value, help="requests in total (error 19 beyond)")
+    p.add_argument("--rpm", type=limit_value, help="requests per minute (error 336501 beyond)")
+    p.add_argument("--tpm", type=limit_value, help="tokens per minute, prompt + maximum output reserved at "
+                                                    "admission (error 336502 beyond)")
 
 
 def _limit(value: int | None) -> int | None:
@@ -78,8 +81,7 @@ def _show_keys(keys: NewKeys, as_json: bool, verb: str) -> None:
 
 
 def _limits_text(limits: Limits) -> str:
-    return " ".join(f"{k}={getattr(limits, k) if getattr(limits, k) is not None else '-'}"
-                    for k in ("qps", "daily", "total"))
+    return " ".join(f"{k}={getattr(limits, k) if getattr(limits, k) is not None else '-'}" for k in limits.NAMES)
 
 
 @admin_command
@@ -87,7 +89,7 @@ def _create(platform: Platform, args: argparse.Namespace) -> int:
     from ..platform import Limits
 
     keys = platform.create_app(args.name, services=args.services,
-                               limits=Limits(_limit(args.qps), _limit(args.daily), _limit(args.total)))
+                               limits=Limits(*(_limit(getattr(args, k)) for k in Limits.NAMES)))
     _show_keys(keys, args.json, "created")
     return 0
 
@@ -110,7 +112,8 @@ def _show(platform: Platform, args: argparse.Namespace) -> int:
     counters = platform.counters(args.name)
     if args.json:
         print_json({**app.to_dict(), "today": counters.day, "requests_today": counters.day_count,
-                    "requests_total": counters.total_count})
+                    "requests_total": counters.total_count, "requests_this_minute": counters.minute_requests,
+                    "tokens_this_minute": counters.minute_tokens})
         return 0
     print(f"app '{app.name}' (id {app.id})")
     print(f"  API Key:     {app.api_key}")
@@ -118,6 +121,7 @@ def _show(platform: Platform, args: argparse.Namespace) -> int:
     print(f"  limits:      {_limits_text(app.limits)}")
     print(f"  services:    {', '.join(app.services) or '-'}")
     print(f"  requests:    {counters.day_count} today ({counters.day}), {counters.total_count} in total")
+    print(f"  this minute: {counters.minute_requests} requests, {counters.minute_tokens} tokens")
     return 0
 
 
@@ -140,12 +144,12 @@ def _limits(platform: Platform, args: argparse.Namespace) -> int:
 
     app = platform.get_app(args.name)
     current = app.limits
-    if any(v is not None for v in (args.qps, args.daily, args.total)):
+    if any(getattr(args, k) is not None for k in Limits.NAMES):
         new = Limits(*(getattr(current, k) if getattr(args, k) is None else _limit(getattr(args, k))
-                       for k in ("qps", "daily", "total")))
+                       for k in Limits.NAMES))
         app = platform.set_limits(args.name, new)
     if args.json:
-        print_json({"name": app.name, "qps": app.limits.qps, "daily": app.limits.daily, "total": app.limits.total})
+        print_json({"name": app.name, **app.limits.to_dict()})
     else:
         print(f"app '{app.name}': {_limits_text(app.limits)}")
     return 0

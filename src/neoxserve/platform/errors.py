@@ -16,6 +16,8 @@ TOKEN_INVALID = 110
 TOKEN_EXPIRED = 111
 NO_PERMISSION = 336004
 API_NAME_NOT_EXIST = 336005
+RPM_LIMIT = 336501
+TPM_LIMIT = 336502
 
 MESSAGES = {
     IAM_FAILED: "IAM Certification failed",
@@ -26,6 +28,8 @@ MESSAGES = {
     TOKEN_INVALID: "Access token invalid or no longer valid",
     TOKEN_EXPIRED: "Access token expired",
     API_NAME_NOT_EXIST: "API name not exist",
+    RPM_LIMIT: "Rate limit reached for RPM",
+    TPM_LIMIT: "Rate limit reached for TPM",
 }
 
 
@@ -39,6 +43,21 @@ class PlatformError(Exception):
         super().__init__(f"{code}: {self.message}" + (f" ({detail})" if detail else ""))
 
 
+class QuotaError(PlatformError):
+    """A request refused by one of the app's limits: 19 total, 17 daily, 18 QPS, 336501 RPM, 336502 TPM.
+
+    `retry_after` is the number of seconds until the window that refused it frees (what an HTTP 429 sends as
+    Retry-After), or None when waiting does not help: the total limit, or a request that needs more tokens than
+    the TPM limit allows in any minute. `headers` are the X-Ratelimit-* headers for the answer.
+    """
+
+    def __init__(self, code: int, retry_after: int | None, detail: str = "",
+                 headers: dict[str, str] | None = None):
+        super().__init__(code, detail=detail)
+        self.retry_after = retry_after
+        self.headers = headers or {}  # the X-Ratelimit-* headers of the refused answer (this request not counted)
+
+
 class OAuthError(Exception):
     """A token endpoint error: the API answers `status` with {"error": error, "error_description": description}."""
 
@@ -50,6 +69,17 @@ class OAuthError(Exception):
 
     def to_dict(self) -> dict[str, str]:
         return {"error": self.error, "error_description": self.description}
+
+
+class BceError(Exception):
+    """An error of a Baidu Cloud (BCE) style endpoint, GET /v1/BCE-BEARER/token: the API answers `status` with
+    {"requestId", "code", "message"} and the X-Bce-Error-Code / X-Bce-Error-Message headers."""
+
+    def __init__(self, status: int, code: str, message: str):
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(f"{status} {code}: {message}")
 
 
 class AdminError(Exception):

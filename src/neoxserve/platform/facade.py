@@ -9,17 +9,18 @@ import math
 import secrets as _random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from . import bearer_keys, iam, tokens
 from . import credentials as cred
-from . import iam, tokens
 from .errors import (API_NAME_NOT_EXIST, INVALID_PARAMETER, NO_PERMISSION, TOKEN_EXPIRED, TOKEN_INVALID,
-                     AdminError, PlatformError, bad_client_secret, missing_parameter, unknown_client,
+                     AdminError, BceError, PlatformError, bad_client_secret, missing_parameter, unknown_client,
                      unsupported_grant)
-from .records import (SAMPLING_RULES, Admission, App, Counters, Limits, NewKeys, Service, StoredSecrets, TokenRecord,
-                     UsageRow)
+from .quota import Window
+from .records import (SAMPLING_RULES, Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, NewApiKey, NewKeys,
+                      Outcome, Service, StoredSecrets, TokenRecord, UsageRow)
 from .names import check_api_name, check_app_name
 from .store import Store, open_store
 
@@ -30,6 +31,9 @@ log = logging.getLogger("neoxserve.platform")
 
 _KEY_CHECK = "neoxserve key check"
 SCOPE = "public brain_all_scope ai_custom_wenxinworkshop"
+# Lifetimes of bearer tokens issued from IAM keys (GET /v1/BCE-BEARER/token?expireInSeconds=N), as on Baidu's IAM.
+BEARER_TTL_DEFAULT = 1800
+BEARER_TTL_RANGE = (300, 2_592_000)
 
 
 class Platform:
@@ -81,6 +85,13 @@ class Platform:
         """The day (YYYY-MM-DD in quota_timezone) of `now`, by default of the clock's current time."""
         return datetime.fromtimestamp(self.clock() if now is None else now, self.tz).date().isoformat()
 
+    def window(self, now: float | None = None) -> Window:
+        """The quota windows of `now` (by default the clock's current time)."""
+        now = self.clock() if now is None else now
+        local = datetime.fromtimestamp(now, self.tz)
+        midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), self.tz)
+        return Window(now, local.date().isoformat(), midnight.timestamp())
+
     # ----- serving -----
 
     def issue_token(self, grant_type: str | None, client_id: str | None,
@@ -114,15 +125,68 @@ class Platform:
             raise PlatformError(INVALID_PARAMETER, detail="access_token is missing")
         if not tokens.is_well_formed(token):
             raise PlatformError(INVALID_PARAMETER, detail="access_token is malformed")
-        record = self.store.get_token(cred.token_hash(token))
+        return self._token_owner(self.store.get_token(cred.token_hash(token)), "access_token")
+
+    def _token_owner(self, record: TokenRecord | None, what: str) -> App:
+        """The app of a stored token (access token or bearer token), unless unknown, revoked or expired."""
         if record is None:
-            raise PlatformError(TOKEN_INVALID, detail="access_token is unknown or revoked")
+            raise PlatformError(TOKEN_INVALID, detail=f"{what} is unknown or revoked")
         app = self.store.get_app(record.app_id)
         if app is None or app.token_generation != record.generation:
-            raise PlatformError(TOKEN_INVALID, detail="access_token was revoked")
+            raise PlatformError(TOKEN_INVALID, detail=f"{what} was revoked")
         if self.clock() >= record.expires_at:
-            raise PlatformError(TOKEN_EXPIRED, detail="access_token has expired")
+            raise PlatformError(TOKEN_EXPIRED, detail=f"{what} has expired")
         return app
+
+    def authenticate_bearer(self, token: str | None) -> App:
+        """The app owning a bearer credential (the value after `Authorization: Bearer `): an API key or a bearer
+        token issued from IAM keys. PlatformError 100 (missing/malformed), 110 (unknown, revoked, or its app's keys
+        were rotated since it was issued), 111 (expired)."""
+        if not token:
+            raise PlatformError(INVALID_PARAMETER, detail="bearer token is missing")
+        if not bearer_keys.is_well_formed(token):
+            raise PlatformError(INVALID_PARAMETER, detail="bearer token is malformed")
+        digest = cred.token_hash(token)
+        key = self.store.get_api_key(digest)
+        if key is None:
+            return self._token_owner(self.store.get_token(digest), "bearer token")
+        if key.expires_at is not None and self.clock() >= key.expires_at:
+            raise PlatformError(TOKEN_EXPIRED, detail=f"API key {key.id} has expired")
+        app = self.store.get_app(key.app_id)
+        if app is None:
+            raise PlatformError(TOKEN_INVALID, detail=f"API key {key.id} belongs to a deleted app")
+        return app
+
+    def bearer_token_request(self, method: str, path: str, query, headers: Mapping[str, str]) -> dict:
+        """GET /v1/BCE-BEARER/token as received: verify its IAM signature (authenticate_iam), then
+        issue_bearer_token with its expireInSeconds. BceError 401 AccessDenied for any signature failure (the
+        reason only in the log, as for error 14), 400 for a bad expireInSeconds."""
+        try:
+            app = self.authenticate_iam(method, path, query, headers)
+        except PlatformError as e:
+            log.info("bearer token refused: %s", e.detail)
+            raise BceError(401, "AccessDenied", e.message) from None
+        expire = next((v for k, v in iam.query_pairs(query) if k == "expireInSeconds"), None)
+        return self.issue_bearer_token(app, expire)
+
+    def issue_bearer_token(self, app: App, expire_in_seconds: str | None) -> dict:
+        """The GET /v1/BCE-BEARER/token answer for an app whose IAM signature the caller verified
+        (authenticate_iam): a bearer token living `expireInSeconds` (default 1800, 300 to 2592000), revoked with
+        the app's keys. BceError 400 for a bad expireInSeconds."""
+        ttl = BEARER_TTL_DEFAULT
+        if expire_in_seconds not in (None, ""):
+            low, high = BEARER_TTL_RANGE
+            text = str(expire_in_seconds)
+            if not (text.isascii() and text.isdigit() and len(text) <= 10 and low <= int(text) <= high):
+                raise BceError(400, "InvalidParameterValue",
+                               f"expireInSeconds is {text[:20]!r}: it must be an integer in [{low}, {high}]")
+            ttl = int(text)
+        now = int(self.clock())
+        _, token = bearer_keys.new_bearer_key()
+        self.store.put_token(cred.token_hash(token), TokenRecord(app.id, app.token_generation, now + ttl), now)
+        log.info("issued a bearer token for app %r (id %d), %d s", app.name, app.id, ttl)
+        return {"userId": str(app.id), "token": token, "status": "enable", "createTime": _iso(now),
+                "expireTime": _iso(now + ttl)}
 
     def revoke_token(self, token: str) -> bool:
         return self.store.delete_token(cred.token_hash(token))
@@ -158,16 +222,30 @@ class Platform:
             raise PlatformError(NO_PERMISSION, f"app '{app.name}' (id {app.id}) has no permission to call "
                                                f"service '{service.api_name}'")
 
-    def admit(self, app: App, service: Service) -> Admission:
-        """Count one request against the app's quotas, or raise 19/17/18 without counting it."""
-        now = self.clock()
-        return self.store.admit(app.id, service.api_name, app.name, int(now), self.today(now))
+    def admit(self, app: App, service: Service, reserve_tokens: int = 0) -> Admission:
+        """Count one request against the app's limits, reserving `reserve_tokens` (prompt + maximum output) of
+        its TPM budget; or raise QuotaError (19, 17, 18, 336501, 336502) without counting anything. Every
+        admission must be settled once."""
+        if not isinstance(reserve_tokens, int) or reserve_tokens < 0:
+            raise ValueError(f"reserve_tokens must be a non-negative int, not {reserve_tokens!r}")
+        return self.store.admit(app.id, service.api_name, app.name, self.window(), reserve_tokens)
 
-    def record_usage(self, app: App, service: Service, prompt_tokens: int, completion_tokens: int) -> None:
+    def settle(self, admission: Admission, outcome: Outcome, prompt_tokens: int = 0,
+               completion_tokens: int = 0) -> None:
+        """Record how an admitted request ended (see Outcome): NOT_SERVED gives back its daily and total quota
+        and its TPM reservation; otherwise TPM is charged prompt + completion tokens instead of the reservation.
+        The call and its tokens go to the usage of the day it was admitted on."""
+        if admission.settled:
+            raise RuntimeError(f"admission of app {admission.app_id} settled twice")
         if prompt_tokens < 0 or completion_tokens < 0:
             raise ValueError("token counts must not be negative")
-        self.store.record_usage(self.today(), app.id, app.name, service.api_name, int(prompt_tokens),
-                                int(completion_tokens))
+        admission.settled = True
+        self.store.settle(admission, outcome, int(prompt_tokens), int(completion_tokens))
+
+    def record_failure(self, app: App, service: Service) -> None:
+        """A call of `app` to `service` that ended with an error before it was admitted (bad body, no permission,
+        refused by a limit): one failed call in today's usage, no tokens, no quota."""
+        self.store.record_failure(self.today(), app.id, app.name, service.api_name)
 
     def bootstrap(self, api_name: str, model_name: str) -> NewKeys | None:
         """On a fresh store: publish `api_name`, create app "default" allowed to call it, return its keys (once).
@@ -232,7 +310,31 @@ class Platform:
         return self.get_app(name)
 
     def counters(self, name: str) -> Counters:
-        return self.store.counters(self.get_app(name).id, self.today())
+        """Requests today and in total, and this minute's requests and TPM tokens (reservations included)."""
+        window = self.window()
+        return self.store.counters(self.get_app(name).id, window.day, window.minute)
+
+    def create_api_key(self, app_name: str, expires_in: int | None = None) -> NewApiKey:
+        """A new bearer API key for the app, living `expires_in` seconds (None: until revoked). The key is in the
+        result only: the store keeps its SHA-256."""
+        if expires_in is not None and (not isinstance(expires_in, int) or expires_in <= 0):
+            raise AdminError(f"invalid expiry {expires_in!r}: use a positive number of seconds")
+        app = self.get_app(app_name)
+        key_id, key = bearer_keys.new_bearer_key()
+        now = self.clock()
+        expires_at = None if expires_in is None else int(now) + expires_in
+        self.store.create_api_key(cred.token_hash(key), ApiKeyRecord(key_id, app.id, expires_at), now)
+        log.info("created API key %s for app %r (id %d)", key_id, app.name, app.id)
+        return NewApiKey(key_id, key, app.id, app.name, now, expires_at)
+
+    def list_api_keys(self, app_name: str | None = None) -> list[ApiKey]:
+        return self.store.list_api_keys(None if app_name is None else self.get_app(app_name).id)
+
+    def revoke_api_key(self, key_id: str) -> None:
+        """Revoke by id (the `ALTAK-...` part); the key stops working at once."""
+        if not (bearer_keys.is_key_id(key_id) and self.store.delete_api_key(key_id)):
+            raise AdminError(f"no API key with id {key_id!r}")
+        log.info("revoked API key %s", key_id)
 
     def allow(self, app_name: str, api_name: str) -> None:
         self.store.grant(self.get_app(app_name).id, api_name)
@@ -271,8 +373,12 @@ class Platform:
         return self.store.usage(app, service, since)
 
 
+def _iso(t: int) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _check_limits(limits: Limits) -> None:
-    for name in ("qps", "daily", "total"):
+    for name in Limits.NAMES:
         value = getattr(limits, name)
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise AdminError(f"invalid {name} limit {value!r}: use a positive integer, or none")

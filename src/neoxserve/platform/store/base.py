@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from ..records import Admission, App, Counters, Limits, Service, StoredSecrets, TokenRecord, UsageRow
+from ..records import (Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, Outcome, Service,
+                       StoredSecrets, TokenRecord, UsageRow)
+from ..quota import Window
 
 # An expired token is remembered this long, so that it is reported as expired (111) rather than unknown (110).
 TOKEN_GRACE_SECONDS = 7 * 86400
@@ -47,7 +49,7 @@ class Store(ABC):
 
     @abstractmethod
     def delete_app(self, app_id: int) -> bool:
-        """Delete the app, its permissions, tokens and quota counters (usage history is kept)."""
+        """Delete the app, its permissions, tokens, API keys and quota counters (usage history is kept)."""
 
     @abstractmethod
     def grant(self, app_id: int, api_name: str) -> None:
@@ -56,7 +58,7 @@ class Store(ABC):
     @abstractmethod
     def revoke(self, app_id: int, api_name: str) -> bool: ...
 
-    # access tokens, by hash
+    # access tokens and bearer tokens, by hash
     @abstractmethod
     def put_token(self, token_hash: bytes, record: TokenRecord, now: int) -> None:
         """Store a token; the store may forget tokens that expired more than a week before `now`."""
@@ -82,18 +84,40 @@ class Store(ABC):
     def delete_service(self, api_name: str) -> bool:
         """Unpublish: the service and every app's permission for it go."""
 
+    # API keys, by hash
+    @abstractmethod
+    def create_api_key(self, key_hash: bytes, record: ApiKeyRecord, created_at: float) -> None:
+        """Raise AdminError if the app does not exist."""
+
+    @abstractmethod
+    def get_api_key(self, key_hash: bytes) -> ApiKeyRecord | None: ...
+
+    @abstractmethod
+    def list_api_keys(self, app_id: int | None = None) -> list[ApiKey]:
+        """Sorted by app name, then creation time."""
+
+    @abstractmethod
+    def delete_api_key(self, key_id: str) -> bool: ...
+
     # quotas and usage
     @abstractmethod
-    def admit(self, app_id: int, api_name: str, app_name: str, second: int, day: str) -> Admission:
-        """Check the app's limits and count one request, atomically; raise PlatformError 19, 17 or 18 (checked in
-        that order) without counting anything. Also adds one request to the (day, app, service) usage row."""
+    def admit(self, app_id: int, api_name: str, app_name: str, window: Window, reserve_tokens: int) -> Admission:
+        """Check the app's limits (quota.check, with the limits read in the same step) and count one request
+        against each window, reserving `reserve_tokens` in the minute's TPM budget, atomically; raise QuotaError
+        without counting anything, or PlatformError 110 if the app was deleted."""
 
     @abstractmethod
-    def record_usage(self, day: str, app_id: int, app_name: str, api_name: str,
-                     prompt_tokens: int, completion_tokens: int) -> None: ...
+    def settle(self, admission: Admission, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None:
+        """In one atomic step: for NOT_SERVED give back the daily (if still the same day) and total counts;
+        replace the TPM reservation by the tokens used (none for NOT_SERVED) if the minute is still current;
+        add the call and its tokens to the (admission.day, app, service) usage row."""
 
     @abstractmethod
-    def counters(self, app_id: int, day: str) -> Counters: ...
+    def record_failure(self, day: str, app_id: int, app_name: str, api_name: str) -> None:
+        """Add one failed call with no tokens to the (day, app, service) usage row."""
+
+    @abstractmethod
+    def counters(self, app_id: int, day: str, minute: int) -> Counters: ...
 
     @abstractmethod
     def usage(self, app_name: str | None = None, api_name: str | None = None,

@@ -5,12 +5,14 @@ after the token does (so an expired token is reported as expired for a while, th
 """
 from __future__ import annotations
 
-from ..errors import DAILY_LIMIT, QPS_LIMIT, TOKEN_INVALID, TOTAL_LIMIT, AdminError, PlatformError
-from ..records import Admission, App, Counters, Limits, Service, StoredSecrets, TokenRecord, UsageRow
+from .. import quota
+from ..errors import TOKEN_INVALID, AdminError, PlatformError
+from ..records import (Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, Outcome, Service,
+                       StoredSecrets, TokenRecord, UsageRow)
 from . import redis_scripts as lua
 from .base import TOKEN_GRACE_SECONDS, Store
 
-_LIMIT_DETAIL = {TOTAL_LIMIT: "total", DAILY_LIMIT: "daily", QPS_LIMIT: "qps"}
+SCHEMA_VERSION = 2  # meta field schema_version; stores of the first release have none (0)
 
 
 def _opt(value) -> str:
@@ -40,13 +42,31 @@ class RedisStore(Store):
         self.r.ping()
         self._scripts = {name: self.r.register_script(getattr(lua, name)) for name in (
             "CREATE_APP", "ROTATE_APP", "SET_LIMITS", "DELETE_APP", "GRANT", "REVOKE", "CREATE_SERVICE",
-            "DELETE_SERVICE", "ADMIT")}
+            "DELETE_SERVICE", "ADMIT", "SETTLE", "CREATE_API_KEY", "DELETE_API_KEY", "MIGRATE_USAGE_ROW")}
+        try:
+            self._migrate()
+        except BaseException:
+            self.r.close()
+            raise
 
     def _run(self, name: str, *args):
         return self._scripts[name](keys=[], args=[self.p, *args])
 
     def close(self) -> None:
         self.r.close()
+
+    def _migrate(self) -> None:
+        raw = self.r.hget(self.p + "meta", "schema_version")
+        version = int(raw or 0)
+        if version > SCHEMA_VERSION:
+            raise AdminError(f"the Redis store has schema version {version}, newer than this neoxserve "
+                             f"understands ({SCHEMA_VERSION}): upgrade neoxserve")
+        if version < SCHEMA_VERSION:
+            # Apps of the first release have no rpm/tpm fields (no limit); only usage rows change.
+            for member in self.r.smembers(self.p + "usage:index"):
+                day, app_id, svc = member.decode().split("|")
+                self._run("MIGRATE_USAGE_ROW", f"{day}:{app_id}:{svc}")
+            self.r.hset(self.p + "meta", "schema_version", SCHEMA_VERSION)
 
     def claim_meta(self, key: str, value: str) -> str:
         self.r.hsetnx(self.p + "meta", key, value)
@@ -62,7 +82,7 @@ class RedisStore(Store):
             return None
         return App(id=int(app_id), name=h[b"name"].decode(), api_key=h[b"api_key"].decode(),
                    access_key=h[b"access_key"].decode(),
-                   limits=Limits(_int(h.get(b"qps")), _int(h.get(b"daily")), _int(h.get(b"total"))),
+                   limits=Limits(*(_int(h.get(name.encode())) for name in Limits.NAMES)),
                    services=tuple(sorted(s.decode() for s in svcs)), created_at=float(h[b"created_at"]),
                    token_generation=int(h[b"generation"]),
                    secrets=StoredSecrets(h[b"sk_hash"], h[b"sk_salt"], h[b"sak_enc"]))
@@ -86,8 +106,8 @@ class RedisStore(Store):
 
     def create_app(self, name, api_key, access_key, secrets, limits, services, created_at) -> App:
         result = self._run("CREATE_APP", name, api_key, access_key, secrets.secret_key_hash,
-                           secrets.secret_key_salt, secrets.secret_access_key_enc, _opt(limits.qps),
-                           _opt(limits.daily), _opt(limits.total), repr(created_at), *services)
+                           secrets.secret_key_salt, secrets.secret_access_key_enc,
+                           *(_opt(getattr(limits, name)) for name in Limits.NAMES), repr(created_at), *services)
         if result[0] == -1:
             raise AdminError(f"an app named {name!r} already exists")
         if result[0] == -2:
@@ -101,7 +121,7 @@ class RedisStore(Store):
                          secrets.secret_key_salt, secrets.secret_access_key_enc) == 1
 
     def set_limits(self, app_id, limits) -> bool:
-        return self._run("SET_LIMITS", app_id, _opt(limits.qps), _opt(limits.daily), _opt(limits.total)) == 1
+        return self._run("SET_LIMITS", app_id, *(_opt(getattr(limits, name)) for name in Limits.NAMES)) == 1
 
     def delete_app(self, app_id) -> bool:
         return self._run("DELETE_APP", app_id) == 1
@@ -156,29 +176,74 @@ class RedisStore(Store):
     def delete_service(self, api_name) -> bool:
         return self._run("DELETE_SERVICE", api_name) == 1
 
+    # API keys
+    def create_api_key(self, key_hash, record, created_at) -> None:
+        if self._run("CREATE_API_KEY", key_hash.hex(), record.id, record.app_id, repr(created_at),
+                     _opt(record.expires_at)) != 1:
+            raise AdminError(f"no app with id {record.app_id}")
+
+    def get_api_key(self, key_hash):
+        h = self.r.hgetall(f"{self.p}apikey:{key_hash.hex()}")
+        if not h:
+            return None
+        return ApiKeyRecord(h[b"id"].decode(), int(h[b"app_id"]), _int(h[b"expires_at"]))
+
+    def list_api_keys(self, app_id=None):
+        hashes = self.r.hvals(self.p + "apikey:by_id")
+        pipe = self.r.pipeline(transaction=False)
+        for h in hashes:
+            pipe.hgetall(f"{self.p}apikey:{h.decode()}")
+        names = {}
+        keys = []
+        for h in pipe.execute():
+            if not h or (app_id is not None and int(h[b"app_id"]) != app_id):
+                continue
+            owner = int(h[b"app_id"])
+            if owner not in names:
+                app = self.get_app(owner)
+                names[owner] = app.name if app else ""
+            keys.append(ApiKey(h[b"id"].decode(), owner, names[owner], float(h[b"created_at"]),
+                               _int(h[b"expires_at"])))
+        return sorted(keys, key=lambda k: (k.app_name, k.created_at))
+
+    def delete_api_key(self, key_id) -> bool:
+        return self._run("DELETE_API_KEY", key_id) == 1
+
     # quotas and usage
-    def admit(self, app_id, api_name, app_name, second, day) -> Admission:
-        result = self._run("ADMIT", app_id, api_name, app_name, second, day)
+    def admit(self, app_id, api_name, app_name, window, reserve_tokens) -> Admission:
+        result = self._run("ADMIT", app_id, window.second, window.minute, window.day, reserve_tokens)
         code = int(result[0])
         if code == -1:
             raise PlatformError(TOKEN_INVALID, detail=f"app {app_id} was deleted")
         if code:
-            raise PlatformError(code, detail=f"{_LIMIT_DETAIL[code]} limit reached")
-        return Admission(Limits(_int(result[4]), _int(result[5]), _int(result[6])), int(result[1]),
-                         int(result[2]), int(result[3]))
+            scount, dcount, total, mreq, mtok = (int(v) for v in result[6:11])
+            raise quota.refusal(code, Limits(*(_int(v) for v in result[1:6])), window,
+                                quota.Usage(total, dcount, scount, mreq, mtok), reserve_tokens)
+        return Admission(app_id, app_name, api_name, window.day, window.minute, reserve_tokens,
+                         Limits(*(_int(v) for v in result[6:11])), *(int(v) for v in result[1:6]))
 
-    def record_usage(self, day, app_id, app_name, api_name, prompt_tokens, completion_tokens) -> None:
+    def settle(self, admission, outcome, prompt_tokens, completion_tokens) -> None:
+        served = outcome is not Outcome.NOT_SERVED
+        used = prompt_tokens + completion_tokens if served else 0
+        a = admission
+        self._run("SETTLE", a.app_id, a.api_name, a.app_name, a.day, a.minute, "0" if served else "1",
+                  used - a.reserved_tokens, "1" if outcome is Outcome.SUCCEEDED else "0",
+                  prompt_tokens if served else 0, completion_tokens if served else 0)
+
+    def record_failure(self, day, app_id, app_name, api_name) -> None:
         key = f"{self.p}usage:{day}:{app_id}:{api_name}"
         pipe = self.r.pipeline(transaction=True)
-        pipe.hincrby(key, "prompt_tokens", prompt_tokens)
-        pipe.hincrby(key, "completion_tokens", completion_tokens)
+        pipe.hincrby(key, "failed", 1)
         pipe.hsetnx(key, "app_name", app_name)
         pipe.sadd(self.p + "usage:index", f"{day}|{app_id}|{api_name}")
         pipe.execute()
 
-    def counters(self, app_id, day) -> Counters:
-        total, today = self.r.mget(f"{self.p}q:{app_id}:total", f"{self.p}q:{app_id}:day:{day}")
-        return Counters(day, int(today or 0), int(total or 0))
+    def counters(self, app_id, day, minute) -> Counters:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.mget(f"{self.p}q:{app_id}:total", f"{self.p}q:{app_id}:day:{day}")
+        pipe.hmget(f"{self.p}q:{app_id}:min:{minute}", "n", "tok")
+        (total, today), (requests, tokens) = pipe.execute()
+        return Counters(day, int(today or 0), int(total or 0), int(requests or 0), int(tokens or 0))
 
     def usage(self, app_name=None, api_name=None, since=None):
         entries: list[tuple[str, int, str]] = []
@@ -193,6 +258,6 @@ class RedisStore(Store):
         for (day, app_id, svc), h in zip(entries, pipe.execute(), strict=True):
             name = h.get(b"app_name", b"").decode()
             if app_name is None or name == app_name:
-                rows.append(UsageRow(day, app_id, name, svc, int(h.get(b"requests", 0)),
-                                     int(h.get(b"prompt_tokens", 0)), int(h.get(b"completion_tokens", 0))))
+                rows.append(UsageRow(day, app_id, name, svc, *(int(h.get(f.encode(), 0)) for f in (
+                    "succeeded", "failed", "prompt_tokens", "completion_tokens"))))
         return sorted(rows, key=lambda r: (r.day, r.app_name, r.api_name))

@@ -11,42 +11,72 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import DAILY_LIMIT, QPS_LIMIT, TOKEN_INVALID, TOTAL_LIMIT, AdminError, PlatformError
-from ..records import Admission, App, Counters, Limits, Service, StoredSecrets, TokenRecord, UsageRow
+from .. import quota
+from ..errors import TOKEN_INVALID, AdminError, PlatformError
+from ..records import (Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, Outcome, Service,
+                       StoredSecrets, TokenRecord, UsageRow)
 from .base import TOKEN_GRACE_SECONDS, Store
 
+SCHEMA_VERSION = 2  # PRAGMA user_version; MIGRATIONS[v] brings a store of version v to this one
+
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS apps (
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE apps (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a deleted app's id is never reused
     name TEXT NOT NULL UNIQUE, api_key TEXT NOT NULL UNIQUE, access_key TEXT NOT NULL UNIQUE,
     sk_hash BLOB NOT NULL, sk_salt BLOB NOT NULL, sak_enc BLOB NOT NULL, generation INTEGER NOT NULL DEFAULT 0,
-    qps_limit INTEGER, daily_limit INTEGER, total_limit INTEGER, created_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS services (
+    qps_limit INTEGER, daily_limit INTEGER, total_limit INTEGER, created_at REAL NOT NULL,
+    rpm_limit INTEGER, tpm_limit INTEGER);
+CREATE TABLE services (
     api_name TEXT PRIMARY KEY, model TEXT NOT NULL, temperature REAL, top_p REAL, top_k INTEGER,
     penalty_score REAL, max_output_tokens INTEGER, created_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS permissions (
+CREATE TABLE permissions (
     app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
     api_name TEXT NOT NULL REFERENCES services(api_name) ON DELETE CASCADE,
     PRIMARY KEY (app_id, api_name));
-CREATE TABLE IF NOT EXISTS tokens (
+CREATE TABLE tokens (
     hash BLOB PRIMARY KEY, app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
     generation INTEGER NOT NULL, expires_at INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS tokens_expiry ON tokens (expires_at);
-CREATE TABLE IF NOT EXISTS counters (
+CREATE INDEX tokens_expiry ON tokens (expires_at);
+CREATE TABLE counters (
     app_id INTEGER PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
     total INTEGER NOT NULL, day TEXT NOT NULL, day_count INTEGER NOT NULL,
-    second INTEGER NOT NULL, second_count INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS usage (
+    second INTEGER NOT NULL, second_count INTEGER NOT NULL,
+    minute INTEGER NOT NULL DEFAULT 0, minute_count INTEGER NOT NULL DEFAULT 0,
+    minute_tokens INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE usage (
     day TEXT NOT NULL, app_id INTEGER NOT NULL, app_name TEXT NOT NULL, api_name TEXT NOT NULL,
-    requests INTEGER NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (day, app_id, api_name));
+    prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
+    succeeded INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (day, app_id, api_name));
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE, app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    created_at REAL NOT NULL, expires_at INTEGER);
 """
 
+# From the schema of the first release (user_version 0): RPM/TPM limits and their minute counters; usage
+# split into succeeded and failed calls. Old rows counted admitted requests without telling failures apart:
+# they become succeeded calls.
+MIGRATIONS = {0: """
+ALTER TABLE apps ADD COLUMN rpm_limit INTEGER;
+ALTER TABLE apps ADD COLUMN tpm_limit INTEGER;
+ALTER TABLE counters ADD COLUMN minute INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE counters ADD COLUMN minute_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE counters ADD COLUMN minute_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN succeeded INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;
+UPDATE usage SET succeeded = requests;
+ALTER TABLE usage DROP COLUMN requests;
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE, app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    created_at REAL NOT NULL, expires_at INTEGER);
+"""}
+
 _APP = ("SELECT id, name, api_key, access_key, sk_hash, sk_salt, sak_enc, generation, qps_limit, daily_limit, "
-        "total_limit, created_at FROM apps")
+        "total_limit, created_at, rpm_limit, tpm_limit FROM apps")
 _SERVICE = ("SELECT api_name, model, temperature, top_p, top_k, penalty_score, max_output_tokens, created_at "
             "FROM services")
+_API_KEY = ("SELECT k.id, k.app_id, a.name, k.created_at, k.expires_at FROM api_keys k "
+            "JOIN apps a ON a.id = k.app_id")
 
 
 class SQLiteStore(Store):
@@ -58,8 +88,32 @@ class SQLiteStore(Store):
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         conn = self._conn()
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            self._create_or_migrate(conn)
+        except BaseException:
+            self.close()
+            raise
+
+    def _create_or_migrate(self, conn: sqlite3.Connection) -> None:
+        """Create the schema in a new file, or bring an older one up to SCHEMA_VERSION, in one transaction (a
+        second process opening the file at the same time waits, then finds it done)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise AdminError(f"the store {self.path} has schema version {version}, newer than this neoxserve "
+                                 f"understands ({SCHEMA_VERSION}): upgrade neoxserve")
+            if version < SCHEMA_VERSION:
+                empty = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'apps'").fetchone()[0] == 0
+                script = SCHEMA if empty else MIGRATIONS[version]
+                for statement in _statements(script):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     # connections: one per thread (sqlite3 connections must not be shared between threads)
     def _conn(self) -> sqlite3.Connection:
@@ -103,7 +157,8 @@ class SQLiteStore(Store):
         services = tuple(r[0] for r in c.execute(
             "SELECT api_name FROM permissions WHERE app_id = ? ORDER BY api_name", (row[0],)))
         return App(id=row[0], name=row[1], api_key=row[2], access_key=row[3],
-                   limits=Limits(qps=row[8], daily=row[9], total=row[10]), services=services,
+                   limits=Limits(qps=row[8], daily=row[9], total=row[10], rpm=row[12], tpm=row[13]),
+                   services=services,
                    created_at=row[11], token_generation=row[7],
                    secrets=StoredSecrets(bytes(row[4]), bytes(row[5]), bytes(row[6])))
 
@@ -120,9 +175,10 @@ class SQLiteStore(Store):
                     raise AdminError(f"no published service named {api_name!r}")
             cur = c.execute(
                 "INSERT INTO apps (name, api_key, access_key, sk_hash, sk_salt, sak_enc, qps_limit, daily_limit, "
-                "total_limit, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "total_limit, rpm_limit, tpm_limit, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (name, api_key, access_key, secrets.secret_key_hash, secrets.secret_key_salt,
-                 secrets.secret_access_key_enc, limits.qps, limits.daily, limits.total, created_at))
+                 secrets.secret_access_key_enc, limits.qps, limits.daily, limits.total, limits.rpm, limits.tpm,
+                 created_at))
             app_id = cur.lastrowid
             c.executemany("INSERT OR IGNORE INTO permissions (app_id, api_name) VALUES (?, ?)",
                           [(app_id, s) for s in services])
@@ -158,8 +214,9 @@ class SQLiteStore(Store):
 
     def set_limits(self, app_id, limits) -> bool:
         with self._tx() as c:
-            cur = c.execute("UPDATE apps SET qps_limit = ?, daily_limit = ?, total_limit = ? WHERE id = ?",
-                            (limits.qps, limits.daily, limits.total, app_id))
+            cur = c.execute("UPDATE apps SET qps_limit = ?, daily_limit = ?, total_limit = ?, rpm_limit = ?, "
+                            "tpm_limit = ? WHERE id = ?",
+                            (limits.qps, limits.daily, limits.total, limits.rpm, limits.tpm, app_id))
             return cur.rowcount == 1
 
     def delete_app(self, app_id) -> bool:
@@ -216,59 +273,102 @@ class SQLiteStore(Store):
         with self._tx() as c:
             return c.execute("DELETE FROM services WHERE api_name = ?", (api_name,)).rowcount == 1
 
+    # API keys
+    def create_api_key(self, key_hash, record, created_at) -> None:
+        with self._tx() as c:
+            if not c.execute("SELECT 1 FROM apps WHERE id = ?", (record.app_id,)).fetchone():
+                raise AdminError(f"no app with id {record.app_id}")
+            c.execute("INSERT INTO api_keys (id, hash, app_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                      (record.id, key_hash, record.app_id, created_at, record.expires_at))
+
+    def get_api_key(self, key_hash):
+        row = self._conn().execute("SELECT id, app_id, expires_at FROM api_keys WHERE hash = ?",
+                                   (key_hash,)).fetchone()
+        return None if row is None else ApiKeyRecord(*row)
+
+    def list_api_keys(self, app_id=None):
+        rows = self._conn().execute(f"{_API_KEY} WHERE ?1 IS NULL OR k.app_id = ?1 ORDER BY a.name, k.created_at",
+                                    (app_id,)).fetchall()
+        return [ApiKey(*row) for row in rows]
+
+    def delete_api_key(self, key_id) -> bool:
+        with self._tx() as c:
+            return c.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)).rowcount == 1
+
     # quotas and usage
-    def admit(self, app_id, api_name, app_name, second, day) -> Admission:
+    def admit(self, app_id, api_name, app_name, window, reserve_tokens) -> Admission:
         with self._tx() as c:
             row = c.execute(
-                "SELECT a.qps_limit, a.daily_limit, a.total_limit, c.total, c.day, c.day_count, c.second, "
-                "c.second_count FROM apps a LEFT JOIN counters c ON c.app_id = a.id WHERE a.id = ?",
-                (app_id,)).fetchone()
+                "SELECT a.qps_limit, a.daily_limit, a.total_limit, a.rpm_limit, a.tpm_limit, c.total, c.day, "
+                "c.day_count, c.second, c.second_count, c.minute, c.minute_count, c.minute_tokens "
+                "FROM apps a LEFT JOIN counters c ON c.app_id = a.id WHERE a.id = ?", (app_id,)).fetchone()
             if row is None:
                 raise PlatformError(TOKEN_INVALID, detail=f"app {app_id} was deleted")
-            limits = Limits(qps=row[0], daily=row[1], total=row[2])
-            total = row[3] or 0
-            day_count = row[5] if row[4] == day else 0
-            second_count = row[7] if row[6] == second else 0
-            check_limits(limits, total, day_count, second_count)
-            c.execute("INSERT INTO counters (app_id, total, day, day_count, second, second_count) "
-                      "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (app_id) DO UPDATE SET total = excluded.total, "
-                      "day = excluded.day, day_count = excluded.day_count, second = excluded.second, "
-                      "second_count = excluded.second_count",
-                      (app_id, total + 1, day, day_count + 1, second, second_count + 1))
-            c.execute("INSERT INTO usage (day, app_id, app_name, api_name, requests) VALUES (?, ?, ?, ?, 1) "
-                      "ON CONFLICT (day, app_id, api_name) DO UPDATE SET requests = requests + 1",
-                      (day, app_id, app_name, api_name))
-            return Admission(limits, second_count + 1, day_count + 1, total + 1)
+            limits = Limits(*row[:5])
+            same_minute = row[10] == window.minute
+            used = quota.Usage(total=row[5] or 0, day=row[7] if row[6] == window.day else 0,
+                               second=row[9] if row[8] == window.second else 0,
+                               minute_requests=row[11] if same_minute else 0,
+                               minute_tokens=row[12] if same_minute else 0)
+            quota.check(limits, window, used, reserve_tokens)
+            admission = Admission(app_id, app_name, api_name, window.day, window.minute, reserve_tokens, limits,
+                                  used.second + 1, used.day + 1, used.total + 1, used.minute_requests + 1,
+                                  used.minute_tokens + reserve_tokens)
+            c.execute("INSERT INTO counters (app_id, total, day, day_count, second, second_count, minute, "
+                      "minute_count, minute_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (app_id) DO "
+                      "UPDATE SET total = excluded.total, day = excluded.day, day_count = excluded.day_count, "
+                      "second = excluded.second, second_count = excluded.second_count, minute = excluded.minute, "
+                      "minute_count = excluded.minute_count, minute_tokens = excluded.minute_tokens",
+                      (app_id, admission.total_count, window.day, admission.day_count, window.second,
+                       admission.second_count, window.minute, admission.minute_requests, admission.minute_tokens))
+            return admission
 
-    def record_usage(self, day, app_id, app_name, api_name, prompt_tokens, completion_tokens) -> None:
+    def settle(self, admission, outcome, prompt_tokens, completion_tokens) -> None:
+        served = outcome is not Outcome.NOT_SERVED
+        used = prompt_tokens + completion_tokens if served else 0
+        a = admission
         with self._tx() as c:
-            c.execute("INSERT INTO usage (day, app_id, app_name, api_name, prompt_tokens, completion_tokens) "
-                      "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (day, app_id, api_name) DO UPDATE SET "
-                      "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
-                      "completion_tokens = completion_tokens + excluded.completion_tokens",
-                      (day, app_id, app_name, api_name, prompt_tokens, completion_tokens))
+            if not served:
+                c.execute("UPDATE counters SET total = total - 1, day_count = day_count - (day = ?) "
+                          "WHERE app_id = ?", (a.day, a.app_id))
+            c.execute("UPDATE counters SET minute_tokens = max(0, minute_tokens + ?) WHERE app_id = ? AND minute = ?",
+                      (used - a.reserved_tokens, a.app_id, a.minute))
+            self._add_usage(c, a.day, a.app_id, a.app_name, a.api_name, outcome is Outcome.SUCCEEDED,
+                            prompt_tokens if served else 0, completion_tokens if served else 0)
 
-    def counters(self, app_id, day) -> Counters:
-        row = self._conn().execute("SELECT total, day, day_count FROM counters WHERE app_id = ?",
-                                   (app_id,)).fetchone()
+    def record_failure(self, day, app_id, app_name, api_name) -> None:
+        with self._tx() as c:
+            self._add_usage(c, day, app_id, app_name, api_name, False, 0, 0)
+
+    @staticmethod
+    def _add_usage(c: sqlite3.Connection, day: str, app_id: int, app_name: str, api_name: str, succeeded: bool,
+                   prompt_tokens: int, completion_tokens: int) -> None:
+        c.execute("INSERT INTO usage (day, app_id, app_name, api_name, succeeded, failed, prompt_tokens, "
+                  "completion_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, app_id, api_name) DO UPDATE "
+                  "SET succeeded = succeeded + excluded.succeeded, failed = failed + excluded.failed, "
+                  "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+                  "completion_tokens = completion_tokens + excluded.completion_tokens",
+                  (day, app_id, app_name, api_name, int(succeeded), int(not succeeded), prompt_tokens,
+                   completion_tokens))
+
+    def counters(self, app_id, day, minute) -> Counters:
+        row = self._conn().execute("SELECT total, day, day_count, minute, minute_count, minute_tokens FROM counters "
+                                   "WHERE app_id = ?", (app_id,)).fetchone()
         if row is None:
             return Counters(day, 0, 0)
-        return Counters(day, row[2] if row[1] == day else 0, row[0])
+        same_minute = row[3] == minute
+        return Counters(day, row[2] if row[1] == day else 0, row[0], row[4] if same_minute else 0,
+                        row[5] if same_minute else 0)
 
     def usage(self, app_name=None, api_name=None, since=None):
         rows = self._conn().execute(
-            "SELECT day, app_id, app_name, api_name, requests, prompt_tokens, completion_tokens FROM usage "
+            "SELECT day, app_id, app_name, api_name, succeeded, failed, prompt_tokens, completion_tokens FROM usage "
             "WHERE (?1 IS NULL OR app_name = ?1) AND (?2 IS NULL OR api_name = ?2) AND (?3 IS NULL OR day >= ?3) "
             "ORDER BY day, app_name, api_name", (app_name, api_name, since)).fetchall()
         return [UsageRow(*r) for r in rows]
 
 
-def check_limits(limits: Limits, total: int, day_count: int, second_count: int) -> None:
-    """Non-retryable limits first: the SDK retries 18 (QPS) but retrying 19 or 17 is pointless."""
-    if limits.total is not None and total >= limits.total:
-        raise PlatformError(TOTAL_LIMIT, detail=f"total limit {limits.total} reached")
-    if limits.daily is not None and day_count >= limits.daily:
-        raise PlatformError(DAILY_LIMIT, detail=f"daily limit {limits.daily} reached")
-    if limits.qps is not None and second_count >= limits.qps:
-        raise PlatformError(QPS_LIMIT, detail=f"qps limit {limits.qps} reached")
-
+def _statements(script: str) -> list[str]:
+    """The statements of a script, run one by one so they share the caller's transaction (executescript would
+    commit it first)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
