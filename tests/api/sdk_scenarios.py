@@ -71,6 +71,20 @@ def sdk_error() -> dict:
     return {"error_code": None}
 
 
+def bearer_token() -> dict:
+    """GET /v1/BCE-BEARER/token as the SDK's v2 mode makes it (QIANFAN_IAM_BASE_URL, IAM keys), parsed as the SDK
+    parses it when it refreshes its bearer token."""
+    from qianfan.errors import RequestError
+    from qianfan.resources.console.iam import IAM
+    from qianfan.resources.requestor.openapi_requestor import QfAPIV2Requestor
+
+    try:
+        body = dict(IAM.create_bearer_token(expire_in_seconds=int(os.environ.get("TEST_EXPIRE", "600"))).body)
+    except RequestError as e:
+        return {"status": e.status_code, "error": str(e)}
+    return {"body": body, "refreshed": QfAPIV2Requestor()._refresh_bearer_token()}
+
+
 def langchain_calls() -> dict:
     from langchain_community.llms import QianfanLLMEndpoint
 
@@ -82,7 +96,7 @@ def langchain_calls() -> dict:
 
 SCENARIOS = {"sync": sync_calls, "async": lambda: asyncio.run(async_calls()), "one": one_call,
              "stream": stream_call, "concurrent": lambda: asyncio.run(concurrent_calls()), "error": sdk_error,
-             "langchain": langchain_calls}
+             "langchain": langchain_calls, "bearer": bearer_token}
 
 if __name__ == "__main__":
     result = SCENARIOS[sys.argv[1]]()

@@ -115,6 +115,61 @@ def test_sdk_retries_qps_limit(server):
     assert _count(server, "18") > before    # some were refused with 18 and retried by the SDK
 
 
+def test_sdk_retries_rpm_limit(server):
+    """The SDK retries 336501: the app's one request of the minute is used, the SDK's call is refused, the
+    operator raises the limit, and the SDK's next retry succeeds (no minute has to pass)."""
+    platform = server.platform()
+    keys = platform.create_app(f"rpm-{secrets.token_hex(3)}", services=[server.api_name], limits=Limits(rpm=1))
+    if time.time() % 60 > 40:                     # leave the rest of the test inside one minute
+        time.sleep(61 - time.time() % 60)
+    first = httpx.post(server.completions_url(), params={"access_token": server.token(keys.api_key, keys.secret_key)},
+                       json={"prompt": "hi", "max_output_tokens": 1}, timeout=60)
+    assert first.headers["x-ratelimit-remaining-requests"] == "0"
+    before = _count(server, "336501")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("QIANFAN_")}
+    full_env.update({"QIANFAN_BASE_URL": server.base_url, "TEST_ENDPOINT": server.api_name,
+                     "QIANFAN_AK": keys.api_key, "QIANFAN_SK": keys.secret_key, "QIANFAN_LLM_API_RETRY_COUNT": "5"})
+    sdk = subprocess.Popen([sys.executable, str(SCRIPT), "one"], env=full_env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while _count(server, "336501") == before and time.monotonic() < deadline and sdk.poll() is None:
+        time.sleep(0.05)
+    assert _count(server, "336501") > before, "the SDK was never refused with 336501"
+    platform.set_limits(keys.name, Limits(rpm=100))
+    out, err = sdk.communicate(timeout=120)
+    assert sdk.returncode == 0, err[-3000:]
+    check_full(json.loads([line for line in out.splitlines() if line.startswith("RESULT ")][-1][7:])["full"])
+    [row] = platform.usage(app=keys.name)
+    assert (row.succeeded, row.failed) == (2, row.calls - 2) and row.failed >= 1
+    platform.close()
+
+
+def test_sdk_fetches_a_bearer_token_with_iam_keys(server):
+    """The SDK's own bearer token call (v2 mode) against the server: it verifies the signature, the SDK parses
+    the answer, and the token authenticates as the app."""
+    iam = {"QIANFAN_IAM_BASE_URL": server.base_url, "QIANFAN_ACCESS_KEY": server.keys["access_key"],
+           "QIANFAN_SECRET_KEY": server.keys["secret_access_key"]}
+    out = run(server, "bearer", TEST_EXPIRE="900", **iam)
+    body = out["body"]
+    assert set(body) == {"userId", "token", "status", "createTime", "expireTime"}
+    assert re.fullmatch(r"bce-v3/ALTAK-[A-Za-z0-9]{20}/[0-9a-f]{40}", body["token"])
+    assert out["refreshed"]["expire_at"] - out["refreshed"]["refresh_at"] == 43200   # the SDK default lifetime
+    assert body["expireTime"].endswith("Z")
+    with server.platform() as platform:
+        assert platform.authenticate_bearer(body["token"]).name == "default"
+        assert platform.authenticate_bearer(out["refreshed"]["token"]).name == "default"
+    refused = run(server, "bearer", **{**iam, "QIANFAN_SECRET_KEY": "0" * 32})
+    assert refused["status"] == 401 and "AccessDenied" in refused["error"]
+
+
+def test_bearer_token_errors_over_http(server):
+    r = httpx.get(server.base_url + "/v1/BCE-BEARER/token", params={"expireInSeconds": "900"})
+    assert r.status_code == 401 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert (body["code"], body["message"]) == ("AccessDenied", "IAM Certification failed")
+    assert r.headers["x-bce-error-code"] == "AccessDenied" and r.headers["x-bce-request-id"] == body["requestId"]
+
+
 def test_langchain_invoke_and_stream(server):
     out = run(server, "langchain", **aksk(server))
     assert isinstance(out["invoke"], str)

@@ -11,6 +11,8 @@ import httpx
 
 from neoxserve.platform import Limits
 
+from live import start_server
+
 CJK = re.compile(r"[\u4e00-\u9fff]")
 # With this seed the demo model does not emit end-of-text early: the request runs its full 256 tokens unless aborted.
 LONG = {"prompt": "Beijing", "max_output_tokens": 256, "seed": 1}
@@ -77,23 +79,41 @@ def test_chinese_stream_concatenates_to_the_non_stream_result(server):
         assert c["usage"]["completion_tokens"] == 16 or (text and text[-1] in ".!?。！？\n"), c
 
 
+def _fresh_app(server) -> tuple[str, str]:
+    keys = server.platform().create_app(f"gone-{secrets.token_hex(3)}", services=[server.api_name])
+    return keys.name, server.token(keys.api_key, keys.secret_key)
+
+
+def _usage_when_recorded(server, app: str):
+    """The app's one usage row, once the server has recorded the call (it does so as the request ends)."""
+    with server.platform() as platform:
+        assert _wait_for(lambda: bool(platform.usage(app=app)))
+        [row] = platform.usage(app=app)
+        return row, platform.counters(app)
+
+
 def test_stream_disconnect_aborts_the_generation(server):
-    token = server.token()
+    app, token = _fresh_app(server)
     aborted = _finished(server, "abort")
     with httpx.Client(timeout=60) as client, client.stream(
             "POST", server.completions_url(), params={"access_token": token}, json={**LONG, "stream": True}) as r:
         lines = r.iter_lines()   # kept: dropping the iterator would close the connection
         first = next(lines)
         assert first.startswith("data: ")
+        sent = json.loads(first[len("data: "):])["usage"]
         assert _wait_for(lambda: server.engine_stats()["running"] == 1, 3)   # stats lag by up to 0.25 s
     # leaving the block closed the connection mid-stream
     assert _wait_for(lambda: server.engine_stats()["running"] == 0)
     assert _wait_for(lambda: server.engine_stats()["kv_blocks_used"] == 0)
     assert _wait_for(lambda: _finished(server, "abort") == aborted + 1)
+    # the client left: a failed call that used its quota, with the tokens sent to it (at least the first chunk)
+    row, counters = _usage_when_recorded(server, app)
+    assert (row.calls, row.failed, row.prompt_tokens, counters.total_count) == (1, 1, sent["prompt_tokens"], 1)
+    assert sent["completion_tokens"] <= row.completion_tokens < 256
 
 
 def test_non_stream_disconnect_aborts_the_generation(server):
-    token = server.token()
+    app, token = _fresh_app(server)
     aborted = _finished(server, "abort")
 
     async def main():
@@ -106,3 +126,42 @@ def test_non_stream_disconnect_aborts_the_generation(server):
     asyncio.run(main())
     assert _wait_for(lambda: server.engine_stats()["running"] == 0)
     assert _wait_for(lambda: _finished(server, "abort") == aborted + 1)
+    row, counters = _usage_when_recorded(server, app)
+    assert (row.calls, row.failed, row.completion_tokens, counters.total_count) == (1, 1, 0, 1)
+
+
+def test_total_of_10_after_overload_on_a_tiny_queue(tmp_path):
+    """A live server whose engine runs one request and queues one: a burst gets 336100 refusals, which use up
+    none of the app's total of 10, so exactly 10 completions are served in the end."""
+    live = start_server(tmp_path / "data", env={"NEOXSERVE_MAX_NUM_SEQS": "1", "NEOXSERVE_MAX_WAITING_REQUESTS": "1"})
+    try:
+        with live.platform() as platform:
+            keys = platform.create_app("tiny", services=[live.api_name], limits=Limits(total=10))
+        token = live.token(keys.api_key, keys.secret_key)
+
+        async def burst():
+            async with httpx.AsyncClient(timeout=120) as client:
+                return await asyncio.gather(*(client.post(live.completions_url(), params={"access_token": token},
+                                                          json={**LONG, "max_output_tokens": 64})
+                                              for _ in range(8)))
+
+        codes: list[int] = []
+        for _ in range(3):   # 8 at once against 1 running + 1 waiting: normally 6 refusals in the first burst
+            codes += [r.json().get("error_code", 0) for r in asyncio.run(burst())]
+            if 336100 in codes:
+                break
+        assert 336100 in codes and set(codes) <= {0, 336100}, codes
+        with httpx.Client(timeout=120) as client:
+            for _ in range(20):
+                body = client.post(live.completions_url(), params={"access_token": token},
+                                   json={"prompt": "hi", "max_output_tokens": 2}).json()
+                if body.get("error_code") == 19:
+                    break
+                codes.append(body.get("error_code", 0))
+        assert codes.count(0) == 10
+        with live.platform() as platform:
+            [row] = platform.usage(app="tiny")
+            assert (row.succeeded, row.failed, platform.counters("tiny").total_count) == (10, codes.count(336100) + 1,
+                                                                                           10)
+    finally:
+        assert live.stop() == 0

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..config import Settings
 from ..engine.client import EngineClient
 from ..platform import Platform
+from .bce_bearer import bearer_token
 from .completions import Completions
 from .errors import INTERNAL, INVALID_HTTP_METHOD, UNSUPPORTED_METHOD, ApiError, error_response
 from .metrics import Metrics
@@ -65,6 +66,13 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
         started = time.monotonic()
         response, outcome = await issue_token(platform, request)
         metrics.observe("oauth", outcome, time.monotonic() - started)
+        return response
+
+    @app.get("/v1/BCE-BEARER/token")
+    async def bce_bearer_token(request: Request) -> Response:
+        started = time.monotonic()
+        response, outcome = await bearer_token(platform, request)
+        metrics.observe("bearer_token", outcome, time.monotonic() - started)
         return response
 
     @app.post("/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/{api_name}")
