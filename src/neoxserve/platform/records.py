@@ -4,6 +4,7 @@ from __future__ import annotations
 import enum
 from dataclasses import asdict, dataclass, field
 from collections.abc import Callable
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class Limits:
     rpm: int | None = None
     tpm: int | None = None
 
-    NAMES = ("qps", "daily", "total", "rpm", "tpm")
+    NAMES: ClassVar[tuple[str, ...]] = ("qps", "daily", "total", "rpm", "tpm")
 
     @property
     def requests_per_minute(self) -> int | None:
