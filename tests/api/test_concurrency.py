@@ -59,6 +59,44 @@ def test_qps_5_with_50_simultaneous_requests(server):
     assert {r.headers.get("x-ratelimit-limit-requests") for r in responses if "result" in r.json()} == {"300"}
 
 
+def _burst(server, token: str, body: dict, n: int = 50) -> list[httpx.Response]:
+    async def main():
+        limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
+        async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+            await asyncio.gather(*(client.get(server.base_url + "/health") for _ in range(n)))
+            return await asyncio.gather(*(client.post(server.completions_url(), params={"access_token": token},
+                                                      json=body) for _ in range(n)))
+
+    if time.time() % 60 > 40:      # the whole burst inside one RPM/TPM minute
+        time.sleep(61 - time.time() % 60)
+    return asyncio.run(main())
+
+
+def test_rpm_7_with_50_simultaneous_requests(server):
+    keys = server.platform().create_app(f"rpm7-{secrets.token_hex(3)}", services=[server.api_name],
+                                        limits=Limits(rpm=7))
+    responses = _burst(server, server.token(keys.api_key, keys.secret_key), {"prompt": "hi", "max_output_tokens": 1})
+    codes = sorted(r.json().get("error_code", 0) for r in responses)
+    assert codes == [0] * 7 + [336501] * 43
+    assert all(r.json()["error_msg"] == "Rate limit reached for RPM" for r in responses if "error_code" in r.json())
+
+
+def test_tpm_with_50_simultaneous_requests(server):
+    """Each request reserves its prompt + 4 output tokens and uses exactly that (this prompt and seed never stop
+    early): a TPM of 10 reservations admits exactly 10 of 50."""
+    body = {**LONG, "max_output_tokens": 4}
+    probe = httpx.post(server.completions_url(), params={"access_token": server.token()}, json=body,
+                       timeout=60).json()   # another app: the tested app's minute starts empty
+    assert probe["usage"]["completion_tokens"] == 4
+    per_request = probe["usage"]["total_tokens"]
+    keys = server.platform().create_app(f"tpm-{secrets.token_hex(3)}", services=[server.api_name],
+                                        limits=Limits(tpm=10 * per_request))
+    responses = _burst(server, server.token(keys.api_key, keys.secret_key), body)
+    codes = sorted(r.json().get("error_code", 0) for r in responses)
+    assert codes == [0] * 10 + [336502] * 40
+    assert {r.headers["x-ratelimit-limit-tokens"] for r in responses} == {str(10 * per_request)}
+
+
 def test_chinese_stream_concatenates_to_the_non_stream_result(server):
     token = server.token()
     body = {"prompt": "北京是中国的首都，有着三千多年的历史。", "max_output_tokens": 60}
