@@ -15,24 +15,25 @@ ends; the ledger picks the platform call (`docs/operations.md`, "Quotas and rate
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
-from ..platform.records import Admission, Outcome
+from ..platform import Platform
+from ..platform.records import Admission, App, Outcome, Service
 from .platform_calls import call
 
 log = logging.getLogger("neoxserve.api")
 
 
 class CallLedger:
-    def __init__(self, platform: Any) -> None:
+    def __init__(self, platform: Platform) -> None:
         self.platform = platform
-        self.app: Any = None
-        self.service: Any = None
+        self.app: App | None = None
+        self.service: Service | None = None
         self.admission: Admission | None = None
         self.prompt_tokens = 0
         self.closed = False
 
-    def identified(self, app: Any, service: Any) -> None:
+    def identified(self, app: App, service: Service) -> None:
         """The calling app and the service it addressed are known: from now on every ending is recorded."""
         self.app, self.service = app, service
 
@@ -65,7 +66,7 @@ class CallLedger:
         await self._record(self.platform.settle, self.admission, outcome, self.prompt_tokens, completion_tokens)
 
     @staticmethod
-    async def _record(fn: Any, *args: Any) -> None:
+    async def _record(fn: Callable[..., Any], *args: Any) -> None:
         # The answer is already decided; a store failure here must not turn it into an error for the client.
         try:
             await call(fn, *args)
