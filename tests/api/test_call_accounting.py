@@ -135,3 +135,31 @@ def test_rpm_and_tpm_refusals(setup):
     assert (r.json()["error_code"], r.json()["error_msg"]) == (336501, "Rate limit reached for RPM")
     assert r.headers["x-ratelimit-remaining-requests"] == "0"
     assert s.usage() == [("svc", 4, 2, 2, 4, 8)]
+
+
+def test_a_stream_the_client_left_before_it_started_is_still_closed():
+    """The client leaves while the response headers are being sent: the frames generator never starts (so its
+    `finally` would never run), and the response's on_close still ends the call."""
+    import asyncio
+
+    from neoxserve.api.responses import StreamResponse
+
+    events = []
+
+    async def frames():
+        try:
+            yield b"data: x\n\n"
+        finally:
+            events.append("frames closed")
+
+    async def on_close():
+        events.append("on_close")
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        await asyncio.sleep(0.2)   # a slow client: the disconnect is seen before the first frame is produced
+
+    asyncio.run(StreamResponse(frames(), on_close=on_close)({"type": "http"}, receive, send))
+    assert events == ["on_close"]

@@ -144,8 +144,26 @@ class Completions:
             await parts.aclose()
             raise
 
+        chunk, code, complete, finished = first, 0, False, False
+
+        async def finish() -> None:
+            """Close the generation and record the call, once: from the end of `frames`, or from the response
+            if the client left before `frames` started (then its body never runs)."""
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            await parts.aclose()
+            # `chunk` is the last one sent: its tokens reached the client
+            if complete:
+                await ledger.succeeded(chunk.completion_tokens)
+            else:
+                await ledger.ended_early(chunk.completion_tokens)
+            self.metrics.observe(route, code, time.monotonic() - started, chunk.completion_tokens)
+
         async def frames() -> AsyncGenerator[bytes, None]:
-            chunk, sentence_id, code, complete = first, 0, 0, False
+            nonlocal chunk, code, complete
+            sentence_id = 0
             try:
                 while True:
                     yield frame(self._body(rid, object_, chunk, is_safe, sentence_id))
@@ -159,15 +177,9 @@ class Completions:
                 code = error.code
                 yield (compact(error_body(error, rid)) + "\n").encode()
             finally:
-                await parts.aclose()
-                # `chunk` is the last one sent: its tokens reached the client
-                if complete:
-                    await ledger.succeeded(chunk.completion_tokens)
-                else:
-                    await ledger.ended_early(chunk.completion_tokens)
-                self.metrics.observe(route, code, time.monotonic() - started, chunk.completion_tokens)
+                await finish()
 
-        return StreamResponse(frames(), headers=headers)
+        return StreamResponse(frames(), headers=headers, on_close=finish)
 
 
 def quota_headers(e: BaseException) -> dict[str, str]:

@@ -7,7 +7,7 @@ the `http.disconnect` message and always close what they started.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
 
 from starlette.responses import StreamingResponse
@@ -43,12 +43,15 @@ async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
 
 
 class StreamResponse(StreamingResponse):
-    """Writes the byte frames of `frames` as they come; stops and closes `frames` when the client leaves."""
+    """Writes the byte frames of `frames` as they come; stops and closes `frames` when the client leaves, then
+    awaits `on_close` (closing a generator that never started does not run its `finally`)."""
 
     def __init__(self, frames: AsyncGenerator[bytes, None], media_type: str = "text/event-stream",
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None,
+                 on_close: Callable[[], Awaitable[None]] | None = None) -> None:
         super().__init__(frames, media_type=media_type, headers=headers)
         self.frames = frames
+        self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def pump() -> None:
@@ -63,4 +66,6 @@ class StreamResponse(StreamingResponse):
             pass
         finally:
             await self.frames.aclose()
+            if self.on_close is not None:
+                await self.on_close()
 
