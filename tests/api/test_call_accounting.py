@@ -20,7 +20,7 @@ NOW = 60 * 29_166_667 + 1.0   # a fixed clock one second into a minute: no windo
 
 
 class Setup:
-    def __init__(self, tmp_path, engine: FakeEngine, limits: Limits = Limits()):
+    def __init__(self, tmp_path, engine: FakeEngine, limits: Limits):
         self.engine = engine
         settings = Settings(data_dir=tmp_path)
         self.platform = Platform.open(settings, clock=lambda: NOW)
@@ -47,8 +47,8 @@ class Setup:
 def setup(tmp_path):
     made = []
 
-    def make(engine=None, limits=Limits()):
-        made.append(Setup(tmp_path, engine or FakeEngine(), limits))
+    def make(engine=None, limits=None):
+        made.append(Setup(tmp_path, engine or FakeEngine(), limits or Limits()))
         return made[-1]
 
     yield make

@@ -15,7 +15,8 @@ ends; the ledger picks the platform call (`docs/operations.md`, "Quotas and rate
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from ..platform import Platform
 from ..platform.records import Admission, App, Outcome, Service

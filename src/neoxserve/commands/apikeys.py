@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from .common import add_store_flags, admin_command, print_json
 
+if TYPE_CHECKING:
+    from ..platform import Platform
 
-def add_parser(subparsers: Any) -> None:
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("apikeys", help="create, list and revoke bearer API keys", description=__doc__)
     actions = p.add_subparsers(dest="apikeys_command", required=True)
     create = actions.add_parser("create", help="create a key for an app and print it (shown once)")
@@ -43,11 +46,11 @@ def _seconds(text: str) -> int:
 
 
 def _time(t: float | None) -> str:
-    return "never" if t is None else datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return "never" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 @admin_command
-def _create(platform, args) -> int:
+def _create(platform: Platform, args: argparse.Namespace) -> int:
     key = platform.create_api_key(args.app, expires_in=args.expires_in)
     if args.json:
         print_json(key.to_dict())
@@ -59,7 +62,7 @@ def _create(platform, args) -> int:
 
 
 @admin_command
-def _list(platform, args) -> int:
+def _list(platform: Platform, args: argparse.Namespace) -> int:
     keys = platform.list_api_keys(args.app)
     now = platform.clock()
     if args.json:
@@ -74,7 +77,7 @@ def _list(platform, args) -> int:
 
 
 @admin_command
-def _revoke(platform, args) -> int:
+def _revoke(platform: Platform, args: argparse.Namespace) -> int:
     platform.revoke_api_key(args.id)
     print(f"revoked API key {args.id}")
     return 0

@@ -64,7 +64,7 @@ class RedisStore(Store):
         if version < SCHEMA_VERSION:
             # Apps of the first release have no rpm/tpm fields (no limit); only usage rows change.
             for member in self.r.smembers(self.p + "usage:index"):
-                day, app_id, svc = member.decode().split("|")
+                day, app_id, svc = _text(member).split("|")
                 self._run("MIGRATE_USAGE_ROW", f"{day}:{app_id}:{svc}")
             self.r.hset(self.p + "meta", "schema_version", SCHEMA_VERSION)
 
@@ -186,14 +186,14 @@ class RedisStore(Store):
         h = self.r.hgetall(f"{self.p}apikey:{key_hash.hex()}")
         if not h:
             return None
-        return ApiKeyRecord(h[b"id"].decode(), int(h[b"app_id"]), _int(h[b"expires_at"]))
+        return ApiKeyRecord(_text(h[b"id"]), int(h[b"app_id"]), _int(h[b"expires_at"]))
 
     def list_api_keys(self, app_id=None):
         hashes = self.r.hvals(self.p + "apikey:by_id")
         pipe = self.r.pipeline(transaction=False)
         for h in hashes:
-            pipe.hgetall(f"{self.p}apikey:{h.decode()}")
-        names = {}
+            pipe.hgetall(f"{self.p}apikey:{_text(h)}")
+        names: dict[int, str] = {}
         keys = []
         for h in pipe.execute():
             if not h or (app_id is not None and int(h[b"app_id"]) != app_id):
@@ -202,7 +202,7 @@ class RedisStore(Store):
             if owner not in names:
                 app = self.get_app(owner)
                 names[owner] = app.name if app else ""
-            keys.append(ApiKey(h[b"id"].decode(), owner, names[owner], float(h[b"created_at"]),
+            keys.append(ApiKey(_text(h[b"id"]), owner, names[owner], float(h[b"created_at"]),
                                _int(h[b"expires_at"])))
         return sorted(keys, key=lambda k: (k.app_name, k.created_at))
 
@@ -219,8 +219,9 @@ class RedisStore(Store):
             scount, dcount, total, mreq, mtok = (int(v) for v in result[6:11])
             raise quota.refusal(code, Limits(*(_int(v) for v in result[1:6])), window,
                                 quota.Usage(total, dcount, scount, mreq, mtok), reserve_tokens)
+        scount, dcount, total, mreq, mtok = (int(v) for v in result[1:6])
         return Admission(app_id, app_name, api_name, window.day, window.minute, reserve_tokens,
-                         Limits(*(_int(v) for v in result[6:11])), *(int(v) for v in result[1:6]))
+                         Limits(*(_int(v) for v in result[6:11])), scount, dcount, total, mreq, mtok)
 
     def settle(self, admission, outcome, prompt_tokens, completion_tokens) -> None:
         served = outcome is not Outcome.NOT_SERVED
