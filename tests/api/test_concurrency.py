@@ -45,15 +45,24 @@ def test_qps_5_with_50_simultaneous_requests(server):
             await asyncio.gather(*(client.get(server.base_url + "/health") for _ in range(50)))
             while time.time() % 1 > 0.3:      # start early in a second: all 50 fall in the same one
                 await asyncio.sleep(0.02)
-            return await asyncio.gather(*(client.post(server.completions_url(), params={"access_token": token},
-                                                      json={"prompt": "hi", "max_output_tokens": 1})
-                                          for _ in range(50)))
+            started = time.time()
+            responses = await asyncio.gather(*(client.post(server.completions_url(),
+                                                           params={"access_token": token},
+                                                           json={"prompt": "hi", "max_output_tokens": 1})
+                                               for _ in range(50)))
+            return responses, int(time.time()) - int(started) + 1
 
-    responses = asyncio.run(main())
+    responses, seconds = asyncio.run(main())
     bodies = [r.json() for r in responses]
     passed = [b for b in bodies if "result" in b]
     refused = [b for b in bodies if b.get("error_code") == 18]
-    assert len(passed) == 5 and len(refused) == 45, [b.get("error_code") for b in bodies]
+    codes = [b.get("error_code") for b in bodies]
+    assert len(passed) + len(refused) == 50, codes
+    # Every admission falls in one of the wall-clock seconds the burst spanned (1 on an idle machine: exactly 5
+    # pass; a loaded machine can spread the 50 over more seconds, each of which admits at most 5).
+    assert 5 <= len(passed) <= 5 * seconds, (seconds, codes)
+    if seconds == 1:
+        assert len(passed) == 5, codes
     assert all(b["error_msg"] == "Open api qps request limit reached" for b in refused)
     assert responses[0].headers.get("x-ratelimit-limit-requests") in (None, "300")
     assert {r.headers.get("x-ratelimit-limit-requests") for r in responses if "result" in r.json()} == {"300"}
