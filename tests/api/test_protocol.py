@@ -161,3 +161,17 @@ def test_stop_strings_end_the_text_before_them(server):
                      json={**body, "stop": [stop]}).json()
     assert cut["result"] == text[: text.index(stop)]
     assert cut["usage"]["completion_tokens"] < full["usage"]["completion_tokens"]
+
+
+def test_temperatures_too_small_for_float32_answer_like_greedy(server):
+    """1e-40 used to make every logit / temperature overflow: NaN probabilities, token 0 (<|endoftext|>), an empty
+    result after one token. A row whose quotient overflows float32 now takes the argmax (docs/sampling.md)."""
+    token = server.token()
+    body = {"prompt": "Introduce the city Beijing", "max_output_tokens": 12}
+    greedy = httpx.post(server.completions_url(), params={"access_token": token}, timeout=60,
+                        json={**body, "top_p": 0}).json()
+    assert greedy["usage"]["completion_tokens"] == 12 and greedy["result"]
+    for temperature in (1e-40, 5e-324, 2.0**-127):
+        r = httpx.post(server.completions_url(), params={"access_token": token}, timeout=60,
+                       json={**body, "temperature": temperature, "seed": 3}).json()
+        assert (r["result"], r["usage"]) == (greedy["result"], greedy["usage"]), temperature

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from neoxserve.engine.sampler import (
-    SampleRequest, Sampler, apply_repetition_penalty, apply_top_k_top_p, row_seed,
+    SampleRequest, Sampler, apply_repetition_penalty, apply_temperature, apply_top_k_top_p, row_seed,
 )
 from neoxserve.engine.sampling_params import SamplingParams
 
@@ -98,6 +98,27 @@ def test_tiny_temperature_equals_greedy():
     greedy = logits.argmax(dim=-1).tolist()
     for s in range(20):
         assert Sampler(s).sample(logits, [req(SamplingParams(temperature=1e-6))] * 6) == greedy
+
+
+def test_temperature_too_small_for_float32_is_exactly_where_a_quotient_overflows():
+    # the largest finite logit is 2.0: 2 / 2^-127 = 2^128 overflows float32, 2 / (2^-127 + 2^-149) rounds to a
+    # finite value (the next float32 temperature up, a subnormal)
+    logits = torch.tensor([[2.0, -1.5, 0.25, float("-inf")]] * 5)
+    temps = [2.0**-127, 2.0**-127 + 2.0**-149, 1e-40, 5e-324, 1.0]
+    scaled, too_cold = apply_temperature(logits, temps)
+    assert too_cold.tolist() == [True, False, True, True, False]
+    assert torch.isfinite(scaled[1, :3]).all() and torch.isinf(scaled[0, 0])
+    assert torch.equal(scaled[4], logits[4])
+
+
+def test_temperatures_too_small_for_float32_sample_the_argmax():
+    logits = random_logits(13, 6, scale=3.0)
+    temps = [1e-40, 5e-324, 2.0**-126, 2.0**-127, 1e-30, 0.7]
+    batch = [req(SamplingParams(temperature=t, seed=s)) for s, t in enumerate(temps)]
+    tokens = Sampler(0).sample(logits, batch)
+    assert tokens[:5] == logits[:5].argmax(dim=-1).tolist()
+    # the cold rows do not disturb a normal row's draw
+    assert tokens[5] == Sampler(0).sample(logits[5:], batch[5:])[0]
 
 
 def test_greedy_sees_the_penalty():

@@ -1,10 +1,10 @@
 """Batched sampling of the next token for many sequences, each with its own parameters.
 
 Order per row (docs/sampling.md): repetition penalty, then argmax if greedy, else temperature, top-k, top-p (all as
-transformers' logits processors define them), then an exponential race: `argmax(probs / q)` with `q ~ Exp(1)`
-picks token i with probability probs[i]. A seeded request draws its `q` from a generator seeded with a hash of
-(seed, index of the token), so its token depends only on that and its own logits: not on what else is in the batch,
-nor on whether it was preempted and recomputed.
+transformers' logits processors define them; a row whose temperature is too small for float32 takes the argmax),
+then an exponential race: `argmax(probs / q)` with `q ~ Exp(1)` picks token i with probability probs[i]. A seeded
+request draws its `q` from a generator seeded with a hash of (seed, index of the token), so its token depends only
+on that and its own logits: not on what else is in the batch, nor on whether it was preempted and recomputed.
 """
 from __future__ import annotations
 
@@ -51,6 +51,18 @@ def apply_repetition_penalty(logits: torch.Tensor, token_ids: Sequence[Sequence[
     penalty = torch.tensor(penalties, dtype=logits.dtype).unsqueeze(1)
     penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
     return torch.where(seen, penalized, logits)
+
+
+def apply_temperature(logits: torch.Tensor, temperatures: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits / temperature per row (transformers' TemperatureLogitsWarper), and which rows are too cold for
+    float32: a row where some finite logit divided by its temperature is not finite (the temperature is 0 in
+    float32, below 2^-149, or small enough that the quotient overflows). Such a row would softmax to NaN; the
+    sampler takes its argmax instead (docs/sampling.md)."""
+    temperature = torch.tensor(temperatures, dtype=logits.dtype).unsqueeze(1)
+    scaled = logits / temperature
+    finite = torch.isfinite(logits)
+    too_cold = (finite & ~torch.isfinite(scaled)).any(dim=-1)
+    return scaled, too_cold
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: Sequence[int], top_p: Sequence[float],
@@ -132,12 +144,14 @@ class Sampler:
 
     def _sample_rows(self, logits: torch.Tensor, requests: Sequence[SampleRequest]) -> torch.Tensor:
         params = [r.params for r in requests]
-        temperature = torch.tensor([p.temperature for p in params], dtype=logits.dtype).unsqueeze(1)
-        logits = logits / temperature
+        scaled, too_cold = apply_temperature(logits, [p.temperature for p in params])
         if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
-            logits = apply_top_k_top_p(logits, [p.top_k for p in params], [p.top_p for p in params])
-        probs = logits.softmax(dim=-1)
-        return probs.div_(self._noise(requests, logits.shape[1])).argmax(dim=-1)
+            scaled = apply_top_k_top_p(scaled, [p.top_k for p in params], [p.top_p for p in params])
+        probs = scaled.softmax(dim=-1)
+        tokens = probs.div_(self._noise(requests, scaled.shape[1])).argmax(dim=-1)
+        if too_cold.any():  # greedy is what sampling tends to as the temperature goes to 0
+            tokens[too_cold] = logits[too_cold].argmax(dim=-1)
+        return tokens
 
     def _noise(self, requests: Sequence[SampleRequest], vocab: int) -> torch.Tensor:
         """Exp(1) noise [len(requests), vocab]; seeded rows from their own (seed, n) generator."""
