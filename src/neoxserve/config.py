@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     queue_timeout_seconds: float = Field(0.0, ge=0, description="max time a request may wait to start; 0 = none")
     enable_prefix_caching: bool = True
 
+    # requests
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="larger request bodies are refused unread; the "
+                                "default holds the longest prompt a 4096-token context can take, with room to spare")
+
     # responses
     stream_chunk_tokens: int = Field(16, gt=0, description="a stream chunk closes after this many tokens at most")
     default_max_output_tokens: int = Field(256, gt=0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Mapping, Sequence
 
-from neoxserve.engine.client import EngineClient
+from neoxserve.engine.client import EngineClient, TooManyTokens
 from neoxserve.engine.errors import EngineInternalError
 from neoxserve.engine.outputs import Delta
 from neoxserve.engine.protocol import ModelInfo
@@ -18,14 +18,19 @@ from neoxserve.engine.sampling_params import SamplingParams
 class CharTokenizer:
     """One token per character."""
 
-    def encode(self, text: str) -> list[int]:
+    max_chars_per_token = 1.0
+
+    def encode(self, text: str, max_tokens: int | None = None) -> list[int]:
+        if max_tokens is not None and len(text) > max_tokens:
+            raise TooManyTokens(len(text), max_tokens)
         return [ord(c) for c in text]
 
-    def encode_chat(self, messages: Sequence[Mapping[str, str]], system: str | None = None) -> list[int]:
+    def encode_chat(self, messages: Sequence[Mapping[str, str]], system: str | None = None,
+                    max_tokens: int | None = None) -> list[int]:
         out = "<S>" + (system or "")
         for m in messages:
             out += ("<U>" if m["role"] == "user" else "<A>") + m["content"]
-        return self.encode(out + "<A>")
+        return self.encode(out + "<A>", max_tokens)
 
 
 class FakeEngine:

@@ -20,9 +20,9 @@ NOW = 60 * 29_166_667 + 1.0   # a fixed clock one second into a minute: no windo
 
 
 class Setup:
-    def __init__(self, tmp_path, engine: FakeEngine, limits: Limits):
+    def __init__(self, tmp_path, engine: FakeEngine, limits: Limits, **settings_fields):
         self.engine = engine
-        settings = Settings(data_dir=tmp_path)
+        settings = Settings(data_dir=tmp_path, **settings_fields)
         self.platform = Platform.open(settings, clock=lambda: NOW)
         keys = self.platform.bootstrap("svc", "fake")
         self.platform.set_limits("default", limits)
@@ -47,8 +47,8 @@ class Setup:
 def setup(tmp_path):
     made = []
 
-    def make(engine=None, limits=None):
-        made.append(Setup(tmp_path, engine or FakeEngine(), limits or Limits()))
+    def make(engine=None, limits=None, **settings_fields):
+        made.append(Setup(tmp_path, engine or FakeEngine(), limits or Limits(), **settings_fields))
         return made[-1]
 
     yield make
@@ -108,6 +108,28 @@ def test_failures_before_admission_are_failed_calls_of_the_app(setup):
     assert s.post({"prompt": "hi"}, api_name="nope").json()["error_code"] == 336005     # no service: no row
     assert s.post({"prompt": "hi"}, token="24." + "0" * 32 + ".1.1.1-1").json()["error_code"] == 110  # no app
     assert s.usage() == [("private", 1, 0, 1, 0, 0), ("svc", 2, 0, 2, 0, 0)]
+    assert s.total() == 0 and s.platform.counters("default").minute_requests == 0
+
+
+def test_body_limit_refusals_record_nothing_and_malformed_bodies_one_failed_call(setup):
+    """A body over max_body_bytes is refused by the middleware before authentication: no app is known, nothing is
+    recorded. A malformed body is found after the app and the service are: one failed call each, no quota used."""
+    s = setup(limits=Limits(qps=100), max_body_bytes=20_000)
+    r = s.client.post(PATH + "svc", params={"access_token": s.token},
+                      content=b'{"prompt": "' + b"x" * 20_000 + b'"}')
+    assert (r.json()["error_code"], r.json()["error_msg"]) == (
+        336003, "request body is larger than 20000 bytes, the limit set by max_body_bytes")
+    assert s.usage() == []
+    malformed = [
+        (b'{"prompt": "\\ud800"}', 336003),                           # a lone surrogate
+        (b'{"prompt": "hi", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", 336002),   # nested too deep
+        (b'{"prompt": "hi", "seed": ' + b"9" * 5000 + b"}", 336003),    # an integer too long to read
+        (json.dumps({"prompt": "x" * 64}).encode(), 336003),            # over the character bound (context 64)
+    ]
+    for content, code in malformed:
+        r = s.client.post(PATH + "svc", params={"access_token": s.token}, content=content)
+        assert r.json()["error_code"] == code, content[:40]
+    assert s.usage() == [("svc", 4, 0, 4, 0, 0)]
     assert s.total() == 0 and s.platform.counters("default").minute_requests == 0
 
 

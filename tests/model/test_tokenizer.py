@@ -11,7 +11,8 @@ from hypothesis import given, settings, strategies as st
 from tokenizers import Tokenizer as HFTokenizer
 
 from neoxserve.model.tokenizer import (
-    ASSISTANT, DEFAULT_SYSTEM_PROMPT, SYSTEM, USER, Tokenizer, byte_decoder,
+    ASSISTANT, DEFAULT_SYSTEM_PROMPT, MAX_CHARS_PER_NORMALIZED_BYTE, SYSTEM, USER, Tokenizer, TooManyTokens,
+    byte_decoder,
 )
 
 SHARED_SPEC = Path(__file__).resolve().parents[2].parent / "shared" / "spec"
@@ -169,3 +170,56 @@ def test_render_chat_rejects_unknown_roles(chat_dir):
     tok = Tokenizer.from_dir(chat_dir)
     with pytest.raises(ValueError, match="system"):
         tok.render_chat([{"role": "system", "content": "x"}])
+
+
+def test_no_composition_packs_more_characters_into_a_byte():
+    """NFC output character c stands for at most len(NFD(c)) input characters; over every code point with a
+    decomposition, that is at most 1.5 per UTF-8 byte of c (U+01D5: 3 characters into 2 bytes)."""
+    worst = max(len(unicodedata.normalize("NFD", chr(cp))) / len(chr(cp).encode())
+                for cp in range(0x110000)
+                if not 0xD800 <= cp <= 0xDFFF and (unicodedata.decomposition(chr(cp)) or 0xAC00 <= cp <= 0xD7A3))
+    assert worst == MAX_CHARS_PER_NORMALIZED_BYTE
+    assert len(unicodedata.normalize("NFC", "U\u0308\u0304")) == 1
+
+
+def test_max_chars_per_token_bound(tok, tmp_path):
+    # the longest GPT-NeoX token is a run of 512 spaces; its normalizer is NFC
+    assert max(len(tok.token_bytes(i, False)) for i in range(tok.vocab_size)) == 512
+    assert tok.max_chars_per_token == 512 * 1.5
+    spec = json.loads(tok._hf.to_str())
+    spec["normalizer"] = None
+    (tmp_path / "none.json").write_text(json.dumps(spec))
+    assert Tokenizer.from_file(tmp_path / "none.json").max_chars_per_token == 512
+    spec["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Strip", "strip_left": True,
+                                                                                 "strip_right": True}]}
+    (tmp_path / "strip.json").write_text(json.dumps(spec))
+    assert Tokenizer.from_file(tmp_path / "strip.json").max_chars_per_token is None  # Strip removes characters
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(TEXT, st.sampled_from([" " * 512, " " * 1100, "U\u0308\u0304" * 40, "-" * 300])),
+                max_size=4).map("".join))
+def test_a_text_has_at_least_its_characters_over_the_bound_tokens(tok, text):
+    assert len(tok.encode(text)) >= len(text) / tok.max_chars_per_token
+
+
+def test_too_many_tokens_counts_without_returning_ids(tok, chat_dir):
+    text = "Introduce the city Beijing. " * 50
+    n = len(tok.encode(text))
+    assert tok.encode(text, max_tokens=n) == tok.encode(text)
+    with pytest.raises(TooManyTokens) as e:
+        tok.encode(text, max_tokens=n - 1)
+    assert (e.value.count, e.value.limit, str(e.value)) == (n, n - 1, f"{n} tokens, more than {n - 1}")
+    chat = Tokenizer.from_dir(chat_dir)
+    messages = [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "again"}]
+    m = len(chat.encode_chat(messages, "be brief"))
+    assert chat.encode_chat(messages, "be brief", max_tokens=m) == chat.encode_chat(messages, "be brief")
+    with pytest.raises(TooManyTokens) as e:
+        chat.encode_chat(messages, "be brief", max_tokens=m - 1)
+    assert e.value.count == m
+
+
+def test_encode_chat_without_chat_tokens_encodes_their_text(tok):
+    messages = [{"role": "user", "content": "hi"}]
+    assert tok.encode_chat(messages, "sys") == tok.encode(f"{SYSTEM}sys{USER}hi{ASSISTANT}")

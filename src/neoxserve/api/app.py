@@ -15,6 +15,7 @@ from ..platform import Platform
 from .bce_bearer import bearer_token
 from .completions import Completions
 from .errors import INTERNAL, INVALID_HTTP_METHOD, UNSUPPORTED_METHOD, ApiError, error_response
+from .limits import BodyLimitMiddleware
 from .metrics import Metrics
 from .moderation import Moderator
 from .oauth import issue_token
@@ -59,7 +60,8 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     completions = Completions(settings, engine_client, platform, Moderator.from_file(settings.moderation_file),
                               metrics)
     app.state.metrics = metrics
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)   # added last: outermost, so that refusals carry the id too
 
     @app.api_route("/oauth/2.0/token", methods=["GET", "POST"])
     async def token(request: Request) -> Response:

@@ -10,7 +10,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from ..platform.errors import BceError
-from .errors import compact
+from .errors import bce_error_response, compact
 from .platform_calls import call
 
 
@@ -21,8 +21,5 @@ async def bearer_token(platform: Any, request: Request) -> tuple[Response, str]:
         body = await call(platform.bearer_token_request, request.method, request.url.path, request.query_params,
                           request.headers)
     except BceError as e:
-        return Response(compact({"requestId": request_id, "code": e.code, "message": e.message}),
-                        status_code=e.status, media_type="application/json",
-                        headers={"X-Bce-Request-Id": request_id, "X-Bce-Error-Code": e.code,
-                                 "X-Bce-Error-Message": e.message}), e.code
+        return bce_error_response(e, request_id), e.code
     return Response(compact(body), media_type="application/json", headers={"X-Bce-Request-Id": request_id}), "ok"

@@ -19,13 +19,14 @@ from ..platform import Platform
 from ..platform.errors import QuotaError
 from .call_ledger import CallLedger
 from .errors import INTERNAL, OVERLOADED, ApiError, compact, error_body, error_response, new_id, out_of_range
+from .inputs import InputPreparer
 from .metrics import Metrics
 from .moderation import Moderator
 from .params import max_new_tokens, sampling_params
 from .platform_calls import authenticate, call
 from .responses import ClientGone, StreamResponse, unless_disconnected
 from .streaming import Chunk, chunks, collect, frame
-from .validation import CompletionRequest, parse_json, parse_request
+from .validation import CompletionRequest
 
 log = logging.getLogger("neoxserve.api")
 
@@ -52,14 +53,8 @@ class Completions:
         self.settings = settings
         self.engine = engine
         self.platform = platform
-        self.moderator = moderator
         self.metrics = metrics
-
-    def _prompt_ids(self, req: CompletionRequest) -> list[int]:
-        tokenizer = self.engine.tokenizer
-        if req.messages:
-            return tokenizer.encode_chat(req.messages, req.system)
-        return tokenizer.encode(req.prompt)
+        self.inputs = InputPreparer(engine.tokenizer, engine.model_info, moderator)
 
     def _body(self, rid: str, object_: str, chunk: Chunk, is_safe: bool, sentence_id: int | None) -> dict[str, Any]:
         body: dict[str, Any] = {"id": rid, "object": object_, "created": int(time.time())}
@@ -83,12 +78,15 @@ class Completions:
         if chat and not info.is_chat:
             raise out_of_range(f"the chat route needs a chat model; the model of {api_name} is a completion "
                                f"model: use /completions/{api_name}")
-        req = parse_request(parse_json(await request.body()), chat)
-        prompt_ids = self._prompt_ids(req)
+        prepared = await self.inputs.prepare(await request.body(), chat)
+        req = prepared.req
         service_max = service.max_output_tokens or self.settings.default_max_output_tokens
-        max_tokens = max_new_tokens(req, service_max, len(prompt_ids), info)
+        max_tokens = max_new_tokens(req, service_max, prepared.prompt_tokens, info)
+        # max_new_tokens refused any prompt too long to have been tokenized
+        prompt_ids = prepared.prompt_ids
+        assert prompt_ids is not None
         params = sampling_params(req, service, max_tokens)
-        is_safe = self.moderator.is_safe(req.input_text())
+        is_safe = prepared.is_safe
         if not is_safe:
             log.info("request %s: input flagged by moderation (action %s)", rid, self.settings.moderation_action)
         admission = await call(self.platform.admit, app, service, len(prompt_ids) + max_tokens)

@@ -1,7 +1,8 @@
-"""The Qianfan error codes the API raises (docs/api.md#errors) and the two error shapes it answers with.
+"""The Qianfan error codes the API raises (docs/api.md#errors) and the three error shapes it answers with.
 
 Business errors are HTTP 200 with one-line JSON: the SDK treats any non-2xx as a transport failure and then
-neither retries nor refreshes its token. Only the OAuth endpoint uses HTTP statuses.
+neither retries nor refreshes its token. Only the OAuth endpoint (OAuth's shape) and the IAM bearer-token endpoint
+(BCE's shape) use HTTP statuses.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import string
 
 from fastapi.responses import Response
 
-from neoxserve.platform.errors import OAuthError
+from neoxserve.platform.errors import BceError, OAuthError
 
 # The codes the platform raises (auth, quotas, services) are defined with their messages in platform/errors.py and
 # reach the API as PlatformError (code and message); these are the ones the API raises itself.
@@ -75,3 +76,11 @@ def error_response(error: ApiError, response_id: str | None = None,
 
 def oauth_error_response(error: OAuthError) -> Response:
     return Response(compact(error.to_dict()), status_code=error.status, media_type="application/json")
+
+
+def bce_error_response(error: BceError, request_id: str) -> Response:
+    """BCE's error shape: `{"requestId", "code", "message"}`, the code and message also in X-Bce-Error-*."""
+    return Response(compact({"requestId": request_id, "code": error.code, "message": error.message}),
+                    status_code=error.status, media_type="application/json",
+                    headers={"X-Bce-Request-Id": request_id, "X-Bce-Error-Code": error.code,
+                             "X-Bce-Error-Message": error.message})

@@ -1,21 +1,26 @@
 """Request bodies -> a validated CompletionRequest (docs/api.md#request-body).
 
 Wrong or missing types are 336001 (fixed message); values out of range are 336003 with a message naming the
-field and the rule. Unknown fields (extra_parameters, user_id, ...) are accepted and ignored.
+field and the rule: also text that is not valid Unicode (a lone surrogate such as "\ud800", which JSON escapes can
+express and UTF-8 cannot) and integers too long to read (api/body.py). Unknown fields (extra_parameters, ...) are
+accepted and ignored, whatever they hold.
 """
 from __future__ import annotations
 
-import json
 import logging
+import re
 from dataclasses import dataclass, field
 
 from ..platform.records import SAMPLING_RULES
-from .errors import INVALID_ARGUMENT, INVALID_JSON, ApiError, out_of_range
+from .body import MAX_INTEGER_DIGITS, LongInteger
+from .errors import INVALID_ARGUMENT, ApiError, out_of_range
 
 log = logging.getLogger(__name__)
 
 MAX_STOP = 4
 MAX_STOP_CHARS = 20
+MAX_ECHO_CHARS = 32     # of a caller's text quoted back in an error message
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -41,16 +46,41 @@ class CompletionRequest:
         parts.extend(m["content"] for m in self.messages)
         return "\n".join(parts)
 
+    def input_chars(self) -> int:
+        """Characters of text the caller wrote (prompt, or system and message contents)."""
+        return len(self.prompt) + len(self.system or "") + sum(len(m["content"]) for m in self.messages)
+
 
 def _bad_type(name: str, expected: str) -> ApiError:
     log.info("invalid argument: %s must be %s", name, expected)
     return ApiError(INVALID_ARGUMENT)
 
 
+def _too_long(name: str, value: LongInteger) -> ApiError:
+    return out_of_range(f"{name} is an integer of {value.digits} digits, "
+                        f"more than the {MAX_INTEGER_DIGITS} digits a number may have")
+
+
+def _text(name: str, value: str) -> str:
+    """`value`, unless it holds a lone surrogate (which cannot be encoded, tokenized or echoed)."""
+    if not value.isascii():
+        found = _SURROGATE.search(value)
+        if found:
+            raise out_of_range(f"{name} contains a lone surrogate (U+{ord(found.group()):04X}) at character "
+                               f"{found.start()}: text must be valid Unicode")
+    return value
+
+
+def _echo(text: str) -> str:
+    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "..."
+
+
 def _number(body: dict[str, object], name: str) -> float | None:
     value = body.get(name)
     if value is None:
         return None
+    if isinstance(value, LongInteger):
+        raise _too_long(name, value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _bad_type(name, "a number")
     return float(value)
@@ -60,6 +90,8 @@ def _integer(body: dict[str, object], name: str) -> int | None:
     value = body.get(name)
     if value is None:
         return None
+    if isinstance(value, LongInteger):
+        raise _too_long(name, value)
     # 5.0 from a JSON encoder that writes every number as float is still the integer 5
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -74,7 +106,7 @@ def _string(body: dict[str, object], name: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise _bad_type(name, "a string")
-    return value
+    return _text(name, value)
 
 
 def _check_range(name: str, value: float | None) -> None:
@@ -96,16 +128,6 @@ def _sampling_integer(body: dict[str, object], name: str) -> int | None:
     return value
 
 
-def parse_json(raw: bytes) -> dict[str, object]:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(INVALID_JSON) from None
-    if not isinstance(body, dict):
-        raise _bad_type("body", "a JSON object")
-    return body
-
-
 def _stop(body: dict[str, object]) -> tuple[str, ...]:
     value = body.get("stop")
     if value is None:
@@ -115,6 +137,7 @@ def _stop(body: dict[str, object]) -> tuple[str, ...]:
     if len(value) > MAX_STOP:
         raise out_of_range(f"stop has {len(value)} entries, at most {MAX_STOP} are allowed")
     for i, s in enumerate(value):
+        _text(f"stop[{i}]", s)
         if not s:
             raise out_of_range(f"stop[{i}] is empty")
         if len(s) > MAX_STOP_CHARS:
@@ -132,7 +155,8 @@ def _messages(body: dict[str, object]) -> list[dict[str, str]]:
     for i, m in enumerate(value):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise _bad_type(f"messages[{i}]", "an object with string role and content")
-        messages.append({"role": m["role"], "content": m["content"]})
+        messages.append({"role": _text(f"messages[{i}].role", m["role"]),
+                         "content": _text(f"messages[{i}].content", m["content"])})
     if not messages:
         raise out_of_range("messages is empty")
     if len(messages) % 2 == 0:
@@ -141,14 +165,16 @@ def _messages(body: dict[str, object]) -> list[dict[str, str]]:
     for i, m in enumerate(messages):
         expected = "user" if i % 2 == 0 else "assistant"
         if m["role"] != expected:
-            raise out_of_range(f"messages[{i}].role is '{m['role']}', expected '{expected}' "
+            raise out_of_range(f"messages[{i}].role is '{_echo(m['role'])}', expected '{expected}' "
                                "(roles alternate user, assistant, ..., ending with user)")
         if not m["content"]:
             raise out_of_range(f"messages[{i}].content is empty")
     return messages
 
 
-def parse_request(body: dict[str, object], chat: bool) -> CompletionRequest:
+def parse_request(body: object, chat: bool) -> CompletionRequest:
+    if not isinstance(body, dict):
+        raise _bad_type("body", "a JSON object")
     req = CompletionRequest()
     if chat:
         req.messages = _messages(body)
@@ -161,7 +187,7 @@ def parse_request(body: dict[str, object], chat: bool) -> CompletionRequest:
             raise _bad_type("prompt", "a string")
         if not prompt:
             raise out_of_range("prompt is empty")
-        req.prompt = prompt
+        req.prompt = _text("prompt", prompt)
 
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):

@@ -28,7 +28,7 @@ from neoxserve.engine.protocol import (AbortRequest, Ack, AckError, AddRequest, 
                                        Output, ProtocolError, Ready, Shutdown)
 from neoxserve.engine.sampling_params import SamplingParams
 from neoxserve.engine.stats import StatsSnapshot
-from neoxserve.model.tokenizer import Tokenizer
+from neoxserve.model.tokenizer import Tokenizer, TooManyTokens as TooManyTokens  # re-exported for the API
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,19 @@ def failure_error(delta: Delta) -> EngineError | None:
 
 
 class PromptTokenizer(Protocol):
-    """What the HTTP process needs of a tokenizer (model/tokenizer.py's Tokenizer has it)."""
+    """What the HTTP process needs of a tokenizer (model/tokenizer.py's Tokenizer has it). Both encoders raise
+    TooManyTokens, counted without building the ids, when the text has more than `max_tokens` tokens."""
 
-    def encode(self, text: str) -> list[int]: ...
+    @property
+    def max_chars_per_token(self) -> float | None:
+        """At most how many characters one token stands for (None: no bound known); api/inputs.py checks a
+        prompt's length in characters against it before tokenizing."""
+        ...
 
-    def encode_chat(self, messages: Sequence[Mapping[str, str]], system: str | None = None) -> list[int]: ...
+    def encode(self, text: str, max_tokens: int | None = None) -> list[int]: ...
+
+    def encode_chat(self, messages: Sequence[Mapping[str, str]], system: str | None = None,
+                    max_tokens: int | None = None) -> list[int]: ...
 
 
 class DeltaStream(Protocol):

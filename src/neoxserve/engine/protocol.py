@@ -52,6 +52,11 @@ class ModelInfo:
         (prompt + max_new_tokens <= max_context), used by the engine's admission and the API's validation."""
         return self.max_context - prompt_tokens
 
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The longest prompt `output_room` leaves a token of output for: the API builds no ids past it."""
+        return self.max_context - 1
+
 
 # ---- client -> engine ---------------------------------------------------------------------------------------
 

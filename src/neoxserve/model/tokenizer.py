@@ -1,4 +1,9 @@
-"""The GPT-NeoX byte-level BPE tokenizer (a model directory's `tokenizer.json`), plus the tuned chat template."""
+"""The GPT-NeoX byte-level BPE tokenizer (a model directory's `tokenizer.json`), plus the tuned chat template.
+
+Encoding goes through `encode_batch_fast`, which releases the GIL while it works (`encode` holds it throughout: a
+1 MB prompt stalls every other thread of the process for about a second), and counts the tokens before building
+the Python list of ids, so that a caller with a limit never pays for millions of ids it is going to refuse.
+"""
 from __future__ import annotations
 
 import json
@@ -25,6 +30,21 @@ DEFAULT_SYSTEM_PROMPT = (
     " and make jokes.\n"
     "- StableLM will refuse to participate in anything that could harm a human.\n"
 )
+
+# Unicode normalizers a tokenizer.json may name; NFC and NFKC compose up to 3 code points into one of 2 bytes
+# (U+01D5 is U+0055 U+0308 U+0304), the most characters per UTF-8 byte any composition reaches
+# (tests/model/test_tokenizer.py checks it over every code point).
+_UNICODE_NORMALIZERS = frozenset({"NFC", "NFD", "NFKC", "NFKD"})
+MAX_CHARS_PER_NORMALIZED_BYTE = 1.5
+
+
+class TooManyTokens(ValueError):
+    """The text encodes to more tokens than the caller allows; `count` is how many."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(f"{count} tokens, more than {limit}")
+        self.count = count
+        self.limit = limit
 
 
 @lru_cache(maxsize=1)
@@ -57,6 +77,7 @@ class Tokenizer:
         self.stop_token_ids: tuple[int, ...] = tuple(stop)
         self._bytes, self._special = self._build_byte_table()
         self._plain = _plain_text_twin(hf)
+        self.max_chars_per_token = self._max_chars_per_token()
 
     @classmethod
     def from_file(cls, path: str | Path, eos_token_id: int | None = None) -> Tokenizer:
@@ -86,9 +107,23 @@ class Tokenizer:
                     special.add(i)
         return table, frozenset(special)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, no BOS; special-token text such as `<|endoftext|>` becomes its id."""
-        return self._hf.encode(text, add_special_tokens=False).ids
+    def _max_chars_per_token(self) -> float | None:
+        """An upper bound on the characters of text one token can stand for, so that a text of n characters has
+        at least n / bound tokens; None when the tokenizer's normalizer could remove characters (then no bound
+        is known). The longest token's bytes (vocabulary or added token), times the characters a byte of
+        normalized text can come from (one without normalizer: every character is at least one UTF-8 byte)."""
+        normalizer = json.loads(self._hf.to_str()).get("normalizer")
+        kinds = [n.get("type") for n in (normalizer.get("normalizers", [normalizer]) if normalizer else [])]
+        if any(kind not in _UNICODE_NORMALIZERS for kind in kinds):
+            return None
+        longest = max(max(map(len, self._bytes)),
+                      *(len(t.content.encode()) for t in self._hf.get_added_tokens_decoder().values()))
+        return longest * (MAX_CHARS_PER_NORMALIZED_BYTE if kinds else 1.0)
+
+    def encode(self, text: str, max_tokens: int | None = None) -> list[int]:
+        """Token ids of `text`, no BOS; special-token text such as `<|endoftext|>` becomes its id. Raises
+        TooManyTokens if there are more than `max_tokens`."""
+        return _ids(self._hf.encode_batch_fast([text], add_special_tokens=False), max_tokens)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -111,28 +146,43 @@ class Tokenizer:
     def encode_plain(self, text: str) -> list[int]:
         """Token ids of `text` with every added token's text (`<|USER|>`, `<|endoftext|>`, ...) read as plain
         text: for user-supplied content that must not smuggle control tokens into a prompt."""
-        return self._plain.encode(text, add_special_tokens=False).ids
+        return _ids(self._plain.encode_batch_fast([text], add_special_tokens=False), None)
 
-    def encode_chat(self, messages: Sequence[Mapping[str, str]], system: str | None = None) -> list[int]:
+    def encode_chat(self, messages: Sequence[Mapping[str, str]], system: str | None = None,
+                    max_tokens: int | None = None) -> list[int]:
         """The ids of `render_chat(messages, system)`, except that the control tokens come only from the
         template: text inside the system prompt or a message is encoded with `encode_plain`. Encoding the
         pieces separately gives the same ids as encoding the rendered string, since the tokenizer splits on
-        added tokens before BPE."""
-        control = {SYSTEM: self.token_to_id(SYSTEM), USER: self.token_to_id(USER),
-                   ASSISTANT: self.token_to_id(ASSISTANT)}
+        added tokens before BPE. Raises TooManyTokens if there are more than `max_tokens`."""
+        parts = _chat_parts(messages, system)
+        controls, texts = parts[0::2], parts[1::2]   # [<|SYSTEM|>, <|USER|>, ..., <|ASSISTANT|>], the texts between
+        control_ids: dict[str, list[int]] = {}
+        for name in set(controls):   # a tokenizer without the chat tokens encodes their text like any other
+            token_id = self.token_to_id(name)
+            control_ids[name] = [token_id] if token_id is not None else self.encode(name)
+        encodings = self._plain.encode_batch_fast(texts, add_special_tokens=False)
+        count = sum(len(control_ids[c]) for c in controls) + sum(len(e) for e in encodings)
+        if max_tokens is not None and count > max_tokens:
+            raise TooManyTokens(count, max_tokens)
         ids: list[int] = []
-        for i, part in enumerate(_chat_parts(messages, system)):
-            token = control.get(part) if i % 2 == 0 else None   # even parts are control tokens
-            if token is not None:
-                ids.append(token)
-            else:
-                ids.extend(self.encode_plain(part) if i % 2 else self.encode(part))
+        for i, name in enumerate(controls):
+            ids.extend(control_ids[name])
+            if i < len(encodings):
+                ids.extend(encodings[i].ids)
         return ids
 
     def render_chat(self, messages: Sequence[Mapping[str, str]], system: str | None = None) -> str:
         """The tuned-model prompt: `<|SYSTEM|>{system}` then `<|USER|>{text}` / `<|ASSISTANT|>{text}` per message,
         then `<|ASSISTANT|>` for the reply. `system=None` uses the published default system prompt."""
         return "".join(_chat_parts(messages, system))
+
+
+def _ids(encodings: list, max_tokens: int | None) -> list[int]:
+    """The ids of a one-text batch; TooManyTokens (counted without building the list) past `max_tokens`."""
+    encoding = encodings[0]
+    if max_tokens is not None and len(encoding) > max_tokens:
+        raise TooManyTokens(len(encoding), max_tokens)
+    return encoding.ids
 
 
 def _chat_parts(messages: Sequence[Mapping[str, str]], system: str | None) -> list[str]:

@@ -1,0 +1,77 @@
+"""Request body -> a validated request, its prompt token ids and its moderation verdict, off the event loop.
+
+Parsing, validation, tokenization and moderation cost time in proportion to the body (up to max_body_bytes): on
+the event loop a 1 MB prompt stalled every other request, /health included, for about a second. They run in worker
+threads instead, and the tokenizer releases the GIL while it encodes (model/tokenizer.py), so the loop keeps
+answering. Bodies up to SMALL_BODY_BYTES use one pool and larger ones another, so that a few huge prompts cannot
+hold up everyone's ordinary ones.
+
+Before tokenizing, the prompt's length in characters is checked against what the model's context can possibly
+hold: no token stands for more than `tokenizer.max_chars_per_token` characters, so a prompt of more than that
+times `ModelInfo.max_prompt_tokens` characters has more tokens than the context leaves room for, whatever its text.
+"""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ..engine.client import PromptTokenizer, TooManyTokens
+from ..engine.protocol import ModelInfo
+from .body import parse_json
+from .errors import out_of_range
+from .moderation import Moderator
+from .validation import CompletionRequest, parse_request
+
+SMALL_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class PreparedInput:
+    req: CompletionRequest
+    prompt_tokens: int
+    prompt_ids: list[int] | None    # None past `ModelInfo.max_prompt_tokens`: params.max_new_tokens refuses it
+    is_safe: bool
+
+
+def max_prompt_chars(max_chars_per_token: float | None, model: ModelInfo) -> int | None:
+    """The most characters a prompt that fits the context (`model.max_prompt_tokens` tokens at most) can have."""
+    if max_chars_per_token is None:
+        return None
+    return int(max_chars_per_token * model.max_prompt_tokens)
+
+
+class InputPreparer:
+    def __init__(self, tokenizer: PromptTokenizer, model: ModelInfo, moderator: Moderator) -> None:
+        self.tokenizer = tokenizer
+        self.model = model
+        self.moderator = moderator
+        self.max_chars = max_prompt_chars(tokenizer.max_chars_per_token, model)
+        self._small = ThreadPoolExecutor(2, thread_name_prefix="inputs-small")
+        self._large = ThreadPoolExecutor(1, thread_name_prefix="inputs-large")
+
+    async def prepare(self, raw: bytes, chat: bool) -> PreparedInput:
+        pool = self._small if len(raw) <= SMALL_BODY_BYTES else self._large
+        return await asyncio.get_running_loop().run_in_executor(pool, self.prepare_now, raw, chat)
+
+    def prepare_now(self, raw: bytes, chat: bool) -> PreparedInput:
+        """The work itself, in the calling thread: ApiError for a body that is malformed or cannot fit."""
+        req = parse_request(parse_json(raw), chat)
+        chars = req.input_chars()
+        if self.max_chars is not None and chars > self.max_chars:
+            raise out_of_range(f"prompt is too long: {chars} characters, more than a context of "
+                               f"{self.model.max_context} tokens can hold ({self.max_chars} characters at most "
+                               "with this model's tokenizer)")
+        limit = self.model.max_prompt_tokens
+        try:
+            if chat:
+                ids = self.tokenizer.encode_chat(req.messages, req.system, max_tokens=limit)
+            else:
+                ids = self.tokenizer.encode(req.prompt, max_tokens=limit)
+        except TooManyTokens as e:
+            return PreparedInput(req, e.count, None, True)
+        return PreparedInput(req, len(ids), ids, self.moderator.is_safe(req.input_text()))
+
+    def close(self) -> None:
+        self._small.shutdown(wait=False, cancel_futures=True)
+        self._large.shutdown(wait=False, cancel_futures=True)
