@@ -4,9 +4,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Settings
@@ -23,8 +25,8 @@ from .oauth import issue_token
 log = logging.getLogger("neoxserve.api")
 
 MODEL_ROUTE = "/rpc/2.0/ai_custom/v1/wenxinworkshop/{kind}/{api_name}"
-OTHER_METHODS = ["GET", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
-ALL_METHODS = ["POST", *OTHER_METHODS]
+COMPLETIONS_ROUTE = MODEL_ROUTE.format(kind="completions", api_name="{api_name}")
+CHAT_ROUTE = MODEL_ROUTE.format(kind="chat", api_name="{api_name}")
 
 
 class RequestIdMiddleware:
@@ -53,6 +55,18 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class AnyMethod:
+    """An ASGI endpoint from `handler(request) -> Response`. Starlette gives a route with a plain function
+    endpoint and no methods GET and HEAD only; an ASGI endpoint keeps methods=None: every method."""
+
+    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.handler(Request(scope, receive))
+        await response(scope, receive, send)
+
+
 def create_app(settings: Settings, engine_client: EngineClient, platform: Platform) -> FastAPI:
     """The app over a started engine client (its model is loaded) and an open platform."""
     app = FastAPI(title="neoxserve", docs_url=None, redoc_url=None, openapi_url=None)
@@ -77,36 +91,43 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
         metrics.observe("bearer_token", outcome, time.monotonic() - started)
         return response
 
-    @app.post("/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/{api_name}")
+    @app.post(COMPLETIONS_ROUTE)
     async def completion(request: Request, api_name: str) -> Response:
         return await completions.handle(request, api_name, chat=False)
 
-    @app.post("/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{api_name}")
+    @app.post(CHAT_ROUTE)
     async def chat(request: Request, api_name: str) -> Response:
         return await completions.handle(request, api_name, chat=True)
 
-    @app.api_route("/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/{api_name}", methods=OTHER_METHODS)
-    @app.api_route("/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{api_name}", methods=OTHER_METHODS)
-    async def wrong_method(request: Request, api_name: str) -> Response:
+    # Routes with methods=None and an ASGI endpoint match every method, extension methods (PROPFIND, ...)
+    # included; the router tries them after the POST routes above, which match their paths only for POST.
+    async def wrong_method(request: Request) -> Response:
         metrics.observe("other", INVALID_HTTP_METHOD, 0.0)
+        if request.method == "CONNECT":
+            # a 2xx answer to CONNECT means "tunnel established" (RFC 9110, 9.3.6): clients would never read it
+            return error_response(ApiError(INVALID_HTTP_METHOD), status_code=405, headers={"Allow": "POST"})
         return error_response(ApiError(INVALID_HTTP_METHOD))
 
-    @app.api_route("/rpc/{rest:path}", methods=ALL_METHODS)
-    async def unknown_route(request: Request, rest: str) -> Response:
+    async def unknown_route(request: Request) -> Response:
         metrics.observe("other", UNSUPPORTED_METHOD, 0.0)
         return error_response(ApiError(UNSUPPORTED_METHOD))
 
-    @app.get("/health")
+    for path in (COMPLETIONS_ROUTE, CHAT_ROUTE):
+        app.router.routes.append(Route(path, AnyMethod(wrong_method), methods=None, include_in_schema=False))
+    app.router.routes.append(Route("/rpc/{rest:path}", AnyMethod(unknown_route), methods=None,
+                                   include_in_schema=False))
+
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> Response:
         return JSONResponse({"status": "ok"})
 
-    @app.get("/ready")
+    @app.api_route("/ready", methods=["GET", "HEAD"])
     async def ready() -> Response:
         alive = engine_client.is_alive()   # the model is loaded: the app is created after that
         return JSONResponse({"status": "ready" if alive else "not ready", "model_loaded": True,
                              "engine_alive": alive}, status_code=200 if alive else 503)
 
-    @app.get("/metrics")
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 

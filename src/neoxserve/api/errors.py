@@ -69,8 +69,8 @@ def error_body(error: ApiError, response_id: str | None = None) -> dict[str, obj
 
 
 def error_response(error: ApiError, response_id: str | None = None,
-                   headers: dict[str, str] | None = None) -> Response:
-    return Response(compact(error_body(error, response_id or new_id())), status_code=200,
+                   headers: dict[str, str] | None = None, status_code: int = 200) -> Response:
+    return Response(compact(error_body(error, response_id or new_id())), status_code=status_code,
                     media_type="application/json", headers=headers)
 
 
