@@ -21,9 +21,11 @@ from .limits import BodyLimitMiddleware
 from .metrics import Metrics
 from .moderation import Moderator
 from .oauth import issue_token
+from . import openapi
 
 log = logging.getLogger("neoxserve.api")
 
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MODEL_ROUTE = "/rpc/2.0/ai_custom/v1/wenxinworkshop/{kind}/{api_name}"
 COMPLETIONS_ROUTE = MODEL_ROUTE.format(kind="completions", api_name="{api_name}")
 CHAT_ROUTE = MODEL_ROUTE.format(kind="chat", api_name="{api_name}")
@@ -77,30 +79,34 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)   # added last: outermost, so that refusals carry the id too
 
-    @app.api_route("/oauth/2.0/token", methods=["GET", "POST"])
+    add = app.add_api_route   # one route per method: each is one documented operation (api/openapi.py)
+
     async def token(request: Request) -> Response:
         started = time.monotonic()
         response, outcome = await issue_token(platform, request)
         metrics.observe("oauth", outcome, time.monotonic() - started)
         return response
 
-    @app.get("/v1/BCE-BEARER/token")
+    for method in ("GET", "POST"):
+        add("/oauth/2.0/token", token, methods=[method], **openapi.token(method))
+
     async def bce_bearer_token(request: Request) -> Response:
         started = time.monotonic()
         response, outcome = await bearer_token(platform, request)
         metrics.observe("bearer_token", outcome, time.monotonic() - started)
         return response
 
-    @app.post(COMPLETIONS_ROUTE)
+    add("/v1/BCE-BEARER/token", bce_bearer_token, methods=["GET"], **openapi.bearer_token())
+
     async def completion(request: Request, api_name: str) -> Response:
         return await completions.handle(request, api_name, chat=False)
 
-    @app.post(CHAT_ROUTE)
     async def chat(request: Request, api_name: str) -> Response:
         return await completions.handle(request, api_name, chat=True)
 
-    # Routes with methods=None and an ASGI endpoint match every method, extension methods (PROPFIND, ...)
-    # included; the router tries them after the POST routes above, which match their paths only for POST.
+    add(COMPLETIONS_ROUTE, completion, methods=["POST"], **openapi.model_call(chat=False))
+    add(CHAT_ROUTE, chat, methods=["POST"], **openapi.model_call(chat=True))
+
     async def wrong_method(request: Request) -> Response:
         metrics.observe("other", INVALID_HTTP_METHOD, 0.0)
         if request.method == "CONNECT":
@@ -112,24 +118,44 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
         metrics.observe("other", UNSUPPORTED_METHOD, 0.0)
         return error_response(ApiError(UNSUPPORTED_METHOD))
 
-    for path in (COMPLETIONS_ROUTE, CHAT_ROUTE):
+    async def documented_wrong_method(request: Request, api_name: str) -> Response:
+        return await wrong_method(request)
+
+    async def documented_unknown_route(request: Request, rest: str) -> Response:
+        return await unknown_route(request)
+
+    # The methods OpenAPI can describe get documented routes; then routes with methods=None and an ASGI endpoint
+    # match every other method (CONNECT, PROPFIND, ...). The router tries routes in order, so the POST routes
+    # above keep POST and the model routes come before the /rpc/ catch-all.
+    for kind, path in (("completion", COMPLETIONS_ROUTE), ("chat", CHAT_ROUTE)):
+        for method in openapi.OTHER_METHODS:
+            add(path, documented_wrong_method, methods=[method], **openapi.wrong_method(kind, method))
         app.router.routes.append(Route(path, AnyMethod(wrong_method), methods=None, include_in_schema=False))
+    for method in openapi.METHODS:
+        add("/rpc/{rest:path}", documented_unknown_route, methods=[method], **openapi.unknown_route(method))
     app.router.routes.append(Route("/rpc/{rest:path}", AnyMethod(unknown_route), methods=None,
                                    include_in_schema=False))
 
-    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> Response:
         return JSONResponse({"status": "ok"})
 
-    @app.api_route("/ready", methods=["GET", "HEAD"])
     async def ready() -> Response:
         alive = engine_client.is_alive()   # the model is loaded: the app is created after that
         return JSONResponse({"status": "ready" if alive else "not ready", "model_loaded": True,
                              "engine_alive": alive}, status_code=200 if alive else 503)
 
-    @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def prometheus() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics.render(), media_type=METRICS_TYPE)
+
+    async def document() -> Response:
+        return JSONResponse(app.openapi())
+
+    for method in ("GET", "HEAD"):
+        add("/health", health, methods=[method], **openapi.probe("health", method))
+        add("/ready", ready, methods=[method], **openapi.probe("ready", method))
+        add("/metrics", prometheus, methods=[method], **openapi.probe("metrics", method, METRICS_TYPE))
+        add("/openapi.json", document, methods=[method], **openapi.probe("openapi", method))
+    openapi.install(app)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> Response:
