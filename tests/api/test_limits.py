@@ -3,18 +3,16 @@ length bound checked before tokenizing, and the event loop answering /health whi
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 
 import httpx
 import pytest
-from safetensors.torch import save_file
 
 from neoxserve.api.inputs import max_prompt_chars
 from neoxserve.config import Settings
 from neoxserve.engine.protocol import ModelInfo
-from neoxserve.model.demo import demo_config, random_weights
+from neoxserve.model.demo import write_tiny_model
 from neoxserve.model.tokenizer import MAX_CHARS_PER_NORMALIZED_BYTE, Tokenizer
 
 import rawhttp
@@ -154,12 +152,8 @@ def test_prompt_over_the_character_bound_is_refused_before_tokenizing(server, to
 def neox_server(tmp_path_factory, assets_dir):
     """A live server on a tiny random model that uses the real GPT-NeoX-20B tokenizer: its bound lets a prompt of
     3 million characters through to the tokenizer, which then works for seconds."""
-    model = tmp_path_factory.mktemp("neox-tokenizer-model")
-    shutil.copy(assets_dir / "gpt-neox-20b-tokenizer.json", model / "tokenizer.json")
-    vocab = Tokenizer.from_dir(model).vocab_size
-    config = {**demo_config(vocab), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1}
-    (model / "config.json").write_text(json.dumps(config))
-    save_file(random_weights(config, 0), str(model / "model.safetensors"), metadata={"format": "pt"})
+    model = write_tiny_model(tmp_path_factory.mktemp("neox-tokenizer-model"),
+                             assets_dir / "gpt-neox-20b-tokenizer.json")
     live = start_server(tmp_path_factory.mktemp("neox-data"), args=["--model", str(model), "--api-name", "neox"])
     live.api_name = "neox"
     live.model_dir = model
