@@ -71,7 +71,3 @@ class InputPreparer:
         except TooManyTokens as e:
             return PreparedInput(req, e.count, None, True)
         return PreparedInput(req, len(ids), ids, self.moderator.is_safe(req.input_text()))
-
-    def close(self) -> None:
-        self._small.shutdown(wait=False, cancel_futures=True)
-        self._large.shutdown(wait=False, cancel_futures=True)
