@@ -174,3 +174,11 @@ def test_any_json_body_gets_a_documented_answer(preparer, body, chat, ascii_only
        chat=st.booleans())
 def test_any_bytes_get_a_documented_answer(preparer, raw, chat):
     prepare_or_error(preparer, raw, chat)
+
+
+def test_long_roles_are_quoted_shortened(server, token):
+    role = "r" * 100
+    content = json.dumps({"messages": [{"role": role, "content": "x"}]}).encode()
+    assert business(post(server, token, content, chat=True)) == (
+        336003, f"messages[0].role is '{'r' * 32}...', expected 'user' (roles alternate user, assistant, ..., "
+                "ending with user)")
