@@ -192,7 +192,7 @@ def free_port() -> int:
 class OwnServer:
     """`neoxserve serve` on a temporary data dir; its first-start banner gives the app's keys."""
 
-    def __init__(self, model: str | None, torch_threads: int) -> None:
+    def __init__(self, model: str | None, torch_threads: int, src: str | None = None) -> None:
         self.data_dir = tempfile.TemporaryDirectory(prefix="neoxserve-soak-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -201,6 +201,8 @@ class OwnServer:
         if model:
             cmd += ["--model", model]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if src:   # another tree's code (a baseline), e.g. a git worktree's src/
+            env["PYTHONPATH"] = src
         if torch_threads:
             env["NEOXSERVE_TORCH_THREADS"] = str(torch_threads)
         self.stdout: list[str] = []
