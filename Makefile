@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8360
 
-.PHONY: serve test lint clean redis-server
+.PHONY: serve test lint clean redis-server bench-install llama-server
 
 # torch is pinned exactly and installed first so that pip takes the local CPU wheel
 # instead of resolving a CUDA build with gigabytes of dependencies.
@@ -19,6 +19,18 @@ $(BIN)/.installed: pyproject.toml
 $(BIN)/.test-installed: $(BIN)/.installed pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
+
+# The llama.cpp comparison (bench/bench_llamacpp.py, docs/benchmarks.md); `make test` installs none of it.
+# llama-cpp-python compiles llama.cpp for this machine's CPU (~8 min on 2 cores); llama-server (~10 min) is built
+# from the same llama.cpp sources into build/llama.cpp/.
+$(BIN)/.bench-installed: $(BIN)/.installed pyproject.toml
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@
+
+bench-install: $(BIN)/.bench-installed
+
+llama-server: $(BIN)/.installed
+	PYTHON=$(BIN)/python bash bench/build_llama_server.sh
 
 serve: $(BIN)/.installed
 	$(BIN)/neoxserve serve --host $(HOST) --port $(PORT)
