@@ -27,22 +27,11 @@ from neoxserve.model.demo import build_tokenizer  # noqa: E402
 from neoxserve.model.loader import load_model  # noqa: E402
 from neoxserve.model.neox import Linear  # noqa: E402
 
+from machine import copy_bandwidth  # noqa: E402
+
 SHAPE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
              vocab_size=50432, rotary_pct=0.25, max_position_embeddings=2048, use_parallel_residual=True)
 BLOCK_SIZE = 16
-
-
-def copy_bandwidth(mbytes: int = 512, repeats: int = 7) -> float:
-    """Bytes moved (read + write) per second by copying a large float32 tensor."""
-    src = torch.ones(mbytes * 2**20 // 4)
-    dst = torch.empty_like(src)
-    dst.copy_(src)  # fault the pages in first
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        dst.copy_(src)
-        times.append(time.perf_counter() - t)
-    return 2 * src.nbytes / statistics.median(times)
 
 
 def read_bandwidth(mbytes: int = 512, repeats: int = 7) -> float:
