@@ -57,11 +57,14 @@ DECODE_PROMPT = 32
 # ---- the two programs, in-process ----------------------------------------------------------------------------
 
 def has_quantization() -> bool:
-    from neoxserve.config import Settings
-    return "quantization" in Settings.model_fields
+    from dataclasses import fields
+
+    from neoxserve.engine.config import EngineConfig
+    return "quantization" in {f.name for f in fields(EngineConfig)}
 
 
 def neox_engine(model_dir: Path, config: str, threads: int, group_size: int | None):
+    from neoxserve.commands.engine_config import engine_config
     from neoxserve.config import Settings
     from neoxserve.engine.core import LLMEngine
 
@@ -72,8 +75,7 @@ def neox_engine(model_dir: Path, config: str, threads: int, group_size: int | No
         fields["quantization"] = quant
     if quant == "int4" and group_size:
         fields["quantization_group_size"] = group_size
-    torch.set_num_threads(threads)
-    return LLMEngine.from_settings(Settings(**fields))
+    return LLMEngine.from_config(engine_config(Settings(**fields)))   # sets torch's threads
 
 
 class NeoxRunner:
@@ -104,19 +106,26 @@ class NeoxRunner:
         if not on:
             runner.sampler, self.logits = self._sampler, None
             return
-        self._sampler = sample = runner.sampler
+        self._sampler = runner.sampler
         self.logits = []
-
-        def recording(logits, seqs):
-            self.logits.append(logits.float().clone())
-            return sample(logits, seqs)
-        runner.sampler = recording
+        runner.sampler = _RecordingSampler(self._sampler, self.logits)
 
     def weight_bytes(self) -> int:
         """Bytes of weights read per decoded token: everything the model holds but the input embedding."""
         model = self.engine.runner.model
         named = list(model.named_parameters()) + list(model.named_buffers())
         return sum(t.numel() * t.element_size() for name, t in named if "embed_in" not in name)
+
+
+class _RecordingSampler:
+    """The engine's sampler, keeping a float32 copy of every logits tensor it samples from."""
+
+    def __init__(self, sampler, kept: list[torch.Tensor]) -> None:
+        self.sampler, self.kept = sampler, kept
+
+    def sample(self, logits: torch.Tensor, requests) -> list[int]:
+        self.kept.append(logits.float().clone())
+        return self.sampler.sample(logits, requests)
 
 
 class LlamaRunner:
@@ -188,7 +197,7 @@ def agreement(neox: NeoxRunner, llama: LlamaRunner, prompts: list[list[int]], st
         neox.logits.clear()
         ours = neox.generate(ids, steps)[0]
         theirs, _, their_logits = llama.generate(ids, steps, keep_logits=True)
-        same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), steps)
+        same = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), steps)
         prefix.append(same)
         cosines.append(cosine(neox.logits[0][0, :llama.vocab].numpy(), their_logits[0]))
     neox.record_logits(False)

@@ -1,6 +1,7 @@
 """What the benchmarks say about the machine they ran on: CPU, memory, load, versions, and its copy bandwidth."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -41,11 +42,9 @@ def cpu_info() -> dict[str, str]:
     except OSError:
         pass
     mem_kb = 0
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
                           if line.startswith("MemTotal:")))
-    except (OSError, StopIteration):
-        pass
     return {"nproc": str(os.cpu_count()), "cpu": model,
             "flags": " ".join(f for f in FLAGS_OF_INTEREST if f in flags) or "none of interest",
             "ram": f"{mem_kb / 2**20:.1f} GiB", "torch": f"{torch.__version__} (CPU capability "

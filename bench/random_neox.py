@@ -46,8 +46,8 @@ def config_for(shape: str) -> dict:
 
 
 def parameter_count(config: dict) -> int:
-    H, I, V, L = (config[k] for k in ("hidden_size", "intermediate_size", "vocab_size", "num_hidden_layers"))
-    per_layer = 4 * H + (3 * H * H + 3 * H) + (H * H + H) + (I * H + I) + (H * I + H)
+    H, F, V, L = (config[k] for k in ("hidden_size", "intermediate_size", "vocab_size", "num_hidden_layers"))
+    per_layer = 4 * H + (3 * H * H + 3 * H) + (H * H + H) + (F * H + F) + (H * F + H)
     return 2 * V * H + L * per_layer + 2 * H
 
 
@@ -58,14 +58,14 @@ def _weights(g: torch.Generator, *shape: int) -> torch.Tensor:
 
 
 def _layer(g: torch.Generator, config: dict, i: int) -> dict[str, torch.Tensor]:
-    H, I = config["hidden_size"], config["intermediate_size"]
+    H, F = config["hidden_size"], config["intermediate_size"]
     p = f"gpt_neox.layers.{i}."
     out = {}
     for norm in ("input_layernorm", "post_attention_layernorm"):
         out[p + norm + ".weight"] = (1 + _weights(g, H).float()).to(torch.bfloat16)
         out[p + norm + ".bias"] = _weights(g, H)
     for name, (rows, cols) in {"attention.query_key_value": (3 * H, H), "attention.dense": (H, H),
-                               "mlp.dense_h_to_4h": (I, H), "mlp.dense_4h_to_h": (H, I)}.items():
+                               "mlp.dense_h_to_4h": (F, H), "mlp.dense_4h_to_h": (H, F)}.items():
         out[p + name + ".weight"] = _weights(g, rows, cols)
         out[p + name + ".bias"] = _weights(g, rows)
     return out
