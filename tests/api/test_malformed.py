@@ -12,6 +12,7 @@ from neoxserve.api.body import MAX_INTEGER_DIGITS, LongInteger, parse_json
 from neoxserve.api.errors import ApiError
 from neoxserve.api.inputs import InputPreparer
 from neoxserve.api.moderation import Moderator
+from neoxserve.api.validation import parse_request
 from neoxserve.engine.protocol import ModelInfo
 from neoxserve.model.tokenizer import Tokenizer
 
@@ -151,7 +152,7 @@ def preparer(demo_model_dir):
 
 def prepare_or_error(preparer, raw: bytes, chat: bool):
     try:
-        return preparer.prepare_now(raw, chat)
+        return preparer.prepare_now(lambda: parse_request(parse_json(raw), chat))
     except ApiError as e:
         assert e.code in DOCUMENTED, e
         assert e.message and "\n" not in e.message

@@ -19,6 +19,7 @@ from .completions import Completions
 from .errors import INTERNAL, INVALID_HTTP_METHOD, UNSUPPORTED_METHOD, ApiError, error_response
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics
+from .model_call import ModelCalls
 from .moderation import Moderator
 from .oauth import issue_token
 from . import openapi
@@ -73,8 +74,8 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     """The app over a started engine client (its model is loaded) and an open platform."""
     app = FastAPI(title="neoxserve", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics(engine_client.stats)
-    completions = Completions(settings, engine_client, platform, Moderator.from_file(settings.moderation_file),
-                              metrics)
+    calls = ModelCalls(settings, engine_client, platform, Moderator.from_file(settings.moderation_file), metrics)
+    completions = Completions(calls)
     app.state.metrics = metrics
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)   # added last: outermost, so that refusals carry the id too

@@ -43,18 +43,32 @@ def new_id() -> str:
 
 
 class ApiError(Exception):
-    """A business error: answered at HTTP 200 as `{"id", "error_code", "error_msg"}`."""
+    """An error of a model call, by its Qianfan code. The v1 routes answer it at HTTP 200 as `{"id", "error_code",
+    "error_msg"}`; the OpenAI and v2 routes with an HTTP status and their own shapes (api/http_errors.py).
 
-    def __init__(self, code: int, message: str | None = None) -> None:
+    `message` is the Qianfan wire text. `detail` names the problem where the Qianfan message is fixed (336001
+    says only "Invalid Argument"; the routes that answer with HTTP statuses say which field); `param` is the
+    request field at fault, if one is; `reason` an OpenAI-style code for a cause the status-code routes tell apart
+    (`context_length_exceeded`). A refusal by the app's limits carries `retry_after` (seconds, None when waiting
+    does not help) and the X-Ratelimit-* `headers` of its answer."""
+
+    def __init__(self, code: int, message: str | None = None, *, detail: str | None = None,
+                 param: str | None = None, reason: str | None = None, retry_after: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         if message is None:
             message = MESSAGES[code]
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.detail = detail or message
+        self.param = param
+        self.reason = reason
+        self.retry_after = retry_after
+        self.headers = headers or {}
 
 
-def out_of_range(message: str) -> ApiError:
-    return ApiError(OUT_OF_RANGE, message)
+def out_of_range(message: str, param: str | None = None, reason: str | None = None) -> ApiError:
+    return ApiError(OUT_OF_RANGE, message, param=param, reason=reason)
 
 
 def compact(obj: object) -> str:

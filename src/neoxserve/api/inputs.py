@@ -13,15 +13,19 @@ times `ModelInfo.max_prompt_tokens` characters has more tokens than the context 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..engine.client import PromptTokenizer, TooManyTokens
 from ..engine.protocol import ModelInfo
-from .body import parse_json
 from .errors import out_of_range
 from .moderation import Moderator
-from .validation import CompletionRequest, parse_request
+from .params import CONTEXT_LENGTH_EXCEEDED
+from .validation import CompletionRequest
+
+T = TypeVar("T")
 
 SMALL_BODY_BYTES = 64 * 1024
 
@@ -50,21 +54,28 @@ class InputPreparer:
         self._small = ThreadPoolExecutor(2, thread_name_prefix="inputs-small")
         self._large = ThreadPoolExecutor(1, thread_name_prefix="inputs-large")
 
-    async def prepare(self, raw: bytes, chat: bool) -> PreparedInput:
-        pool = self._small if len(raw) <= SMALL_BODY_BYTES else self._large
-        return await asyncio.get_running_loop().run_in_executor(pool, self.prepare_now, raw, chat)
+    async def run(self, body_size: int, work: Callable[[], T]) -> T:
+        """`work()` in the pool for a body of `body_size` bytes."""
+        pool = self._small if body_size <= SMALL_BODY_BYTES else self._large
+        return await asyncio.get_running_loop().run_in_executor(pool, work)
 
-    def prepare_now(self, raw: bytes, chat: bool) -> PreparedInput:
-        """The work itself, in the calling thread: ApiError for a body that is malformed or cannot fit."""
-        req = parse_request(parse_json(raw), chat)
+    async def prepare(self, body_size: int, parse: Callable[[], CompletionRequest]) -> PreparedInput:
+        return await self.run(body_size, lambda: self.prepare_now(parse))
+
+    def prepare_now(self, parse: Callable[[], CompletionRequest]) -> PreparedInput:
+        """The work itself, in the calling thread: `parse()` the body (each route has its parser), then tokenize
+        the prompt (the chat template when the request has messages); ApiError for a body that is malformed or
+        cannot fit."""
+        req = parse()
         chars = req.input_chars()
+        prompt_field = "messages" if req.messages else "prompt"
         if self.max_chars is not None and chars > self.max_chars:
             raise out_of_range(f"prompt is too long: {chars} characters, more than a context of "
                                f"{self.model.max_context} tokens can hold ({self.max_chars} characters at most "
-                               "with this model's tokenizer)")
+                               "with this model's tokenizer)", param=prompt_field, reason=CONTEXT_LENGTH_EXCEEDED)
         limit = self.model.max_prompt_tokens
         try:
-            if chat:
+            if req.messages:
                 ids = self.tokenizer.encode_chat(req.messages, req.system, max_tokens=limit)
             else:
                 ids = self.tokenizer.encode(req.prompt, max_tokens=limit)

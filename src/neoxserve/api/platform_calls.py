@@ -8,7 +8,7 @@ from typing import ParamSpec, TypeVar
 from fastapi import Request
 
 from ..platform import App, Platform
-from ..platform.errors import PlatformError
+from ..platform.errors import PlatformError, QuotaError
 from .errors import ApiError
 
 P = ParamSpec("P")
@@ -18,9 +18,11 @@ T = TypeVar("T")
 async def call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """`fn(*args)` in a worker thread: the Platform's store calls block (SQLite may wait up to its busy timeout for
     the write lock, Redis for the network), and must never stall other requests' streams. PlatformError becomes
-    the ApiError of the same code and message."""
+    the ApiError of the same code and message (with the Retry-After and X-Ratelimit-* of a QuotaError)."""
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)
+    except QuotaError as e:
+        raise ApiError(e.code, e.message, retry_after=e.retry_after, headers=e.headers) from e
     except PlatformError as e:
         raise ApiError(e.code, e.message) from e
 

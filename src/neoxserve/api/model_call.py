@@ -1,0 +1,231 @@
+"""One model call, whatever route it came through (v1, Qianfan v2, OpenAI): the steps every route shares.
+
+A route authenticates the app its own way and brings its own body parser; then `Call.prepare` finds the service,
+checks the app's permission, parses, tokenizes and runs moderation in a worker thread (api/inputs.py), fits the
+output to the service and the context, builds the engine's parameters and admits the request against the app's
+limits (reserving prompt + maximum output tokens of its TPM budget). `Call.generate` starts the engine, and the
+route renders the answer in its own shape: whole (`Call.collect`) or as stream frames (`Call.stream`). However
+the call ends, its CallLedger records it once in the app's quotas and usage, and the metrics count it under the
+route's label.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from ..config import Settings
+from ..engine.client import DeltaStream, EngineClient
+from ..engine.errors import EngineOverloaded, QueueTimeout, RequestRejected
+from ..engine.outputs import Delta
+from ..engine.sampling_params import SamplingParams
+from ..platform import App, Platform
+from .call_ledger import CallLedger
+from .errors import INTERNAL, OVERLOADED, ApiError, new_id, out_of_range
+from .metrics import Metrics
+from .inputs import InputPreparer
+from .moderation import Moderator
+from .params import max_new_tokens, sampling_params
+from .platform_calls import call
+from .responses import ClientGone, StreamResponse, unless_disconnected
+from .validation import CompletionRequest
+
+log = logging.getLogger("neoxserve.api")
+
+T = TypeVar("T")
+
+
+def engine_error(e: BaseException, request_id: str) -> ApiError:
+    """The ApiError an exception of a model call stands for; anything unexpected is logged as the bug it is and
+    becomes 336000."""
+    if isinstance(e, ApiError):
+        return e
+    if isinstance(e, (EngineOverloaded, QueueTimeout)):
+        return ApiError(OVERLOADED)
+    if isinstance(e, RequestRejected):
+        return out_of_range(str(e) or "request rejected by the engine")
+    log.error("request %s failed: %s", request_id, e, exc_info=e)
+    return ApiError(INTERNAL)
+
+
+async def _no_output(prompt_tokens: int) -> AsyncGenerator[Delta, None]:
+    """What a flagged input gets under moderation_action "empty": no generation at all."""
+    yield Delta("", "", [], prompt_tokens, 0, finished=True, finish_reason="stop")
+
+
+@dataclass
+class Prepared:
+    """An admitted request, ready for the engine."""
+
+    req: CompletionRequest
+    prompt_ids: list[int]
+    params: SamplingParams
+    is_safe: bool
+
+
+class StreamItem(Protocol):
+    """What a route streams: each item is rendered as frames once it is ready."""
+
+    @property
+    def completion_tokens(self) -> int: ...   # cumulative: what the client has received once this item is sent
+
+    @property
+    def is_end(self) -> bool: ...
+
+
+Item = TypeVar("Item", bound=StreamItem)
+
+
+class ModelCalls:
+    """The parts every model call uses; `start` begins one."""
+
+    def __init__(self, settings: Settings, engine: EngineClient, platform: Platform, moderator: Moderator,
+                 metrics: Metrics) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.platform = platform
+        self.metrics = metrics
+        self.inputs = InputPreparer(engine.tokenizer, engine.model_info, moderator)
+
+    def start(self, route: str) -> Call:
+        """A new call; `route` is its metrics label."""
+        return Call(self, route)
+
+
+class Call:
+    def __init__(self, calls: ModelCalls, route: str) -> None:
+        self.calls = calls
+        self.route = route
+        self.rid = new_id()                       # the response id, also the engine's request id
+        self.started = time.monotonic()
+        self.ledger = CallLedger(calls.platform)
+        self.headers: dict[str, str] = {}         # the answer's X-Ratelimit-* headers, once admitted
+
+    async def prepare(self, app: App, api_name: str, body_size: int, parse: Callable[[], CompletionRequest], *,
+                      completion_route: str | None = None, default_max_tokens: int | None = None) -> Prepared:
+        """Find the service, check the app's permission, then, off the event loop (api/inputs.py), `parse` the
+        body (`body_size` bytes), tokenize and run moderation; fit the output, build the engine's parameters, and
+        admit: count the call against the app's limits, reserving prompt + maximum output tokens of its TPM
+        budget. `completion_route` marks a chat call (a completion model cannot take it; the message points
+        there). `default_max_tokens` is the output limit when the request sets none (else the service's)."""
+        calls = self.calls
+        try:
+            service = await call(calls.platform.get_service, api_name)
+        except ApiError as e:
+            e.detail, e.param = f"the model {api_name!r} does not exist (no service is published as it)", "model"
+            raise
+        self.ledger.identified(app, service)
+        try:
+            await call(calls.platform.check_permission, app, service)
+        except ApiError as e:
+            e.detail, e.param = f"this app ({app.name}) may not call the model {api_name!r}", "model"
+            raise
+        info = calls.engine.model_info
+        if completion_route is not None and not info.is_chat:
+            raise out_of_range(f"the chat route needs a chat model; the model of {api_name} is a completion "
+                               f"model: use {completion_route}", param="model")
+        inputs = await calls.inputs.prepare(body_size, parse)
+        req = inputs.req
+        service_max = service.max_output_tokens or calls.settings.default_max_output_tokens
+        max_tokens = max_new_tokens(req, service_max, inputs.prompt_tokens, info, default_max_tokens)
+        # max_new_tokens refused any prompt too long to have been tokenized
+        prompt_ids = inputs.prompt_ids
+        assert prompt_ids is not None
+        params = sampling_params(req, service, max_tokens)
+        if not inputs.is_safe:
+            log.info("request %s: input flagged by moderation (action %s)", self.rid,
+                     calls.settings.moderation_action)
+        admission = await call(calls.platform.admit, app, service, len(prompt_ids) + max_tokens)
+        self.ledger.admitted(admission, len(prompt_ids))
+        self.headers = admission.rate_limit_headers()
+        return Prepared(req, prompt_ids, params, inputs.is_safe)
+
+    def generate(self, prepared: Prepared) -> DeltaStream:
+        if not prepared.is_safe and self.calls.settings.moderation_action == "empty":
+            return _no_output(len(prepared.prompt_ids))
+        return self.calls.engine.generate(self.rid, prepared.prompt_ids, prepared.params)
+
+    def _observe(self, outcome: int, completion_tokens: int = 0) -> None:
+        self.calls.metrics.observe(self.route, outcome, time.monotonic() - self.started, completion_tokens)
+
+    async def succeeded(self, completion_tokens: int) -> None:
+        """Answered in full."""
+        await self.ledger.succeeded(completion_tokens)
+        self._observe(0, completion_tokens)
+
+    async def failed(self, e: BaseException) -> ApiError:
+        """The call ends in an error before any output reached the client: record it, and return the error to
+        answer with (its headers include the answer's X-Ratelimit-* headers)."""
+        error = engine_error(e, self.rid)
+        await self.ledger.failed()
+        self._observe(error.code)
+        error.headers = {**self.headers, **error.headers}
+        return error
+
+    async def collect(self, request: Request, work: Awaitable[T]) -> T | None:
+        """The result of `work` (the whole generation), or None when the client left first (recorded: the
+        route answers 204 to nobody)."""
+        try:
+            return await unless_disconnected(work, request.receive)
+        except ClientGone:
+            await self.ledger.ended_early(0)
+            self._observe(0)
+            return None
+
+    async def stream(self, request: Request, items: AsyncGenerator[Item, None], render: Callable[[Item], bytes],
+                     error_frames: Callable[[ApiError], bytes]) -> Response:
+        """A text/event-stream answer: each item rendered as it comes. The first item is awaited before the
+        response starts, so an error before any output is raised here (the route answers it like a non-stream
+        error). An error after output ends the stream with `error_frames`. `items` is closed however the stream
+        ends (which aborts the generation) and the call is recorded once, with the tokens the client received."""
+        try:
+            first = await unless_disconnected(items.__anext__(), request.receive)
+        except ClientGone:
+            await items.aclose()
+            await self.ledger.ended_early(0)
+            self._observe(0)
+            return Response(status_code=204)
+        except BaseException:
+            await items.aclose()
+            raise
+
+        item, code, complete, finished = first, 0, False, False
+
+        async def finish() -> None:
+            """Close the generation and record the call, once: from the end of `frames`, or from the response
+            if the client left before `frames` started (then its body never runs)."""
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            await items.aclose()
+            # `item` is the last one sent: its tokens reached the client
+            if complete:
+                await self.ledger.succeeded(item.completion_tokens)
+            else:
+                await self.ledger.ended_early(item.completion_tokens)
+            self._observe(code, item.completion_tokens)
+
+        async def frames() -> AsyncGenerator[bytes, None]:
+            nonlocal item, code, complete
+            try:
+                while True:
+                    yield render(item)
+                    if item.is_end:
+                        complete = True
+                        break
+                    item = await items.__anext__()
+            except Exception as e:
+                error = engine_error(e, self.rid)
+                code = error.code
+                yield error_frames(error)
+            finally:
+                await finish()
+
+        return StreamResponse(frames(), headers=self.headers, on_close=finish)
+
