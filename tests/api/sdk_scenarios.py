@@ -94,9 +94,22 @@ def langchain_calls() -> dict:
     return {"invoke": text, "stream": pieces}
 
 
+def v2_calls() -> dict:
+    """qianfan.ChatCompletion(version=2), whole and streamed, with whatever credentials the environment holds (IAM
+    keys: the SDK fetches a bearer token from QIANFAN_IAM_BASE_URL; or a fixed QIANFAN_BEARER_TOKEN)."""
+    import qianfan
+
+    chat = qianfan.ChatCompletion(version=2)
+    messages = [{"role": "user", "content": PROMPT}]
+    v2_kw = {"max_completion_tokens": 12, "seed": 7}
+    full = body(chat.do(model=ENDPOINT, messages=messages, **v2_kw))
+    chunks = [body(r) for r in chat.do(model=ENDPOINT, messages=messages, stream=True, **v2_kw)]
+    return {"full": full, "chunks": chunks}
+
+
 SCENARIOS = {"sync": sync_calls, "async": lambda: asyncio.run(async_calls()), "one": one_call,
              "stream": stream_call, "concurrent": lambda: asyncio.run(concurrent_calls()), "error": sdk_error,
-             "langchain": langchain_calls, "bearer": bearer_token}
+             "langchain": langchain_calls, "bearer": bearer_token, "v2": v2_calls}
 
 if __name__ == "__main__":
     result = SCENARIOS[sys.argv[1]]()

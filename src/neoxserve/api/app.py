@@ -23,6 +23,7 @@ from .model_call import ModelCalls
 from .moderation import Moderator
 from .oauth import issue_token
 from . import openapi
+from .openai_routes import OPENAI_CHAT, OPENAI_COMPLETION, QIANFAN_V2_CHAT, OpenAIRoutes
 
 log = logging.getLogger("neoxserve.api")
 
@@ -76,6 +77,7 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     metrics = Metrics(engine_client.stats)
     calls = ModelCalls(settings, engine_client, platform, Moderator.from_file(settings.moderation_file), metrics)
     completions = Completions(calls)
+    openai = OpenAIRoutes(calls)
     app.state.metrics = metrics
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)   # added last: outermost, so that refusals carry the id too
@@ -107,6 +109,28 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
 
     add(COMPLETIONS_ROUTE, completion, methods=["POST"], **openapi.model_call(chat=False))
     add(CHAT_ROUTE, chat, methods=["POST"], **openapi.model_call(chat=True))
+
+    # The OpenAI and Qianfan v2 routes (api/openai_routes.py).
+    async def models(request: Request) -> Response:
+        return await openai.models(request)
+
+    async def model(request: Request, model: str) -> Response:
+        return await openai.models(request, model)
+
+    async def openai_completion(request: Request) -> Response:
+        return await openai.handle(request, OPENAI_COMPLETION)
+
+    async def openai_chat(request: Request) -> Response:
+        return await openai.handle(request, OPENAI_CHAT)
+
+    async def v2_chat(request: Request) -> Response:
+        return await openai.handle(request, QIANFAN_V2_CHAT)
+
+    add("/v1/models", models, methods=["GET"], include_in_schema=False)
+    add("/v1/models/{model:path}", model, methods=["GET"], include_in_schema=False)
+    add("/v1/completions", openai_completion, methods=["POST"], include_in_schema=False)
+    add("/v1/chat/completions", openai_chat, methods=["POST"], include_in_schema=False)
+    add("/v2/chat/completions", v2_chat, methods=["POST"], include_in_schema=False)
 
     async def wrong_method(request: Request) -> Response:
         metrics.observe("other", INVALID_HTTP_METHOD, 0.0)

@@ -103,6 +103,17 @@ def boolean(body: Body, name: str) -> bool | None:
     return value
 
 
+def prompt(value: object, expected: str = "a string") -> str:
+    """A completion's `prompt`: present, a string, not empty."""
+    if value is None:
+        raise bad_type("prompt", "present")
+    if not isinstance(value, str):
+        raise bad_type("prompt", expected)
+    if not value:
+        raise out_of_range("prompt is empty", param="prompt")
+    return text("prompt", value)
+
+
 def in_range(name: str, value: float | None, low: float, high: float, rule: str | None = None) -> None:
     """336003 unless low <= value <= high (NaN is never in range)."""
     if value is not None and not low <= value <= high:

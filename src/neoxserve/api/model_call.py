@@ -140,7 +140,8 @@ class Call:
         if not inputs.is_safe:
             log.info("request %s: input flagged by moderation (action %s)", self.rid,
                      calls.settings.moderation_action)
-        admission = await call(calls.platform.admit, app, service, len(prompt_ids) + max_tokens)
+        # every sample may write max_tokens; the prompt is read once
+        admission = await call(calls.platform.admit, app, service, len(prompt_ids) + req.n * max_tokens)
         self.ledger.admitted(admission, len(prompt_ids))
         self.headers = admission.rate_limit_headers()
         return Prepared(req, prompt_ids, params, inputs.is_safe)

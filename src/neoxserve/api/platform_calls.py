@@ -8,7 +8,7 @@ from typing import ParamSpec, TypeVar
 from fastapi import Request
 
 from ..platform import App, Platform
-from ..platform.errors import PlatformError, QuotaError
+from ..platform.errors import INVALID_PARAMETER, MESSAGES, TOKEN_EXPIRED, TOKEN_INVALID, PlatformError, QuotaError
 from .errors import ApiError
 
 P = ParamSpec("P")
@@ -35,3 +35,31 @@ async def authenticate(platform: Platform, request: Request) -> App:
                           request.query_params, request.headers)
     # the platform answers a missing or malformed token with 100
     return await call(platform.authenticate_token, request.query_params.get("access_token"))
+
+
+# What the HTTP-status routes say about a refused bearer credential (v1 sends Qianfan's fixed text).
+BEARER_REFUSALS = {
+    INVALID_PARAMETER: "the bearer token is malformed: expected an API key (bce-v3/ALTAK-...)",
+    TOKEN_INVALID: "the API key or bearer token is unknown or revoked",
+    TOKEN_EXPIRED: "the API key or bearer token has expired",
+}
+
+
+async def authenticate_bearer(platform: Platform, request: Request) -> App:
+    """The calling app of the OpenAI and v2 routes: `Authorization: Bearer <API key or bearer token>`. A key
+    belongs to one app; an `appid` header (Qianfan v2: the app that usage goes to) must name that app."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(INVALID_PARAMETER, MESSAGES[INVALID_PARAMETER],
+                       detail="the Authorization header must be 'Bearer <API key>'")
+    try:
+        app = await call(platform.authenticate_bearer, token.strip())
+    except ApiError as e:
+        e.detail = BEARER_REFUSALS.get(e.code, e.detail)
+        raise
+    appid = request.headers.get("appid")
+    if appid is not None and appid.strip() != str(app.id):
+        raise ApiError(TOKEN_INVALID, MESSAGES[TOKEN_INVALID],
+                       detail=f"the appid header is {appid.strip()[:32]!r}, but the key belongs to the app with id "
+                              f"{app.id}")
+    return app

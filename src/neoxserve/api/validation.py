@@ -13,13 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import fields
-from .errors import out_of_range
 
 
 @dataclass
 class CompletionRequest:
     prompt: str = ""                               # completion route
-    prompt_ids: list[int] | None = None            # a prompt given as token ids (OpenAI completions)
     messages: list[dict[str, str]] = field(default_factory=list)  # chat route
     system: str | None = None
     stream: bool = False
@@ -32,6 +30,13 @@ class CompletionRequest:
     max_tokens_name: str = "max_output_tokens"     # the field the client set it with, for error messages
     seed: int | None = None
     user_id: str | None = None
+    # the OpenAI and Qianfan v2 routes (api/openai_requests.py); the defaults are the v1 routes' behaviour
+    n: int = 1                                     # samples of the prompt (OpenAI choices)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None                    # None = off; k = the chosen token's logprob + the k most likely
+    echo: bool = False                             # completions: the answer's text starts with the prompt
+    include_usage: bool = False                    # stream_options.include_usage: a last frame with the usage
 
     def input_text(self) -> str:
         """Everything the caller wrote, for moderation."""
@@ -69,14 +74,7 @@ def parse_request(value: object, chat: bool) -> CompletionRequest:
         req.messages = _messages(body)
         req.system = fields.string(body, "system")
     else:
-        prompt = body.get("prompt")
-        if prompt is None:
-            raise fields.bad_type("prompt", "present")
-        if not isinstance(prompt, str):
-            raise fields.bad_type("prompt", "a string")
-        if not prompt:
-            raise out_of_range("prompt is empty", param="prompt")
-        req.prompt = fields.text("prompt", prompt)
+        req.prompt = fields.prompt(body.get("prompt"))
 
     req.stream = bool(fields.boolean(body, "stream"))
     req.temperature = fields.sampling_number(body, "temperature")

@@ -1,0 +1,124 @@
+"""The OpenAI routes (`GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions`) and Qianfan v2's
+`POST /v2/chat/completions` (docs/api.md, "OpenAI routes" and "Qianfan v2").
+
+They authenticate with `Authorization: Bearer` (an API key or an IAM bearer token), read the service from the
+body's `model`, answer in OpenAI's shape and report errors with HTTP statuses (api/http_errors.py). Everything in
+between (admission against the app's limits, the engine call, settlement, usage, metrics) is the model call every
+route shares (api/model_call.py): an app's quotas and usage are the same whichever route a request came through.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from ..platform.errors import API_NAME_NOT_EXIST, MESSAGES
+from . import fields
+from .body import parse_json
+from .errors import ApiError, compact
+from .fields import Body
+from .http_errors import openai_error_body, openai_error_response, v2_error_body, v2_error_response
+from .model_call import ModelCalls
+from .openai_answers import Kind, Renderer, collect, error_frames, pieces
+from .openai_requests import (OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS, model_name, openai_chat, openai_completion,
+                              qianfan_v2_chat)
+from .platform_calls import authenticate_bearer, call
+from .validation import CompletionRequest
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What differs between the OpenAI routes and Qianfan v2: the body parser, the answer's id, the error shape,
+    the extra fields of a choice."""
+
+    route: str                                     # the metrics label
+    kind: Kind
+    parse: Callable[[Body], CompletionRequest]
+    id_prefix: str                                 # before the response id's 10 characters
+    qianfan: bool                                  # Qianfan v2 (its error shape, flag and ban_round) or OpenAI
+    completion_route: str | None = None            # where a completion model's callers go instead (chat only)
+    default_max_tokens: int | None = None          # when the request sets none (else the service's limit)
+
+    def response_id(self, rid: str) -> str:
+        return self.id_prefix + rid.removeprefix("as-")
+
+    def error_response(self, error: ApiError, rid: str) -> Response:
+        return v2_error_response(error, rid) if self.qianfan else openai_error_response(error)
+
+    def error_body(self, error: ApiError, rid: str) -> dict[str, object]:
+        return v2_error_body(error, rid) if self.qianfan else openai_error_body(error)
+
+
+OPENAI_CHAT = Protocol("openai_chat", "chat", openai_chat, "chatcmpl-", qianfan=False,
+                       completion_route="/v1/completions")
+OPENAI_COMPLETION = Protocol("openai_completions", "completion", openai_completion, "cmpl-", qianfan=False,
+                             default_max_tokens=OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS)
+QIANFAN_V2_CHAT = Protocol("v2_chat", "chat", qianfan_v2_chat, "as-", qianfan=True,
+                           completion_route="/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/{model}")
+
+
+def _safety(is_safe: bool) -> dict[str, Any]:
+    """Qianfan v2's per-choice moderation fields: flag 0 is safe, 1 a flagged input; ban_round -1 is the current
+    question."""
+    return {"flag": 0 if is_safe else 1, "ban_round": -1}
+
+
+class OpenAIRoutes:
+    def __init__(self, calls: ModelCalls) -> None:
+        self.calls = calls
+
+    async def models(self, request: Request, model: str | None = None) -> Response:
+        """The services the key's app may call, as OpenAI models (or the one named `model`)."""
+        started = time.monotonic()
+        try:
+            app = await authenticate_bearer(self.calls.platform, request)
+            services = await call(self.calls.platform.list_services)
+            data = [{"id": s.api_name, "object": "model", "created": int(s.created_at), "owned_by": "neoxserve"}
+                    for s in services if s.api_name in app.services]
+            answer: dict[str, Any] = {"object": "list", "data": data}
+            if model is not None:
+                found = [entry for entry in data if entry["id"] == model]
+                if not found:
+                    raise ApiError(API_NAME_NOT_EXIST, MESSAGES[API_NAME_NOT_EXIST], param="model",
+                                   detail=f"the model {model!r} does not exist or this key's app may not call it")
+                answer = found[0]
+            outcome = 0
+            response: Response = JSONResponse(answer)
+        except ApiError as e:
+            outcome = e.code
+            response = openai_error_response(e)
+        self.calls.metrics.observe("openai_models", outcome, time.monotonic() - started)
+        return response
+
+    async def handle(self, request: Request, protocol: Protocol) -> Response:
+        c = self.calls.start(protocol.route)
+        try:
+            app = await authenticate_bearer(self.calls.platform, request)
+            raw = await request.body()
+            # the body is read before the service: `model` names it
+            body = fields.json_object(await self.calls.inputs.run(len(raw), lambda: parse_json(raw)))
+            model = model_name(body)
+            completion_route = protocol.completion_route
+            prepared = await c.prepare(app, model, len(raw), lambda: protocol.parse(body),
+                                       completion_route=completion_route and completion_route.format(model=model),
+                                       default_max_tokens=protocol.default_max_tokens)
+            req = prepared.req
+            renderer = Renderer(protocol.kind, protocol.response_id(c.rid), model, req.include_usage,
+                                _safety(prepared.is_safe) if protocol.qianfan else {},
+                                echo=req.prompt if req.echo else "")
+            deltas = c.generate(prepared)
+            if req.stream:
+                return await c.stream(request, pieces(deltas, req.n), renderer.frames,
+                                      lambda error: error_frames(protocol.error_body(error, c.rid)))
+            answer = await c.collect(request, collect(deltas, req.n))
+            if answer is None:
+                return Response(status_code=204)
+            await c.succeeded(answer.completion_tokens)
+            return Response(compact(renderer.whole(answer)), media_type="application/json", headers=c.headers)
+        except Exception as e:
+            error = await c.failed(e)
+            return protocol.error_response(error, c.rid)
