@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import time
 
+import httpx
 import openai
 import pytest
 from langchain_openai import ChatOpenAI, OpenAI
@@ -126,3 +128,32 @@ def test_qianfan_sdk_v2_with_iam_keys(server):
 
 def test_qianfan_sdk_v2_with_a_fixed_bearer_key(server, key):
     _check_v2(run(server, "v2", QIANFAN_BEARER_TOKEN=key))
+
+
+def test_rpm_7_across_the_new_routes_with_50_simultaneous_requests(server):
+    """One app's RPM budget is shared by the OpenAI and v2 routes: of 50 simultaneous requests spread over the
+    three, exactly 7 are served and 43 refused with 429 and Retry-After."""
+    with server.platform() as platform:
+        app = platform.create_app(f"rpm7-{secrets.token_hex(3)}", services=["demo"], limits=Limits(rpm=7))
+        key = platform.create_api_key(app.name).key
+    calls = [("/v1/completions", {"model": "demo", "prompt": "hi", "max_tokens": 1}),
+             ("/v1/chat/completions", {"model": "demo", "messages": MESSAGES, "max_tokens": 1}),
+             ("/v2/chat/completions", {"model": "demo", "messages": MESSAGES, "max_completion_tokens": 1})]
+
+    async def burst():
+        limits = httpx.Limits(max_connections=60, max_keepalive_connections=60)
+        async with httpx.AsyncClient(limits=limits, timeout=120, headers={"Authorization": f"Bearer {key}"}) as c:
+            await asyncio.gather(*(c.get(server.base_url + "/health") for _ in range(50)))
+            return await asyncio.gather(*(c.post(server.base_url + calls[i % 3][0], json=calls[i % 3][1])
+                                          for i in range(50)))
+
+    if time.time() % 60 > 40:      # the whole burst inside one minute
+        time.sleep(61 - time.time() % 60)
+    responses = asyncio.run(burst())
+    assert sorted(r.status_code for r in responses) == [200] * 7 + [429] * 43
+    refused = [r for r in responses if r.status_code == 429]
+    assert all(0 < int(r.headers["retry-after"]) <= 60 for r in refused)
+    assert all(r.json()["error"]["message"] == "Rate limit reached for RPM" for r in refused)
+    with server.platform() as platform:
+        [row] = platform.usage(app=app.name)
+    assert (row.succeeded, row.failed) == (7, 43)
