@@ -200,8 +200,12 @@ def test_completion_refusals_name_the_field(setup, body, message, param):
 
 def test_context_length_exceeded(setup):
     s = setup()
-    openai_error(s.completion(prompt="x" * 100), 400, "prompt is too long: 100 tokens, the model context is 64 "
-                 "tokens", "invalid_request_error", "prompt", "context_length_exceeded")
+    openai_error(s.completion(prompt="x" * 100), 400, "prompt is too long: 100 characters, more than a context of "
+                 "64 tokens can hold (63 characters at most with this model's tokenizer)", "invalid_request_error",
+                 "prompt", "context_length_exceeded")
+    openai_error(s.completion(prompt="x" * 40, max_tokens=30), 400, "prompt is too long: 40 prompt tokens + 30 "
+                 "max_tokens exceed the model context of 64 tokens", "invalid_request_error", "prompt",
+                 "context_length_exceeded")
 
 
 def test_model_permission_and_auth_errors(setup):
@@ -317,3 +321,18 @@ def test_one_apps_usage_counts_calls_from_every_route(setup):
     assert s.chat(temperature=9).status_code == 400          # a failed call of the app, after the service is known
     [row] = s.platform.usage(app="default")
     assert (row.succeeded, row.failed, row.completion_tokens) == (4, 1, 2 + 3 + 4 + 5)
+
+
+def test_a_body_over_the_limit_is_413_in_the_routes_shape(tmp_path):
+    settings = Settings(data_dir=tmp_path, max_body_bytes=200)
+    with Platform.open(settings, clock=lambda: NOW) as platform:
+        platform.bootstrap("svc", "fake")
+        client = TestClient(create_app(settings, FakeEngine(), platform))
+        big = {"model": "svc", "messages": [{"role": "user", "content": "x" * 300}]}
+        message = "request body is larger than 200 bytes, the limit set by max_body_bytes"
+        openai_error(client.post("/v1/chat/completions", json=big), 413, message, "invalid_request_error", None,
+                     "request_too_large")
+        r = client.post("/v2/chat/completions", json=big)
+        assert r.status_code == 413 and r.headers["connection"] == "close"
+        assert r.json()["error"] == {"code": "request_too_large", "message": message,
+                                     "type": "invalid_request_error"}

@@ -41,4 +41,4 @@ def parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw, parse_int=_parse_int)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ApiError(INVALID_JSON) from None
+        raise ApiError(INVALID_JSON, detail="the body is not valid JSON") from None

@@ -11,6 +11,7 @@ The answer depends on the route family (docs/api.md, "Limits"), in that family's
 - `/rpc/...` (the Qianfan routes): business error 336003 at HTTP 200, since the SDK treats any other status as a
   transport failure;
 - `/v1/BCE-BEARER/...` (the IAM bearer-token route): HTTP 413 in BCE's shape, code `EntityTooLarge`;
+- the OpenAI and Qianfan v2 model routes: HTTP 413 in their error shapes, code `request_too_large`;
 - every other path (the OAuth token route, /health, ...): HTTP 413 with the OAuth error shape the token route uses.
 
 A refusal here comes before authentication: no app is known, so the call ledger records nothing.
@@ -24,7 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..platform.errors import BceError, OAuthError
 from .errors import bce_error_response, error_response, oauth_error_response, out_of_range
+from .http_errors import too_large_response
 from .metrics import Metrics
+from .openai_routes import ROUTES
 
 QIANFAN_PREFIX = "/rpc/"
 BCE_PREFIX = "/v1/BCE-BEARER/"
@@ -41,6 +44,8 @@ def route_label(path: str) -> str:
         return "oauth"
     if path.startswith(BCE_PREFIX):
         return "bearer_token"
+    if path in ROUTES:
+        return ROUTES[path].route
     for kind in ("completions", "chat"):
         if path.startswith(f"/rpc/2.0/ai_custom/v1/wenxinworkshop/{kind}/"):
             return kind
@@ -96,6 +101,8 @@ class BodyLimitMiddleware:
         if path.startswith(QIANFAN_PREFIX):
             error = out_of_range(message)
             response, outcome = error_response(error), str(error.code)
+        elif path in ROUTES:
+            response, outcome = too_large_response(message, ROUTES[path].qianfan), "413"
         elif path.startswith(BCE_PREFIX):
             response = bce_error_response(BceError(413, BCE_TOO_LARGE, message), str(uuid.uuid4()))
             outcome = BCE_TOO_LARGE

@@ -61,6 +61,11 @@ QIANFAN_V2_CHAT = Protocol("v2_chat", "chat", qianfan_v2_chat, "as-", qianfan=Tr
                            completion_route="/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/{model}")
 
 
+# path -> metrics label; api/app.py routes them, api/limits.py labels its refusals with them
+ROUTES = {"/v1/completions": OPENAI_COMPLETION, "/v1/chat/completions": OPENAI_CHAT,
+          "/v2/chat/completions": QIANFAN_V2_CHAT}
+
+
 def _safety(is_safe: bool) -> dict[str, Any]:
     """Qianfan v2's per-choice moderation fields: flag 0 is safe, 1 a flagged input; ban_round -1 is the current
     question."""
