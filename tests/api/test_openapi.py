@@ -23,7 +23,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_headers_conformance,
                                                response_schema_conformance, status_code_conformance)
 
-from neoxserve.api import openapi
+from neoxserve.api import openai_openapi, openapi
 from neoxserve.api.app import create_app
 from neoxserve.config import Settings
 from neoxserve.platform import Limits
@@ -39,7 +39,9 @@ RATE_HEADERS = ["X-Ratelimit-Limit-Requests", "X-Ratelimit-Remaining-Requests", 
                 "X-Ratelimit-Remaining-Tokens"]
 # examples per operation and generation mode: the two model calls get most (they have the most to get wrong)
 EXAMPLES = {("model", GenerationMode.POSITIVE): 60, ("model", GenerationMode.NEGATIVE): 40,
+            ("openai", GenerationMode.POSITIVE): 20, ("openai", GenerationMode.NEGATIVE): 12,
             ("other", GenerationMode.POSITIVE): 8, ("other", GenerationMode.NEGATIVE): 4}
+OPENAI_PATHS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/v2/chat/completions")
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,7 @@ def document(server) -> dict:
 @dataclass(frozen=True)
 class FuzzApp:
     token: str
+    api_key: str                 # a bearer key, for the OpenAI and v2 routes
     access_key: str
     secret_access_key: str
 
@@ -63,9 +66,10 @@ def fuzz_app(server) -> FuzzApp:
         platform.publish(FUZZ_SERVICE, "demo", max_output_tokens=4)
         keys = platform.create_app(f"fuzz-{secrets.token_hex(3)}", services=[FUZZ_SERVICE],
                                    limits=Limits(rpm=100_000, tpm=100_000_000))
+        api_key = platform.create_api_key(keys.name).key
     finally:
         platform.close()
-    return FuzzApp(server.token(keys.api_key, keys.secret_key), keys.access_key, keys.secret_access_key)
+    return FuzzApp(server.token(keys.api_key, keys.secret_key), api_key, keys.access_key, keys.secret_access_key)
 
 
 def test_document_describes_every_route_and_method(document):
@@ -132,6 +136,26 @@ def test_document_lists_the_bearer_token_routes_bce_shapes(document):
             "X-Baidu-Request-Id", "X-Bce-Request-Id", "X-Bce-Error-Code", "X-Bce-Error-Message"}
 
 
+def test_document_lists_the_openai_and_v2_routes(document):
+    paths = document["paths"]
+    assert set(paths["/v1/models"]) == set(paths["/v1/models/{model}"]) == {"get"}
+    schema_of = {"/v1/completions": ("OpenAICompletionBody", "CompletionAnswer", "OpenAIError"),
+                 "/v1/chat/completions": ("OpenAIChatBody", "ChatAnswer", "OpenAIError"),
+                 "/v2/chat/completions": ("V2ChatBody", "ChatAnswer", "V2Error")}
+    for path, (body, answer, error) in schema_of.items():
+        assert set(paths[path]) == {"post"}
+        post = paths[path]["post"]
+        assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/" + body)
+        answers = post["responses"]
+        assert sorted(answers) == ["200", "400", "401", "403", "404", "413", "429", "500", "503"]
+        assert answers["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/" + answer)
+        assert "text/event-stream" in answers["200"]["content"]
+        for status in ("400", "401", "413", "429", "503"):
+            assert answers[status]["content"]["application/json"]["schema"]["$ref"].endswith("/" + error)
+        assert {"Retry-After", *RATE_HEADERS} <= set(answers["429"]["headers"])
+    assert "appid" in {p["name"] for p in paths["/v2/chat/completions"]["post"]["parameters"]}
+
+
 def test_every_answer_documents_the_request_id_header(document):
     for path, item in document["paths"].items():
         for method, operation in item.items():
@@ -143,21 +167,46 @@ def test_documented_ranges_are_the_validation_rules():
     """The body models only describe; SAMPLING_RULES decides. Their bounds must agree at every edge."""
     from neoxserve.platform.records import SAMPLING_RULES
 
-    fields = openapi.CompletionBody.model_json_schema()["properties"]
-    for name, (integer, _, ok) in SAMPLING_RULES.items():
-        schema = next(s for s in fields[name]["anyOf"] if s["type"] != "null")
-        assert schema["type"] == ("integer" if integer else "number")
-        for bound, inside in (("minimum", True), ("exclusiveMinimum", False), ("maximum", True),
-                              ("exclusiveMaximum", False)):
-            if bound in schema:
-                edge = schema[bound]
-                assert ok(edge) is inside, (name, bound)
-                step = 1 if integer else 1e-9
-                assert ok(edge + step if "inimum" in bound else edge - step), (name, bound)
+    checked = set()
+    for body, renamed in ((openapi.CompletionBody, {}), (openai_openapi.V2ChatBody, {"max_output_tokens":
+                                                                                      "max_completion_tokens"})):
+        fields = body.model_json_schema()["properties"]
+        for name, (integer, _, ok) in SAMPLING_RULES.items():
+            if renamed.get(name, name) not in fields:
+                continue
+            checked.add(name)
+            schema = next(s for s in fields[renamed.get(name, name)]["anyOf"] if s["type"] != "null")
+            assert schema["type"] == ("integer" if integer else "number")
+            for bound, inside in (("minimum", True), ("exclusiveMinimum", False), ("maximum", True),
+                                  ("exclusiveMaximum", False)):
+                if bound in schema:
+                    edge = schema[bound]
+                    assert ok(edge) is inside, (name, bound)
+                    step = 1 if integer else 1e-9
+                    assert ok(edge + step if "inimum" in bound else edge - step), (name, bound)
+    assert checked == set(SAMPLING_RULES)
 
 
-def _model_call(operation) -> bool:
-    return operation.method.upper() == "POST" and "{api_name}" in operation.path
+def _kind(operation) -> str:
+    if operation.method.upper() == "POST" and "{api_name}" in operation.path:
+        return "model"
+    return "openai" if operation.path.startswith(OPENAI_PATHS) else "other"
+
+
+def _check_openai_stream(text: str, chunk: type, cut_short: bool) -> None:
+    """Frames exactly `data: <JSON>` and a blank line, the last `data: [DONE]`; an error frame only before it.
+    schemathesis stops reading a stream after 20 events (`cut_short`): then only the frames read are checked."""
+    frames = text.split("\n\n")
+    if cut_short:
+        frames = [*frames[:-1], "data: [DONE]", ""]   # the frames it read in full
+    assert frames[-1] == "" and frames[-2] == "data: [DONE]", text[-200:]
+    for i, f in enumerate(frames[:-2]):
+        assert f.startswith("data: {") and "\n" not in f, f
+        body = json.loads(f[len("data: "):])
+        if "error" in body:
+            assert i == len(frames) - 3
+        else:
+            chunk.model_validate(body)
 
 
 def _check_stream(text: str) -> None:
@@ -189,7 +238,7 @@ def _sign_bearer_request(case, app: FuzzApp, port: int) -> None:
 def fuzz(operation, mode: GenerationMode, server, app: FuzzApp, calls: dict[str, int]):
     """A hypothesis test of one operation: call it, validate the answer against the document."""
 
-    @settings(max_examples=EXAMPLES["model" if _model_call(operation) else "other", mode], deadline=None,
+    @settings(max_examples=EXAMPLES[_kind(operation), mode], deadline=None,
               database=None, suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy(generation_mode=mode), authenticated=st.sampled_from([True, True, False]))
     def run(case, authenticated):
@@ -199,12 +248,24 @@ def fuzz(operation, mode: GenerationMode, server, app: FuzzApp, calls: dict[str,
                 case.path_parameters["api_name"] = FUZZ_SERVICE
         if operation.path == BEARER_ROUTE and authenticated:
             _sign_bearer_request(case, app, server.port)
+        if operation.path.startswith(OPENAI_PATHS) and authenticated:
+            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {app.api_key}"}
+            case.headers.pop("appid", None)
+            if isinstance(case.body, dict) and "model" in case.body:
+                case.body["model"] = FUZZ_SERVICE
+            if "model" in (case.path_parameters or {}):
+                case.path_parameters["model"] = FUZZ_SERVICE
         response = case.call(base_url=server.base_url, timeout=30)
         label = f"{operation.label} {response.status_code}"
         calls[label] = calls.get(label, 0) + 1
         case.validate_response(response, checks=CHECKS)
         if response.headers.get("content-type", [""])[0].startswith("text/event-stream"):
-            _check_stream(response.text)
+            if operation.path.startswith(OPENAI_PATHS):
+                _check_openai_stream(response.text, openai_openapi.CompletionAnswer
+                                     if operation.path == "/v1/completions" else openai_openapi.ChatChunk,
+                                     response.stream_cut_short)
+            else:
+                _check_stream(response.text)
 
     return run
 
@@ -217,9 +278,9 @@ def test_fuzz_every_operation_with_schemathesis(server, document, fuzz_app, mode
     for result in schema.get_all_operations():
         operation = result.ok()
         if mode is GenerationMode.NEGATIVE and (operation.path == "/rpc/{rest}" or not operation.path.startswith(
-                ("/rpc/", "/oauth/", "/v1/"))):
-            # the probes take no input to get wrong; a /rpc/{rest} parameter breaking its pattern may hold "..",
-            # which HTTP clients resolve away from /rpc/
+                ("/rpc/", "/oauth/", "/v1/", "/v2/")) or operation.path.startswith("/v1/models")):
+            # the probes and /v1/models take no input to get wrong (a header, a path string); a /rpc/{rest}
+            # parameter breaking its pattern may hold "..", which HTTP clients resolve away from /rpc/
             continue
         fuzz(operation, mode, server, fuzz_app, calls)()
     print(f"{mode.value}: {sum(calls.values())} calls in {time.monotonic() - started:.0f} s: {calls}")

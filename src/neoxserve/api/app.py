@@ -22,7 +22,7 @@ from .metrics import Metrics
 from .model_call import ModelCalls
 from .moderation import Moderator
 from .oauth import issue_token
-from . import openapi
+from . import openai_openapi, openapi
 from .openai_routes import OPENAI_CHAT, OPENAI_COMPLETION, QIANFAN_V2_CHAT, OpenAIRoutes
 
 log = logging.getLogger("neoxserve.api")
@@ -126,11 +126,11 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     async def v2_chat(request: Request) -> Response:
         return await openai.handle(request, QIANFAN_V2_CHAT)
 
-    add("/v1/models", models, methods=["GET"], include_in_schema=False)
-    add("/v1/models/{model:path}", model, methods=["GET"], include_in_schema=False)
-    add("/v1/completions", openai_completion, methods=["POST"], include_in_schema=False)
-    add("/v1/chat/completions", openai_chat, methods=["POST"], include_in_schema=False)
-    add("/v2/chat/completions", v2_chat, methods=["POST"], include_in_schema=False)
+    add("/v1/models", models, methods=["GET"], **openai_openapi.models(one=False))
+    add("/v1/models/{model}", model, methods=["GET"], **openai_openapi.models(one=True))
+    add("/v1/completions", openai_completion, methods=["POST"], **openai_openapi.openai_call(chat=False))
+    add("/v1/chat/completions", openai_chat, methods=["POST"], **openai_openapi.openai_call(chat=True))
+    add("/v2/chat/completions", v2_chat, methods=["POST"], **openai_openapi.v2_chat())
 
     async def wrong_method(request: Request) -> Response:
         metrics.observe("other", INVALID_HTTP_METHOD, 0.0)

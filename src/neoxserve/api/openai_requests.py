@@ -39,7 +39,7 @@ def model_name(body: Body) -> str:
 def _content(value: object, where: str) -> str:
     """A message's content: a string, or OpenAI's list of content parts of which only text parts are taken."""
     if isinstance(value, str):
-        return value
+        return fields.text(where, value)
     if isinstance(value, list):
         texts = []
         for i, part in enumerate(value):
@@ -51,7 +51,7 @@ def _content(value: object, where: str) -> str:
             text = part.get("text")
             if not isinstance(text, str):
                 raise fields.bad_type(f"{where}[{i}].text", "a string")
-            texts.append(text)
+            texts.append(fields.text(f"{where}[{i}].text", text))
         return "".join(texts)
     raise fields.bad_type(where, "a string or a list of content parts")
 
@@ -70,7 +70,7 @@ def chat_messages(body: Body, qianfan_turns: bool) -> tuple[str | None, list[dic
     for i, m in enumerate(value):
         if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
             raise fields.bad_type(f"messages[{i}]", "an object with a string role")
-        role = m["role"]
+        role = fields.text(f"messages[{i}].role", m["role"])
         if m.get("tool_calls") or role in ("tool", "function"):
             raise out_of_range(f"messages[{i}] is a tool call or result: this model does not call tools",
                                param="messages")

@@ -178,6 +178,13 @@ def json_body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
                             "content": {"application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}}}}
 
 
+def component(model: type[BaseModel]) -> dict[str, str]:
+    """A reference to `model`, which `install` adds to the components (for schemas FastAPI does not see, such as a
+    stream event's data)."""
+    _json_bodies[model.__name__] = model
+    return {"$ref": REF.format(model=model.__name__)}
+
+
 def _param(name: str, where: str, description: str, **schema: Any) -> dict[str, Any]:
     return {"name": name, "in": where, "required": False, "description": description,
             "schema": {"type": "string", **schema}}
