@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     torch_threads: int = Field(0, ge=0, description="threads for the engine's torch ops; 0 = all cores")
+    quantization: Literal["none", "int8", "int4"] = Field(
+        "none", description="weight-only quantization of every linear, done while loading; a directory written by "
+        "`neoxserve quantize` loads as stored")
+    quantization_group_size: Literal[32, 64, 128, 256] = Field(
+        128, description="int4: input columns that share one scale and zero")
 
     # service
     host: str = "127.0.0.1"

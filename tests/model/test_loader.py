@@ -251,25 +251,28 @@ def anon():
         if line.startswith("RssAnon:"):
             return int(line.split()[1]) * 1024
 from neoxserve.model.loader import load_model
+from neoxserve.model.quant_format import QuantConfig
 load_model(sys.argv[1], dtype="float32")  # warm up: one-time allocations of torch, tokenizers, safetensors
 base, peak, done = anon(), [0], []
 def poll():
     while not done:
         peak[0] = max(peak[0], anon())
         time.sleep(0.0005)
-thread = threading.Thread(target=poll)
+thread = threading.Thread(target=poll, daemon=True)
 thread.start()
-loaded = load_model(sys.argv[1], dtype="bfloat16")
+loaded = load_model(sys.argv[1], dtype=sys.argv[2], quantization=QuantConfig(sys.argv[3], 128))
 done.append(1)
 thread.join()
-print(json.dumps({"peak_growth": peak[0] - base,
-                  "params": sum(p.numel() * p.element_size() for p in loaded.model.parameters())}))
+state = loaded.model.state_dict().values()
+print(json.dumps({"peak_growth": peak[0] - base, "params": sum(t.numel() * t.element_size() for t in state)}))
 """
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
-def test_bf16_load_of_fp32_checkpoint_never_holds_a_fp32_copy(fmt, tmp_path, tokenizer_json):
-    """Peak anonymous memory while loading stays near the bf16 model, far below bf16 + a fp32 copy."""
+@pytest.mark.parametrize("dtype,quantization", [("bfloat16", "none"), ("float32", "int8"), ("float32", "int4")])
+def test_load_of_fp32_checkpoint_never_holds_a_fp32_copy(fmt, dtype, quantization, tmp_path, tokenizer_json):
+    """Peak anonymous memory while loading stays near the loaded model (bf16, or int8 / int4 linears), far below
+    it + a fp32 copy of the checkpoint."""
     import subprocess
     import sys
 
@@ -286,8 +289,10 @@ def test_bf16_load_of_fp32_checkpoint_never_holds_a_fp32_copy(fmt, tmp_path, tok
     (tmp_path / "config.json").write_text(json.dumps(config))
     shutil.copy(tokenizer_json, tmp_path / "tokenizer.json")
 
-    out = subprocess.run([sys.executable, "-c", _PEAK_RSS_SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run([sys.executable, "-c", _PEAK_RSS_SCRIPT, str(tmp_path), dtype, quantization],
+                         capture_output=True, text=True, check=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
-    assert result["params"] == fp32_bytes // 2
-    assert result["peak_growth"] < result["params"] + fp32_bytes // 4, result
+    # of the fp32 bytes: bf16; int8; int4 plus a scale and a zero (4 bytes each) per group of 128
+    loaded_fraction = {"none": 1 / 2, "int8": 1 / 4, "int4": 1 / 8 + 1 / 64}[quantization]
+    assert result["params"] < fp32_bytes * loaded_fraction * 1.1
+    assert result["peak_growth"] < result["params"] + fp32_bytes // 8, result

@@ -20,6 +20,8 @@ class EngineConfig:
     device: str                    # auto, cpu, cuda or cuda:N
     dtype: str                     # auto, float32, bfloat16, float16
     torch_threads: int             # 0 = torch's default (all cores)
+    quantization: str              # none, int8, int4 (model/quant_format.py)
+    quantization_group_size: int   # int4: input columns sharing one scale and zero
     # KV cache and scheduler
     kv_cache_memory_mb: int        # 0 = auto (engine/kv_cache.py)
     kv_block_size: int

@@ -69,10 +69,12 @@ class LLMEngine:
         import torch
 
         from neoxserve.model.loader import load_model
+        from neoxserve.model.quant_format import QuantConfig
 
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
-        loaded = load_model(resolve_model_dir(config), resolve_device(config.device), config.dtype)
+        loaded = load_model(resolve_model_dir(config), resolve_device(config.device), config.dtype,
+                            QuantConfig(config.quantization, config.quantization_group_size))
         return cls(loaded, config)
 
     @property

@@ -4,9 +4,16 @@ The module is built on the meta device (no memory), then every checkpoint tensor
 `safe_open`, or `torch.load(mmap=True)` for pickle shards), checked against the config, converted to the target
 dtype and device, and assigned. Only one source tensor is in flight at a time, so a fp32 checkpoint becomes a bf16
 model without ever holding a fp32 copy of the whole model.
+
+With a quantization (quant_format.QuantConfig), the linears are swapped for QuantLinears (quant_linear.py) and
+each linear weight is quantized as it is read, the same one-tensor-at-a-time way. A directory written by
+`neoxserve quantize` (config.json has a `quantization_config`) holds the quantized parts already; they are
+loaded as they are, never quantized again.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -21,6 +28,8 @@ from tqdm import tqdm
 from neoxserve.model.config import NeoXConfig, UnsupportedModelError
 from neoxserve.model.neox import GPTNeoX, Linear
 from neoxserve.model.tokenizer import Tokenizer
+from neoxserve.model.quant_format import PART_DTYPES, PARTS, QuantConfig, QuantizationError, part_shapes, quantize
+from neoxserve.model.quant_linear import QuantLinear, swap_linears
 
 # Buffers some checkpoints carry that are not parameters (causal mask, rotary frequencies): skipped.
 LEGACY_SUFFIXES = (".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq")
@@ -37,9 +46,13 @@ class LoadedModel:
     config: NeoXConfig
     tokenizer: Tokenizer
     path: Path
+    quantization: QuantConfig = QuantConfig()     # what the linears hold (none, or as requested / as stored)
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype: str = "auto") -> LoadedModel:
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype: str = "auto",
+               quantization: QuantConfig | None = None) -> LoadedModel:
+    """quantization: quantize a float checkpoint while loading. A quantized directory loads as stored; asking for
+    another quantization of it is a CheckpointError (quantize the float checkpoint instead)."""
     path = Path(model_dir)
     if not path.is_dir():
         raise CheckpointError(f"model directory {path} does not exist")
@@ -49,15 +62,44 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
         raise CheckpointError(f"{tokenizer_file} is missing (the model directory needs its tokenizer.json)")
     device = torch.device(device)
     torch_dtype = resolve_dtype(dtype, config, device)
+    stored = read_quantization(path)
+    quant = resolve_quantization(path, quantization or QuantConfig(), stored)
 
     with torch.device("meta"):
-        model = GPTNeoX(config, linear_splits=linear_splits(torch_dtype, device))
-    state = load_state_dict(path, config, model, torch_dtype, device)
+        model = GPTNeoX(config, linear_splits=0 if quant.enabled else linear_splits(torch_dtype, device))
+    if quant.enabled:
+        try:
+            swap_linears(model, quant, torch_dtype, device)
+        except QuantizationError as e:
+            raise CheckpointError(f"{path / 'config.json'}: {e}") from None
+    state = load_state_dict(path, config, model, torch_dtype, device, quant, stored is not None)
     model.load_state_dict(state, assign=True, strict=True)
     model.init_rotary()
     model.eval().requires_grad_(False)
 
-    return LoadedModel(model=model, config=config, tokenizer=Tokenizer.from_dir(path), path=path)
+    return LoadedModel(model=model, config=config, tokenizer=Tokenizer.from_dir(path), path=path,
+                       quantization=quant)
+
+
+def read_quantization(path: Path) -> QuantConfig | None:
+    """The quantization a directory's config.json declares (`quantization_config`), or None for float weights."""
+    raw = json.loads((path / "config.json").read_text(encoding="utf-8")).get("quantization_config")
+    if raw is None:
+        return None
+    try:
+        return QuantConfig.from_hf(raw)
+    except (QuantizationError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: {e}") from None
+
+
+def resolve_quantization(path: Path, requested: QuantConfig, stored: QuantConfig | None) -> QuantConfig:
+    if stored is None:
+        return requested
+    if requested.enabled and requested != stored:
+        raise CheckpointError(f"{path} holds weights quantized as {stored.describe()}; they cannot be loaded as "
+                              f"{requested.describe()} (quantize the float checkpoint instead, or leave "
+                              f"quantization at none to load them as they are)")
+    return stored
 
 
 def read_config(path: Path) -> NeoXConfig:
@@ -95,16 +137,25 @@ def linear_splits(dtype: torch.dtype, device: torch.device) -> int:
     return max(1, torch.get_num_threads()) if device.type == "cpu" and dtype == torch.float32 else 0
 
 
-def load_state_dict(path: Path, config: NeoXConfig, model: GPTNeoX, dtype: torch.dtype,
-                    device: torch.device) -> dict[str, Tensor]:
-    linears = {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, Linear)}
-    # shapes as the checkpoint stores them ([out, in] for every linear weight)
-    expected = {name: (linears[name].out_features, linears[name].in_features) if name in linears else tuple(p.shape)
-                for name, p in model.named_parameters()}
+def checkpoint_entries(model: GPTNeoX, quant: QuantConfig, prequantized: bool) -> dict[str, tuple[int, ...]]:
+    """What the checkpoint of `model` holds, by module-side name, with shapes as stored: [out, in] for every float
+    linear weight, the portable parts (quant_format) for a prequantized one."""
+    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    for lname, m in model.named_modules():
+        if isinstance(m, (Linear, QuantLinear)):
+            shapes = part_shapes(quant, m.out_features, m.in_features) if prequantized else \
+                {"weight": (m.out_features, m.in_features)}
+            expected.update({f"{lname}.{part}": shape for part, shape in shapes.items()})
+    return expected
+
+
+def iter_checkpoint(path: Path, expected: dict[str, tuple[int, ...]],
+                    desc: str = "Loading weights") -> Iterator[tuple[str, str, Tensor]]:
+    """(module-side name, checkpoint name, tensor) for every tensor of the directory's weight files, one at a time,
+    each checked against `expected`; CheckpointError for an unexpected, misshapen or missing tensor."""
     files = weight_files(path)
-    state: dict[str, Tensor] = {}
-    bar = tqdm(total=len(expected), desc="Loading weights", unit="tensor", file=sys.stderr,
-               disable=not sys.stderr.isatty())
+    done: set[str] = set()
+    bar = tqdm(total=len(expected), desc=desc, unit="tensor", file=sys.stderr, disable=not sys.stderr.isatty())
     with bar:
         for file in files:
             for ckpt_name, read in _tensors(file):
@@ -118,14 +169,65 @@ def load_state_dict(path: Path, config: NeoXConfig, model: GPTNeoX, dtype: torch
                     raise CheckpointError(
                         f"{file}: tensor {ckpt_name!r} has shape {list(tensor.shape)}, but config.json implies "
                         f"{list(expected[name])}")
-                state[name] = _convert(name, tensor, config, dtype, device, linears.get(name))
+                done.add(name)
                 bar.update(1)
-    missing = [n for n in expected if n not in state]
+                yield name, f"{file}: tensor {ckpt_name!r}", tensor
+    missing = [n for n in expected if n not in done]
     if missing:
         where = ", ".join(f.name for f in files)
         raise CheckpointError(f"{path}: tensor {_checkpoint_name(missing[0])!r} is missing from {where}"
                               + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+
+def load_state_dict(path: Path, config: NeoXConfig, model: GPTNeoX, dtype: torch.dtype, device: torch.device,
+                    quant: QuantConfig = QuantConfig(), prequantized: bool = False) -> dict[str, Tensor]:
+    """The module's state, read one checkpoint tensor at a time. A quantized linear's entries are collected (its
+    portable parts, or its float weight quantized as read) and converted once all of them are read."""
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, (Linear, QuantLinear))}
+    state: dict[str, Tensor] = {}
+    pending: dict[str, dict[str, Tensor]] = {}
+    for name, where, tensor in iter_checkpoint(path, checkpoint_entries(model, quant, prequantized)):
+        lname, _, part = name.rpartition(".")
+        module = linears.get(lname)
+        if not isinstance(module, QuantLinear) or part == "bias":
+            state[name] = _convert(name, tensor, config, dtype, device, module)
+            continue
+        want = PART_DTYPES.get(part, {}).get(quant.method) if prequantized else None
+        if want is not None and tensor.dtype != want:
+            raise CheckpointError(f"{where} has dtype {tensor.dtype}, but {quant.describe()} weights are {want}")
+        tensor = _reorder_qkv(name, tensor, config)
+        if prequantized:
+            parts = pending.setdefault(lname, {})
+            parts[part] = tensor
+            if len(parts) < len(PARTS[quant.method]):
+                continue
+            del pending[lname]
+        else:
+            parts = quantize(quant, tensor)
+        for key, value in module.runtime_tensors(parts, dtype, device).items():
+            state[f"{lname}.{key}"] = value
+        del tensor, parts
+        _release_freed_memory()
     return state
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):     # not glibc
+        return None
+
+
+def _release_freed_memory() -> None:
+    """Give the float weight and the quantization temporaries just freed back to the OS. glibc keeps freed blocks
+    below its mmap threshold (up to 32 MB) in the heap, and the pattern of one float tensor read, several
+    temporaries and a smaller quantized result per linear fragments it: loading a model of 4 MB tensors as int8
+    was measured to hold up to 130 MB of freed memory, as much as half the fp32 checkpoint (tests/model/
+    test_loader.py checks the peak). Larger tensors are mmapped by glibc and released on free anyway."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -183,16 +285,22 @@ def _module_name(ckpt_name: str) -> str:
 
 
 def _checkpoint_name(name: str) -> str:
-    return name if name == "embed_out.weight" else f"gpt_neox.{name}"
+    return name if name.startswith("embed_out.") else f"gpt_neox.{name}"
+
+
+def _reorder_qkv(name: str, tensor: Tensor, config: NeoXConfig) -> Tensor:
+    """Rows of the fused QKV (weight, bias, or a quantized part): checkpoint per head [nh, 3, hd, ...] -> module
+    [3, nh, hd, ...] (q heads | k heads | v heads). Other tensors as they are."""
+    if ".attention.query_key_value" not in name:
+        return tensor
+    nh, hd = config.num_attention_heads, config.head_dim
+    return tensor.reshape(nh, 3, hd, -1).transpose(0, 1).reshape(tensor.shape)
 
 
 def _convert(name: str, tensor: Tensor, config: NeoXConfig, dtype: torch.dtype, device: torch.device,
-             linear: Linear | None) -> Tensor:
-    if name.endswith("attention.query_key_value.weight") or name.endswith("attention.query_key_value.bias"):
-        # checkpoint: per head [nh, 3, hd, ...]; module: [3, nh, hd, ...] (q heads | k heads | v heads)
-        nh, hd = config.num_attention_heads, config.head_dim
-        tensor = tensor.view(nh, 3, hd, -1).transpose(0, 1).reshape(tensor.shape)
-    if linear is not None:
+             linear: Linear | QuantLinear | None) -> Tensor:
+    tensor = _reorder_qkv(name, tensor, config)
+    if isinstance(linear, Linear) and name.endswith(".weight"):
         tensor = linear.load_layout(tensor)
     # A no-op when dtype and device already match: the tensor then stays backed by the mapped file.
     return tensor.to(device=device, dtype=dtype).contiguous()

@@ -1,0 +1,23 @@
+"""Flags that choose how the model is loaded, shared by `serve` and `generate` (their values are Settings fields)."""
+from __future__ import annotations
+
+import argparse
+import typing
+
+from ..config import Settings
+
+QUANTIZATION_FLAGS = ("quantization", "quantization_group_size")
+
+
+def setting_choices(field: str) -> tuple:
+    """The values a Literal-typed Settings field allows (one owner: the Settings annotation)."""
+    return typing.get_args(Settings.model_fields[field].annotation)
+
+
+def add_quantization_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantization", choices=setting_choices("quantization"),
+                   help="weight-only quantization of every linear, done while loading (default none; a directory "
+                        "written by `neoxserve quantize` loads as stored)")
+    p.add_argument("--quantization-group-size", dest="quantization_group_size", type=int,
+                   choices=setting_choices("quantization_group_size"),
+                   help="int4: input columns sharing one scale (default 128)")
