@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from neoxserve.model.loader import CheckpointError, load_model
 from neoxserve.model.quant_format import (QuantConfig, QuantizationError, dequantize, pack_nibbles, quantize,
                                           quantize_int4, quantize_int8, unpack_nibbles)
-from neoxserve.model.quant_linear import QuantLinear, quantize_model
+from neoxserve.model.quant_linear import NATIVE_GEMM_ROWS, QuantLinear, quantize_model
 from neoxserve.model.quantize_dir import write_quantized
 
 INT8, INT4 = QuantConfig("int8"), QuantConfig("int4", 32)
@@ -81,33 +81,77 @@ def test_settings_offer_exactly_what_the_model_supports():
 
 # --- the kernels -----------------------------------------------------------------------------------------------
 
+def _module(cfg: QuantConfig, kernel: str, dtype: torch.dtype, parts: dict, bias: torch.Tensor | None = None):
+    out_f, in_f = parts["weight"].shape[0], in_features(cfg, parts)
+    m = QuantLinear(in_f, out_f, bias is not None, cfg, dtype, "cpu", kernel)
+    state = m.runtime_tensors(parts, dtype, torch.device("cpu"))
+    m.load_state_dict(state | ({"bias": bias.to(dtype)} if bias is not None else {}), assign=True)
+    return m
+
+
+def in_features(cfg: QuantConfig, parts: dict) -> int:
+    return parts["weight"].shape[1] * (1 if cfg.method == "int8" else 2)
+
+
+def _native_reference(x: torch.Tensor, cfg: QuantConfig, parts: dict) -> torch.Tensor:
+    """What the native kernel computes, in float64: activations quantized per block of 32 (round to nearest,
+    scale max|x| / 127) times the weight's levels; int4's zero term (w = (q - 8) s + z) takes the exact x."""
+    blocks = x.double().view(x.shape[0], -1, 32)
+    d = blocks.abs().amax(-1, keepdim=True) / 127
+    xq = (torch.where(d > 0, torch.round(blocks / d), 0) * d).view_as(x)
+    if cfg.method == "int8":
+        return xq @ dequantize(cfg, parts).double().t()
+    no_zero = dequantize(cfg, parts | {"weight_zero": torch.zeros_like(parts["weight_zero"])}).double()
+    zeros = parts["weight_zero"].double().repeat_interleave(cfg.group_size, dim=1)
+    return xq @ no_zero.t() + x.double() @ zeros.t()
+
+
+@pytest.fixture(scope="module")
+def native():
+    from neoxserve.model import kernels
+    if not kernels.load():
+        pytest.fail("the native kernels did not build on this machine (a C++ compiler and AVX2 are expected)")
+
+
 @pytest.mark.parametrize("cfg", [INT8, INT4, QuantConfig("int4", 128)], ids=lambda c: c.describe())
-@pytest.mark.parametrize("kernel", ["aten", "dequant"])
+@pytest.mark.parametrize("kernel", ["native", "aten", "dequant"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("rows", [1, 5])
-def test_kernels_compute_the_dequantized_product(cfg, kernel, dtype, rows):
+@pytest.mark.parametrize("rows", [1, 5, 40])
+def test_kernels_compute_the_dequantized_product(cfg, kernel, dtype, rows, native):
     g = torch.Generator().manual_seed(0)
-    w, b = torch.randn(96, 256, generator=g), torch.randn(96, generator=g)
+    w, b = torch.randn(100, 256, generator=g), torch.randn(100, generator=g)
     x = torch.randn(rows, 256, generator=g).to(dtype)
     parts = quantize(cfg, w)
-    m = QuantLinear(256, 96, True, cfg, dtype, "cpu", kernel)
-    m.load_state_dict(m.runtime_tensors(parts, dtype, torch.device("cpu")) | {"bias": b.to(dtype)}, assign=True)
-    # the reference: the dequantized weight, scales rounded to the activation dtype as the module stores them
-    ref = x.float() @ dequantize(cfg, {k: v.to(dtype).float() if k != "weight" else v
-                                       for k, v in parts.items()}).t() + b.to(dtype).float()
+    m = _module(cfg, kernel, dtype, parts, b)
+    ref = x.float() @ dequantize(cfg, parts).t() + b.to(dtype).float()
     out = m(x)
-    assert out.dtype == dtype and out.shape == (rows, 96)
-    tol = 1e-4 if dtype == torch.float32 else 0.05 * float(ref.abs().max())
+    assert out.dtype == dtype and out.shape == (rows, 100)
+    # bf16 rounds the activations and the result; the native kernel quantizes activations per block of 32
+    exact = dtype == torch.float32 and (kernel != "native" or rows > NATIVE_GEMM_ROWS)
+    tol = 1e-4 if exact else (0.05 if dtype == torch.bfloat16 else 0.02) * float(ref.abs().max())
     assert float((out.float() - ref).abs().max()) < tol
 
 
+@pytest.mark.parametrize("cfg", [INT8, INT4, QuantConfig("int4", 128)], ids=lambda c: c.describe())
+@pytest.mark.parametrize("rows", [1, 3, NATIVE_GEMM_ROWS])
+def test_native_kernel_is_exactly_the_block_quantized_product(cfg, rows, native):
+    """To float32 rounding, not just within the tolerance of activation quantization: a wrong nibble order, group
+    scale or zero term shows here."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(37, 512, generator=g) + torch.linspace(-1, 1, 512)   # 37: a partial block of 4 rows
+    x = torch.randn(rows, 512, generator=g) * torch.linspace(0.1, 4, 512)
+    x[0, :32] = 0                                                       # an all-zero block
+    parts = quantize(cfg, w)
+    out = _module(cfg, "native", torch.float32, parts)(x)
+    ref = _native_reference(x, cfg, parts)
+    assert float((out.double() - ref).abs().max()) < 1e-4 * float(ref.abs().max())
+
+
 @pytest.mark.parametrize("cfg", [INT8, INT4], ids=lambda c: c.describe())
-@pytest.mark.parametrize("kernel", ["aten", "dequant"])
-def test_portable_parts_invert_the_kernel_layout(cfg, kernel):
+@pytest.mark.parametrize("kernel", ["native", "aten", "dequant"])
+def test_portable_parts_invert_the_kernel_layout(cfg, kernel, native):
     parts = quantize(cfg, torch.randn(128, 64))
-    m = QuantLinear(64, 128, False, cfg, torch.float32, "cpu", kernel)
-    m.load_state_dict(m.runtime_tensors(parts, torch.float32, torch.device("cpu")), assign=True)
-    back = m.portable_parts()
+    back = _module(cfg, kernel, torch.float32, parts).portable_parts()
     assert back.keys() == parts.keys()
     for k in parts:
         assert torch.equal(back[k], parts[k]), k
@@ -177,10 +221,11 @@ def test_every_checkpoint_format_quantizes_alike(fmt, float_dir, tmp_path):
                        load_model(float_dir, dtype="float32", quantization=INT4).model)
 
 
-def test_quantized_bfloat16_model_keeps_scales_and_the_rest_in_bfloat16(float_dir, runner_cls):
+def test_quantized_bfloat16_model_keeps_the_rest_in_bfloat16(float_dir, runner_cls):
     model = load_model(float_dir, dtype="bfloat16", quantization=INT8).model
     qkv = model.layers[0].attention.query_key_value
-    assert qkv.weight.dtype == torch.int8 and qkv.weight_scale.dtype == torch.bfloat16
+    assert qkv.kernel == "native"       # its scales are float32, as the native kernels take them
+    assert qkv.weight.dtype == torch.int8 and qkv.weight_scale.dtype == torch.float32
     assert qkv.bias.dtype == torch.bfloat16 and model.embed_in.weight.dtype == torch.bfloat16
     logits = runner_cls(model, len(PROMPT), dtype=torch.bfloat16).step(PROMPT)
     assert logits.dtype == torch.float32 and bool(logits.isfinite().all())
@@ -307,3 +352,45 @@ def test_quantizing_a_quantized_directory_is_refused(float_dir, tmp_path):
     with pytest.raises(CheckpointError, match=_exact(
             f"{out} is quantized already; quantize its float checkpoint instead")):
         write_quantized(out, tmp_path / "again", INT4)
+
+
+# --- fallbacks -------------------------------------------------------------------------------------------------
+
+def test_a_failed_native_build_falls_back_to_pytorchs_kernels(float_dir, monkeypatch, caplog, runner_cls):
+    import logging
+
+    import torch.utils.cpp_extension as ext
+
+    from neoxserve.model import kernels
+
+    def broken(**kwargs):
+        raise RuntimeError("Error building extension 'neoxserve_kernels'\ng++: command not found")
+
+    monkeypatch.setattr(ext, "load", broken)
+    with caplog.at_level(logging.WARNING, logger="neoxserve.model.kernels"):
+        assert kernels.load.__wrapped__() is False
+    assert ("quantized kernels: building wq_gemm.cpp failed, using PyTorch's kernels instead (slower on AVX2 CPUs): "
+            "g++: command not found") in caplog.text
+
+    monkeypatch.setattr(kernels, "load", lambda: False)
+    fallback = load_model(float_dir, dtype="float32", quantization=INT8).model
+    assert {m.kernel for m in fallback.modules() if isinstance(m, QuantLinear)} == {"aten"}
+    monkeypatch.undo()
+    native = load_model(float_dir, dtype="float32", quantization=INT8).model
+    assert {m.kernel for m in native.modules() if isinstance(m, QuantLinear)} == {"native"}
+    a, b = _logits(fallback, runner_cls), _logits(native, runner_cls)
+    assert float((a - b).abs().max()) < 0.05 * float(a.abs().max())
+
+
+def test_cuda_says_at_start_up_that_it_has_no_quantized_kernel(caplog):
+    import logging
+
+    from neoxserve.model.loader import log_quantization
+    from neoxserve.model.quant_linear import choose_kernel
+
+    assert choose_kernel(torch.device("cuda")) == "dequant"
+    with caplog.at_level(logging.WARNING, logger="neoxserve.model.loader"):
+        log_quantization(INT8, "dequant", torch.device("cuda:0"))
+    assert caplog.messages == [
+        "quantization int8 on cuda:0: there is no quantized kernel for this device; the weights stay int8 in memory "
+        "and are expanded for every product, which saves memory but is slower than unquantized weights"]

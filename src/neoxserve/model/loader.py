@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from neoxserve.model.tokenizer import Tokenizer
 from neoxserve.model.quant_format import PART_DTYPES, PARTS, QuantConfig, QuantizationError, part_shapes, quantize
 from neoxserve.model.quant_linear import QuantLinear, swap_linears
 
+log = logging.getLogger(__name__)
 # Buffers some checkpoints carry that are not parameters (causal mask, rotary frequencies): skipped.
 LEGACY_SUFFIXES = (".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -69,9 +71,10 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
         model = GPTNeoX(config, linear_splits=0 if quant.enabled else linear_splits(torch_dtype, device))
     if quant.enabled:
         try:
-            swap_linears(model, quant, torch_dtype, device)
+            kernel = swap_linears(model, quant, torch_dtype, device)
         except QuantizationError as e:
             raise CheckpointError(f"{path / 'config.json'}: {e}") from None
+        log_quantization(quant, kernel, device)
     state = load_state_dict(path, config, model, torch_dtype, device, quant, stored is not None)
     model.load_state_dict(state, assign=True, strict=True)
     model.init_rotary()
@@ -79,6 +82,15 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
 
     return LoadedModel(model=model, config=config, tokenizer=Tokenizer.from_dir(path), path=path,
                        quantization=quant)
+
+
+def log_quantization(quant: QuantConfig, kernel: str, device: torch.device) -> None:
+    if kernel == "dequant":
+        log.warning("quantization %s on %s: there is no quantized kernel for this device; the weights stay %s in "
+                    "memory and are expanded for every product, which saves memory but is slower than unquantized "
+                    "weights", quant.describe(), device, quant.method)
+    else:
+        log.info("quantization %s: linears run the %s kernel", quant.describe(), kernel)
 
 
 def read_quantization(path: Path) -> QuantConfig | None:

@@ -3,10 +3,14 @@ knows nothing of quantization. `swap_linears` replaces every `neox.Linear` (the 
 of a meta-device model with a `QuantLinear` before the loader fills it; `quantize_model` does the same to a model
 whose float weights are already loaded (benchmarks, tests).
 
-Kernels, chosen once per module by `choose_kernel` (see docs/engine.md, "Quantized weights", for the figures):
-- "aten":    PyTorch's own CPU kernels, `_weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu`.
-- "dequant": the weight is expanded to the activation dtype for each call and multiplied with `F.linear`.
-             Every device runs it; it saves memory, not time. CUDA uses it (logged at start-up).
+Kernels, chosen once for the model by `choose_kernel` (docs/engine.md, "Quantized weights", has the figures):
+- "native":  the project's AVX2 kernels (kernels/wq_gemm.cpp): 8-bit dot products on activations quantized per
+             block of 32, as llama.cpp does; for many rows (prefill) the weight is expanded to float32 by a native
+             kernel and multiplied by PyTorch's float GEMM. The default on x86 CPUs where it builds.
+- "aten":    PyTorch's own CPU kernels, `_weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu`: the fallback on
+             CPUs where the native kernels cannot be built (fast with bfloat16 activations on CPUs with AVX-512).
+- "dequant": the weight is expanded to the activation dtype for each call and multiplied with `F.linear`. Every
+             device runs it; it saves memory, not time. CUDA uses it (said at start-up).
 """
 from __future__ import annotations
 
@@ -20,21 +24,29 @@ from neoxserve.model.quant_format import (QuantConfig, QuantizationError, check_
                                           unpack_nibbles)
 
 log = logging.getLogger(__name__)
-KERNELS = ("aten", "dequant")
+KERNELS = ("native", "aten", "dequant")
+# Above this many rows the native path expands the weight to float32 and runs a float GEMM: the dot-product
+# kernel's cost grows with the rows, the expansion's does not (bench/profile_step.py, docs/engine.md).
+NATIVE_GEMM_ROWS = 16
 
 
 def choose_kernel(device: torch.device) -> str:
-    return "aten" if device.type == "cpu" else "dequant"
+    """"native" on CPUs where kernels/wq_gemm.cpp builds, else "aten" on CPU, "dequant" elsewhere."""
+    if device.type != "cpu":
+        return "dequant"
+    from neoxserve.model import kernels
+    return "native" if kernels.load() else "aten"
 
 
 class QuantLinear(nn.Module):
     """y = x W^T + b with W held as int8 (per-row scales) or int4 (per-group scales and zeros).
 
-    Buffers by kernel (all persistent, so `load_state_dict(assign=True)` fills them):
-      int8, any kernel:  weight int8 [out, in], weight_scale [out] (activation dtype)
-      int4, "aten":      weight uint8 [out, in / 2] in the CPU kernel's packing,
-                         weight_scale_zero [in / group, out, 2] (activation dtype)
-      int4, "dequant":   weight uint8 [out, in / 2] (portable packing), weight_scale_zero as above
+    Buffers (persistent, so `load_state_dict(assign=True)` fills them), by kernel:
+      "native", "dequant": quant_format's portable layout with float32 scales: int8 weight [out, in] +
+                           weight_scale [out]; int4 weight uint8 [out, in / 2] + weight_scale, weight_zero
+                           [out, in / group]
+      "aten":              int8 weight [out, in] + weight_scale [out] in the activation dtype; int4 weight in the
+                           CPU kernel's packing + weight_scale_zero [in / group, out, 2] in the activation dtype
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool, cfg: QuantConfig,
@@ -46,44 +58,54 @@ class QuantLinear(nn.Module):
         self.kernel = kernel or choose_kernel(device if device.type != "meta" else torch.device("cpu"))
         if self.kernel not in KERNELS:
             raise QuantizationError(f"unknown quantized kernel {self.kernel!r}")
+        if self.kernel == "aten" and cfg.method == "int4" and out_features % 16:
+            self.kernel = "dequant"      # PyTorch's int4 packing needs a multiple of 16 output rows
+        empty = dict(device=device)
         if cfg.method == "int8":
-            self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
-            self.register_buffer("weight_scale", torch.empty(out_features, dtype=dtype, device=device))
-        else:
-            self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8,
-                                                       device=device))
+            self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8, **empty))
+            scale_dtype = dtype if self.kernel == "aten" else torch.float32
+            self.register_buffer("weight_scale", torch.empty(out_features, dtype=scale_dtype, **empty))
+        elif self.kernel == "aten":
+            self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8, **empty))
             self.register_buffer("weight_scale_zero", torch.empty(in_features // cfg.group_size, out_features, 2,
-                                                                  dtype=dtype, device=device))
-        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) \
+                                                                  dtype=dtype, **empty))
+        else:
+            groups = in_features // cfg.group_size
+            self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8, **empty))
+            self.register_buffer("weight_scale", torch.empty(out_features, groups, **empty))
+            self.register_buffer("weight_zero", torch.empty(out_features, groups, **empty))
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, **empty), requires_grad=False) \
             if bias else None
 
     # ---- loading --------------------------------------------------------------------------------------------
 
     def runtime_tensors(self, parts: dict[str, Tensor], dtype: torch.dtype,
                         device: torch.device) -> dict[str, Tensor]:
-        """Portable parts (quant_format) -> this module's buffers, on device, activation scales in dtype."""
+        """Portable parts (quant_format) -> this module's buffers on device."""
+        if self.kernel != "aten":
+            return {k: v.to(device=device, dtype=torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+                    for k, v in parts.items()}
         if self.cfg.method == "int8":
             return {"weight": parts["weight"].to(device).contiguous(),
                     "weight_scale": parts["weight_scale"].to(device=device, dtype=dtype).contiguous()}
-        packed = parts["weight"]
-        if self.kernel == "aten":
-            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_nibbles(packed).to(torch.int32), 1)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            unpack_nibbles(parts["weight"]).to(torch.int32), 1)
         scale_zero = torch.stack((parts["weight_scale"], parts["weight_zero"]), dim=-1).transpose(0, 1)
         return {"weight": packed.to(device).contiguous(),
                 "weight_scale_zero": scale_zero.to(device=device, dtype=dtype).contiguous()}
 
     def portable_parts(self) -> dict[str, Tensor]:
         """This module's weight in the portable layout (float32 scales): the inverse of runtime_tensors."""
+        if self.kernel != "aten":
+            return {k: v for k, v in self.named_buffers() if k.startswith("weight")}
         if self.cfg.method == "int8":
             return {"weight": self.weight, "weight_scale": self.weight_scale.float()}
         sz = self.weight_scale_zero.float().transpose(0, 1)
-        return {"weight": self._portable_nibbles(), "weight_scale": sz[..., 0].contiguous(),
+        return {"weight": self._aten_nibbles(), "weight_scale": sz[..., 0].contiguous(),
                 "weight_zero": sz[..., 1].contiguous()}
 
-    def _portable_nibbles(self) -> Tensor:
-        if self.kernel != "aten":
-            return self.weight
-        # the CPU packing is opaque: recover the levels by multiplying the identity with unit scales, zero 8
+    def _aten_nibbles(self) -> Tensor:
+        # the CPU int4 packing is opaque: recover the levels by multiplying the identity with unit scales, zero 0
         eye = torch.eye(self.in_features, dtype=self.weight_scale_zero.dtype)
         unit = torch.zeros_like(self.weight_scale_zero)
         unit[..., 0] = 1.0
@@ -94,9 +116,10 @@ class QuantLinear(nn.Module):
     # ---- forward --------------------------------------------------------------------------------------------
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.kernel == "dequant":
-            w = dequantize(self.cfg, self._dequant_parts()).to(x.dtype)
-            out = F.linear(x, w)
+        if self.kernel == "native":
+            out = self._native(x)
+        elif self.kernel == "dequant":
+            out = F.linear(x, dequantize(self.cfg, self.portable_parts()).to(x.dtype))
         elif self.cfg.method == "int8":
             out = torch.ops.aten._weight_int8pack_mm(x, self.weight, self.weight_scale)
         else:
@@ -104,11 +127,19 @@ class QuantLinear(nn.Module):
                                                               self.weight_scale_zero)
         return out if self.bias is None else out.add_(self.bias)
 
-    def _dequant_parts(self) -> dict[str, Tensor]:
-        if self.cfg.method == "int8":
-            return {"weight": self.weight, "weight_scale": self.weight_scale}
-        return {"weight": self.weight, "weight_scale": self.weight_scale_zero[..., 0].t(),
-                "weight_zero": self.weight_scale_zero[..., 1].t()}
+    def _native(self, x: Tensor) -> Tensor:
+        ops = torch.ops.neoxserve
+        x32 = x.float().contiguous()
+        int8 = self.cfg.method == "int8"
+        zero = None if int8 else self.weight_zero
+        if x32.shape[0] > NATIVE_GEMM_ROWS:
+            w = ops.dequantize(self.weight, self.weight_scale, zero, self.cfg.group_size, 8 if int8 else 4)
+            out = F.linear(x32, w)
+        elif int8:
+            out = ops.int8_linear(x32, self.weight, self.weight_scale)
+        else:
+            out = ops.int4_linear(x32, self.weight, self.weight_scale, zero, self.cfg.group_size)
+        return out if x.dtype == torch.float32 else out.to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
@@ -125,12 +156,14 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def swap_linears(model: nn.Module, cfg: QuantConfig, dtype: torch.dtype, device: torch.device) -> None:
-    """Replace every neox.Linear of a (meta-device) model by an empty QuantLinear in place."""
-    kernel = choose_kernel(device)
+def swap_linears(model: nn.Module, cfg: QuantConfig, dtype: torch.dtype, device: torch.device,
+                 kernel: str | None = None) -> str:
+    """Replace every neox.Linear of a (meta-device) model by an empty QuantLinear in place; returns the kernel."""
+    kernel = kernel or choose_kernel(device)
     for name, lin in _linears(model):
         _set(model, name, QuantLinear(lin.in_features, lin.out_features, lin.bias is not None, cfg, dtype,
                                       device="meta", kernel=kernel))
+    return kernel
 
 
 def quantize_model(model: nn.Module, cfg: QuantConfig, kernel: str | None = None) -> nn.Module:

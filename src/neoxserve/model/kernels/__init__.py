@@ -1,0 +1,56 @@
+"""The project's own CPU kernels (wq_gemm.cpp: quantized linears for AVX2), compiled on first use.
+
+`load()` builds the extension with PyTorch's cpp_extension (the machine's C++ compiler and ninja; the result is
+cached by PyTorch under ~/.cache/torch_extensions, keyed by the source, so a later start loads it in well under a
+second) and registers the ops `torch.ops.neoxserve.*`. It is called once, while the model loads, so the build
+(tens of seconds the first time) is paid before the engine reports ready. Where it cannot be built (no compiler,
+no AVX2) `load()` logs why and returns False, and quantized linears use PyTorch's own kernels instead.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("wq_gemm.cpp")
+CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c"]
+
+
+def cpu_supports_avx2() -> bool:
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+@functools.cache
+def load() -> bool:
+    """Build (or load the cached build of) the kernels; True when `torch.ops.neoxserve` has them."""
+    if not cpu_supports_avx2():
+        log.warning("quantized kernels: this CPU has no AVX2 (capability %s); using PyTorch's kernels",
+                    torch.backends.cpu.get_cpu_capability())
+        return False
+    try:
+        _ensure_ninja_on_path()
+        from torch.utils.cpp_extension import load as build
+        build(name="neoxserve_kernels", sources=[str(SOURCE)], extra_cflags=CFLAGS, is_python_module=False,
+              verbose=False)
+    except Exception as e:   # no compiler, a failed build: many exception types, all mean "not available"
+        log.warning("quantized kernels: building %s failed, using PyTorch's kernels instead (slower on AVX2 "
+                    "CPUs): %s", SOURCE.name, str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
+        return False
+    return hasattr(torch.ops.neoxserve, "int8_linear")
+
+
+def _ensure_ninja_on_path() -> None:
+    """cpp_extension runs `ninja` from PATH; the `ninja` package installs one beside this interpreter, which is not
+    on PATH when the venv's python is run by its full path."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
