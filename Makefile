@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8360
 
-.PHONY: serve test lint clean redis-server bench-install llama-server
+.PHONY: serve test lint clean redis-server compiler bench-install llama-server
 
 # torch is pinned exactly and installed first so that pip takes the local CPU wheel
 # instead of resolving a CUDA build with gigabytes of dependencies.
@@ -49,8 +49,20 @@ redis-server: $(BIN)/.test-installed
 	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server \
 	  >/dev/null || echo "make: apt-get could not install redis-server: the Redis store tests will be skipped"
 
-test: $(BIN)/.test-installed redis-server
+test: $(BIN)/.test-installed redis-server compiler
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The quantized linears' native kernels (src/neoxserve/model/kernels) are compiled on first use with the C++
+# compiler PyTorch uses ($$CXX, else c++), and their tests need them: without one, install g++ with apt-get when this
+# user may (as for redis-server above), else stop before the tests with what to install. (At run time a missing
+# compiler only means PyTorch's slower kernels.)
+compiler:
+	@if command -v $${CXX:-c++} >/dev/null 2>&1; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1 && { [ "$$(id -u)" = 0 ] && sudo="" || { sudo -n true 2>/dev/null && sudo="sudo -n"; }; }; then \
+	  echo "make: installing g++ with apt-get for the native quantized kernels"; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null; fi; \
+	command -v $${CXX:-c++} >/dev/null 2>&1 || { echo "make: no C++ compiler ($${CXX:-c++}) on PATH: install g++ \
+	(the native quantized kernels are built on first use and tested by make test)" >&2; exit 1; }
 
 # Style and types (configured in pyproject.toml); CI runs it before the tests.
 lint: $(BIN)/.test-installed

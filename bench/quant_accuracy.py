@@ -18,10 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from neoxserve.model.quant_check import (CHECK_CONFIGS, check_model, check_token_ids,  # noqa: E402
+from neoxserve.model.quant_check import (CHECK_CONFIGS, check_model, check_token_ids,
                                          compare_logits, teacher_forced_logits)
-from neoxserve.model.quant_format import GROUP_SIZES, QuantConfig  # noqa: E402
-from neoxserve.model.quant_linear import choose_kernel, quantize_model  # noqa: E402
+from neoxserve.model.quant_format import GROUP_SIZES, QuantConfig
+from neoxserve.model.quant_linear import choose_kernel, quantize_model
 
 
 def main() -> None:

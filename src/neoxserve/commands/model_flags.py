@@ -9,7 +9,7 @@ from ..config import Settings
 QUANTIZATION_FLAGS = ("quantization", "quantization_group_size")
 
 
-def setting_choices(field: str) -> tuple:
+def setting_choices(field: str) -> tuple[object, ...]:
     """The values a Literal-typed Settings field allows (one owner: the Settings annotation)."""
     return typing.get_args(Settings.model_fields[field].annotation)
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
 from .model_flags import setting_choices
 
 
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("quantize", help="write an int8 or int4 copy of a model directory",
                               description=__doc__)
     p.add_argument("--model", required=True, help="Hugging Face GPT-NeoX directory with float weights")

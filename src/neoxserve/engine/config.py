@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 DEMO_MODEL = "demo"   # the `model` value that stands for the embedded demo model
 
@@ -20,7 +21,7 @@ class EngineConfig:
     device: str                    # auto, cpu, cuda or cuda:N
     dtype: str                     # auto, float32, bfloat16, float16
     torch_threads: int             # 0 = torch's default (all cores)
-    quantization: str              # none, int8, int4 (model/quant_format.py)
+    quantization: Literal["none", "int8", "int4"]   # weight-only quantization (model/quant_format.py)
     quantization_group_size: int   # int4: input columns sharing one scale and zero
     # KV cache and scheduler
     kv_cache_memory_mb: int        # 0 = auto (engine/kv_cache.py)

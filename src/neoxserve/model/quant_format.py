@@ -61,7 +61,7 @@ class QuantConfig:
         return d
 
     @classmethod
-    def from_hf(cls, d: Any) -> "QuantConfig":
+    def from_hf(cls, d: Any) -> QuantConfig:
         if not isinstance(d, dict) or d.get("quant_method") != QUANT_METHOD_NAME:
             method = d.get("quant_method") if isinstance(d, dict) else d
             raise QuantizationError(f"quantization_config with quant_method {method!r} is not supported; only "
@@ -131,7 +131,7 @@ def quantize(cfg: QuantConfig, w: Tensor, chunk_elements: int = 2**20) -> dict[s
         raise QuantizationError(f"nothing to quantize with quantization {cfg.method!r}")
     check_shape(cfg, *w.shape)
     rows = max(1, chunk_elements // w.shape[1])
-    chunks = []
+    chunks: list[tuple[Tensor, ...]] = []
     for start in range(0, w.shape[0], rows):
         part = w[start:start + rows]
         if cfg.method == "int8":

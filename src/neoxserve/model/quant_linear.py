@@ -49,6 +49,11 @@ class QuantLinear(nn.Module):
                            CPU kernel's packing + weight_scale_zero [in / group, out, 2] in the activation dtype
     """
 
+    weight: Tensor
+    weight_scale: Tensor
+    weight_zero: Tensor
+    weight_scale_zero: Tensor
+
     def __init__(self, in_features: int, out_features: int, bias: bool, cfg: QuantConfig,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", kernel: str | None = None):
         super().__init__()
@@ -60,21 +65,21 @@ class QuantLinear(nn.Module):
             raise QuantizationError(f"unknown quantized kernel {self.kernel!r}")
         if self.kernel == "aten" and cfg.method == "int4" and out_features % 16:
             self.kernel = "dequant"      # PyTorch's int4 packing needs a multiple of 16 output rows
-        empty = dict(device=device)
         if cfg.method == "int8":
-            self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8, **empty))
+            self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
             scale_dtype = dtype if self.kernel == "aten" else torch.float32
-            self.register_buffer("weight_scale", torch.empty(out_features, dtype=scale_dtype, **empty))
-        elif self.kernel == "aten":
-            self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8, **empty))
-            self.register_buffer("weight_scale_zero", torch.empty(in_features // cfg.group_size, out_features, 2,
-                                                                  dtype=dtype, **empty))
+            self.register_buffer("weight_scale", torch.empty(out_features, dtype=scale_dtype, device=device))
         else:
+            self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8,
+                                                       device=device))
             groups = in_features // cfg.group_size
-            self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8, **empty))
-            self.register_buffer("weight_scale", torch.empty(out_features, groups, **empty))
-            self.register_buffer("weight_zero", torch.empty(out_features, groups, **empty))
-        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, **empty), requires_grad=False) \
+            if self.kernel == "aten":
+                self.register_buffer("weight_scale_zero", torch.empty(groups, out_features, 2, dtype=dtype,
+                                                                      device=device))
+            else:
+                self.register_buffer("weight_scale", torch.empty(out_features, groups, device=device))
+                self.register_buffer("weight_zero", torch.empty(out_features, groups, device=device))
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) \
             if bias else None
 
     # ---- loading --------------------------------------------------------------------------------------------
