@@ -1,6 +1,7 @@
 """paged_attention against a dense reference, over random batches of sequences, lengths and block tables."""
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -32,9 +33,17 @@ def batches(draw):
     return seqs, draw(st.randoms(use_true_random=False))
 
 
+@pytest.fixture(scope="module")
+def native_kernels() -> None:
+    from neoxserve.model import kernels
+    if not kernels.load():
+        pytest.fail("the native kernels did not build on this machine (a C++ compiler and AVX2 are expected)")
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["torch", "native"])
 @settings(max_examples=60, deadline=None)
-@given(batches())
-def test_paged_attention_matches_dense(batch):
+@given(batch=batches())
+def test_paged_attention_matches_dense(native, batch, native_kernels):
     seqs, rng = batch
     torch.manual_seed(rng.randrange(2**31))
     free = list(range(NUM_BLOCKS))
@@ -56,7 +65,7 @@ def test_paged_attention_matches_dense(batch):
     q = torch.randn(sum(new for _, new in seqs), NH, HD)
     new_k = torch.cat([k[c:] for k, (c, _) in zip(full_k, seqs, strict=True)])
     new_v = torch.cat([v[c:] for v, (c, _) in zip(full_v, seqs, strict=True)])
-    out = paged_attention(q, new_k, new_v, (k_cache, v_cache), meta, HD ** -0.5)
+    out = paged_attention(q, new_k, new_v, (k_cache, v_cache), meta, HD ** -0.5, native)
 
     start = 0
     for (_, new), k, v in zip(seqs, full_k, full_v, strict=True):
@@ -80,7 +89,8 @@ def test_slot_mapping_is_block_times_size_plus_offset(batch):
     assert meta.query_start_loc.tolist() == [sum(new for _, new in seqs[:i]) for i in range(len(seqs) + 1)]
 
 
-def test_non_finite_kv_of_one_request_never_reaches_another():
+@pytest.mark.parametrize("native", [False, True], ids=["torch", "native"])
+def test_non_finite_kv_of_one_request_never_reaches_another(native, native_kernels):
     """A request whose K/V overflowed (inf/NaN, e.g. in fp16) leaves them in its blocks; batched decode reads
     those blocks masked (the padding of shorter block tables is block 0, and the tail of a reused last block is
     stale), and a masked NaN still poisons the softmax or the weighted sum. Other requests must not see it."""
@@ -89,7 +99,7 @@ def test_non_finite_kv_of_one_request_never_reaches_another():
     bad = torch.full((BLOCK, NH, HD), float("nan"))
     bad[1] = float("inf")
     paged_attention(torch.randn(BLOCK, NH, HD), bad, bad, (k_cache, v_cache),
-                    AttentionMetadata.build([BLOCK], [BLOCK], [[0]], BLOCK), HD ** -0.5)   # fills block 0
+                    AttentionMetadata.build([BLOCK], [BLOCK], [[0]], BLOCK), HD ** -0.5, native)   # fills block 0
 
     # two decodes of 2 and 6 tokens: the short one's table is padded with block 0 (masked)
     k_short, v_short, k_long, v_long = (torch.randn(n, NH, HD) for n in (2, 2, 6, 6))
@@ -100,6 +110,6 @@ def test_non_finite_kv_of_one_request_never_reaches_another():
     q = torch.randn(2, NH, HD)
     meta = AttentionMetadata.build([1, 1], [2, 6], tables, BLOCK)
     out = paged_attention(q, torch.stack([k_short[-1], k_long[-1]]), torch.stack([v_short[-1], v_long[-1]]),
-                          (k_cache, v_cache), meta, HD ** -0.5)
+                          (k_cache, v_cache), meta, HD ** -0.5, native)
     torch.testing.assert_close(out[0:1], _reference(q[0:1], k_short, v_short, HD ** -0.5), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out[1:2], _reference(q[1:2], k_long, v_long, HD ** -0.5), atol=1e-5, rtol=1e-5)

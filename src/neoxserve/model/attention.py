@@ -67,18 +67,30 @@ def allocate_kv_cache(cfg: NeoXConfig, num_blocks: int, block_size: int, dtype: 
 
 
 def paged_attention(q: Tensor, k: Tensor, v: Tensor, kv_cache: KVCache, meta: AttentionMetadata,
-                    scale: float) -> Tensor:
-    """q, k, v: [T, nh, hd] for the new tokens -> attention output [T, nh, hd]. Writes k, v into the cache."""
+                    scale: float, native: bool = False) -> Tensor:
+    """q, k, v: [T, nh, hd] for the new tokens -> attention output [T, nh, hd]. Writes k, v into the cache.
+
+    native: decode steps run kernels/wq_gemm.cpp's paged_decode_attention (float32 on CPU; the caller checks),
+    which reads each sequence's context where it lies in the cache instead of gathering a copy per layer."""
     k_cache, v_cache = kv_cache
     _, block_size, nh, hd = k_cache.shape
-    # The cache holds finite values only. Batched decode reads slots it masks out (block-table padding, the stale
-    # tail of a reused block), and a masked NaN or inf still turns a softmax or its weighted sum into NaN: K/V that
-    # overflowed in one request (fp16) would poison every request batched with its freed blocks later on.
-    k_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, k.nan_to_num(0.0, 0.0, 0.0))
-    v_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, v.nan_to_num(0.0, 0.0, 0.0))
-
-    if meta.is_decode:
-        return _decode_attention(q, k_cache, v_cache, meta, scale)
+    if native:
+        # Every read below is of the sequence's own first seq_len positions, so nothing another request wrote
+        # (padding, stale tails of reused blocks) is ever read and no finite-value guard is needed.
+        k_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, k)
+        v_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, v)
+        if meta.is_decode:
+            return torch.ops.neoxserve.paged_decode_attention(q, k_cache, v_cache, meta.block_tables,
+                                                              meta.seq_lens, scale)
+    else:
+        # The cache holds finite values only: the batched decode of _decode_attention reads slots it masks out
+        # (block-table padding, the stale tail of a reused block), and a masked NaN or inf still turns a softmax
+        # or its weighted sum into NaN: K/V that overflowed in one request (fp16) would poison every request
+        # batched with its freed blocks later on.
+        k_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, k.nan_to_num(0.0, 0.0, 0.0))
+        v_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, v.nan_to_num(0.0, 0.0, 0.0))
+        if meta.is_decode:
+            return _decode_attention(q, k_cache, v_cache, meta, scale)
 
     out = torch.empty_like(q)
     start = 0

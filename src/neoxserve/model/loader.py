@@ -79,6 +79,9 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
     model.load_state_dict(state, assign=True, strict=True)
     model.init_rotary()
     model.eval().requires_grad_(False)
+    if device.type == "cpu" and torch_dtype == torch.float32:
+        from neoxserve.model import kernels
+        model.use_native_attention(kernels.load())
 
     return LoadedModel(model=model, config=config, tokenizer=Tokenizer.from_dir(path), path=path,
                        quantization=quant)
