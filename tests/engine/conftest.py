@@ -19,7 +19,7 @@ MAX_STEPS = 5000
 @pytest.fixture(scope="session")
 def demo_loaded(demo_model_dir):
     from neoxserve.model.loader import load_model
-    return load_model(demo_model_dir)
+    return load_model(demo_model_dir, dtype="float32")   # fp32 whatever auto picks on this CPU
 
 
 @pytest.fixture(scope="session")

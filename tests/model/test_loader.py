@@ -70,7 +70,7 @@ def _legacy_buffers(tensors: dict, num_layers: int, max_pos: int, rot: int) -> d
 
 def test_save_pretrained_safetensors(reference, runner_cls):
     _, path, ref = reference
-    torch.testing.assert_close(_logits(load_model(path).model, runner_cls), ref, atol=1e-4, rtol=0)
+    torch.testing.assert_close(_logits(load_model(path, dtype="float32").model, runner_cls), ref, atol=1e-4, rtol=0)
 
 
 def test_save_pretrained_sharded_safetensors(reference, runner_cls, tmp_path):
@@ -78,7 +78,7 @@ def test_save_pretrained_sharded_safetensors(reference, runner_cls, tmp_path):
     hf.save_pretrained(tmp_path, max_shard_size="100KB")
     shutil.copy(path / "tokenizer.json", tmp_path)
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 2
-    torch.testing.assert_close(_logits(load_model(tmp_path).model, runner_cls), ref, atol=1e-4, rtol=0)
+    torch.testing.assert_close(_logits(load_model(tmp_path, dtype="float32").model, runner_cls), ref, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("fmt", ["bin", "bin-sharded", "bin-legacy-buffers", "safetensors-sharded-legacy"])
@@ -93,7 +93,7 @@ def test_other_weight_formats(fmt, reference, checkpoint, runner_cls, tmp_path):
         torch.save(_legacy_buffers(checkpoint, 2, 512, 8), d / "pytorch_model.bin")
     else:
         _write_sharded(d, _legacy_buffers(checkpoint, 2, 64, 8), 2, "safetensors")
-    torch.testing.assert_close(_logits(load_model(d).model, runner_cls), ref, atol=1e-4, rtol=0)
+    torch.testing.assert_close(_logits(load_model(d, dtype="float32").model, runner_cls), ref, atol=1e-4, rtol=0)
 
 
 def test_transformers4_config_keys(reference, runner_cls, tmp_path):
@@ -107,7 +107,7 @@ def test_transformers4_config_keys(reference, runner_cls, tmp_path):
     config.update(rotary_pct=rope["partial_rotary_factor"], rotary_emb_base=rope["rope_theta"],
                   torch_dtype="float32", transformers_version="4.28.1")
     (d / "config.json").write_text(json.dumps(config))
-    loaded = load_model(d)
+    loaded = load_model(d, dtype="float32")
     assert loaded.config.rotary_pct == rope["partial_rotary_factor"]
     torch.testing.assert_close(_logits(loaded.model, runner_cls), ref, atol=1e-4, rtol=0)
 
@@ -135,9 +135,25 @@ def test_bfloat16_load(reference, runner_cls):
     assert (logits.argmax(-1) == ref.argmax(-1)).float().mean() > 0.7
 
 
-def test_auto_dtype_is_float32_on_cpu(reference):
-    model = load_model(reference[1], dtype="auto").model
-    assert {p.dtype for p in model.parameters()} == {torch.float32}
+@pytest.mark.parametrize("flags,expected", [
+    ("fpu sse avx2 fma avx512f", torch.float32),                       # AVX2 / AVX-512 without bf16 units
+    ("fpu avx2 avx512f avx512_bf16", torch.bfloat16),
+    ("fpu avx2 amx_bf16 amx_tile", torch.bfloat16),
+])
+def test_auto_dtype_on_cpu_is_bfloat16_only_with_bf16_units(flags, expected, reference, monkeypatch, tmp_path):
+    from neoxserve.model import loader
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k))
+    loader.cpu_has_native_bf16.cache_clear()
+    try:
+        model = load_model(reference[1], dtype="auto").model
+    finally:
+        monkeypatch.undo()
+        loader.cpu_has_native_bf16.cache_clear()
+    assert {p.dtype for p in model.parameters()} == {expected}
 
 
 # --- bad directories: each error names the file (and tensor) ---------------------------------------------------

@@ -21,7 +21,7 @@ NEW_TOKENS = 64
 @pytest.mark.parametrize("name", CONFIGS)
 def test_greedy_matches_transformers(name, make_hf_model, greedy_loop):
     hf, path = make_hf_model(**CONFIGS[name])
-    model = load_model(path).model
+    model = load_model(path, dtype="float32").model    # the reference is fp32: pinned, whatever auto picks
     prompt = torch.randint(2, 900, (12,), generator=torch.Generator().manual_seed(1)).tolist()
 
     ours, margins, prompt_logits = greedy_loop(model, prompt, NEW_TOKENS)
@@ -40,7 +40,7 @@ def test_greedy_matches_transformers(name, make_hf_model, greedy_loop):
 @pytest.fixture(scope="module")
 def model(make_hf_model):
     _, path = make_hf_model(**CONFIGS["sequential-rot1.0-hd32"])
-    return load_model(path).model
+    return load_model(path, dtype="float32").model
 
 
 def _alone(model, runner_cls, ids: list[int], prefill: int) -> torch.Tensor:
