@@ -312,3 +312,22 @@ def test_load_of_fp32_checkpoint_never_holds_a_fp32_copy(fmt, dtype, quantizatio
     loaded_fraction = {"none": 1 / 2, "int8": 1 / 4, "int4": 1 / 8 + 1 / 64}[quantization]
     assert result["params"] < fp32_bytes * loaded_fraction * 1.1
     assert result["peak_growth"] < result["params"] + fp32_bytes // 8, result
+
+
+@pytest.mark.parametrize("fmt,dtype", [("safetensors", "float32"), ("bin", "float32"), ("safetensors", "bfloat16")])
+def test_weights_are_in_memory_of_their_own_not_mapped_from_the_file(fmt, dtype, reference, checkpoint, tmp_path,
+                                                                     runner_cls):
+    """Mapped weights are paged in from disk on first use (the first request would pay for it) and can be
+    dropped by the kernel later. Overwriting the file after loading must not change the model."""
+    d = _copy_dir_without_weights(reference[1], tmp_path / "m")
+    tensors = {k: v.to(getattr(torch, dtype)) for k, v in checkpoint.items()}
+    file = d / ("model.safetensors" if fmt == "safetensors" else "pytorch_model.bin")
+    save_file(tensors, file) if fmt == "safetensors" else torch.save(tensors, file)
+    model = load_model(d, dtype=dtype).model
+    before = runner_cls(model, len(PROMPT), dtype=getattr(torch, dtype)).step(PROMPT)
+    size = file.stat().st_size
+    with open(file, "r+b") as f:          # in place: the same inode, as a mapping would see it
+        f.seek(size // 4)
+        f.write(b"\x7f" * (size // 2))
+    after = runner_cls(model, len(PROMPT), dtype=getattr(torch, dtype)).step(PROMPT)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)

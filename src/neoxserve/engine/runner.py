@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from neoxserve.engine.sampler import Sampler, SampleRequest
+from neoxserve.engine.sampling_params import SamplingParams
 from neoxserve.engine.scheduler import ScheduledBatch
 from neoxserve.engine.sequence import Sequence
 from neoxserve.model.attention import AttentionMetadata, allocate_kv_cache
@@ -24,6 +25,22 @@ class ModelRunner:
         self.device, self.dtype = param.device, param.dtype
         self.kv_caches = allocate_kv_cache(config, num_blocks, block_size, self.dtype, self.device)
         self.sampler = Sampler()
+
+    def warm_up(self, prompt_tokens: int = 32) -> None:
+        """One short prefill and one decode step of a scratch sequence, so that what the first call of each code
+        path costs (memory the allocator must map, the thread pool starting, lazily initialized kernels and
+        libraries) is paid before the engine reports ready instead of by the first request. The prompt is long
+        enough for the quantized linears' many-row path (quant_linear.NATIVE_GEMM_ROWS). Its K/V go to the first
+        blocks, which belong to no sequence yet; every sequence writes its own K/V before reading them."""
+        capacity = self.kv_caches[0][0].shape[0] * self.block_size
+        n = max(1, min(prompt_tokens, capacity - 1, self.num_token_ids))
+        seq = Sequence("warm-up", list(range(n)), SamplingParams(max_new_tokens=2))
+        seq.block_table = list(range(-(-(n + 1) // self.block_size)))
+        batch = ScheduledBatch(seqs=[seq], num_new_tokens=[n])
+        for seq_, token in self.run(batch):
+            seq_.token_ids.append(token)
+        seq.num_computed_tokens = n
+        self.run(ScheduledBatch(seqs=[seq], num_new_tokens=[1]))
 
     def run(self, batch: ScheduledBatch) -> list[tuple[Sequence, int]]:
         """Compute the batch's new tokens; sample one token for every sequence that is caught up after it."""

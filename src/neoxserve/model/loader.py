@@ -334,5 +334,10 @@ def _convert(name: str, tensor: Tensor, config: NeoXConfig, dtype: torch.dtype, 
     tensor = _reorder_qkv(name, tensor, config)
     if isinstance(linear, Linear) and name.endswith(".weight"):
         tensor = linear.load_layout(tensor)
-    # A no-op when dtype and device already match: the tensor then stays backed by the mapped file.
-    return tensor.to(device=device, dtype=dtype).contiguous()
+    out = tensor.to(device=device, dtype=dtype).contiguous()
+    if out.data_ptr() == tensor.data_ptr():
+        # Still the checkpoint's memory-mapped bytes (dtype and layout matched): copy them into memory of our own.
+        # Mapped pages are read from disk on first use, so the first request would pay for paging the weights in
+        # (8.6 s before the first token of a 3B bf16 model, issue 9), and the kernel may drop them again later.
+        out = out.clone()
+    return out
