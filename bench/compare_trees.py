@@ -12,6 +12,7 @@ quote.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -22,8 +23,10 @@ PROFILE = Path(__file__).with_name("profile_step.py")
 
 
 def step_ms(tree: Path, args: list[str]) -> float:
+    # each tree's native kernels in a build directory of their own: sharing one would rebuild them at every switch
+    env = os.environ | {"TORCH_EXTENSIONS_DIR": str(tree.resolve() / "build" / "torch_extensions")}
     out = subprocess.run([sys.executable, str(PROFILE), "--wall-only", "--src", str(tree / "src"), *args],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True, env=env).stdout
     match = re.search(r"wall per step: median ([0-9.]+) ms", out)
     if not match:
         raise SystemExit(f"no timing in the output of {tree}:\n{out}")

@@ -54,6 +54,9 @@ def build_model(shape: str, dtype: torch.dtype, quantization: str, group_size: i
     model = model.to(dtype)
     model.init_rotary()
     model.eval().requires_grad_(False)
+    if dtype == torch.float32 and hasattr(model, "use_native_attention"):   # as the loader does (older trees: no)
+        from neoxserve.model import kernels
+        model.use_native_attention(kernels.load())
     if quantization == "none":
         return model
     from neoxserve.model.quant_format import QuantConfig
