@@ -131,12 +131,9 @@ def resolve_dtype(dtype: str, config: NeoXConfig, device: torch.device) -> torch
     """`auto` is, on CPU, bfloat16 where the CPU has bf16 units (cpu_has_native_bf16) and float32 elsewhere; on
     CUDA the checkpoint's 16-bit dtype, else bfloat16.
 
-    On CPUs without bf16 units (AVX2 only) every bf16 product is converted in software: measured on such a CPU
-    (docs/benchmarks.md, "dtype auto"), float32 decodes several times faster, and it matches the reference
-    exactly. On the AVX-512-BF16 CPU of issue 9 (not available here to re-measure), bf16 served 16 concurrent
-    requests faster (115 vs 101 tok/s, TTFT p50 3.1 vs 4.8 s), and float32 led single-stream decode (39.9 vs 35.8
-    tok/s) while bf16's biased linears ran addmm: 13.7 ms per token against 6.0 ms for the same products without
-    the bias, a path neox.Linear no longer takes.
+    On CPUs without bf16 units (AVX2 only) every bf16 product is converted in software and float32 is faster (and
+    matches the reference exactly); on CPUs with them bf16 measured faster. The figures are in docs/engine.md,
+    "The model on CPU".
     """
     if dtype != "auto":
         if dtype not in DTYPES:
