@@ -27,3 +27,13 @@ def demo_model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("demo-model")
     write_demo_model(path)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def native_kernels() -> bool:
+    """Build (or find in the cache) the native CPU kernels once, before any test starts an engine: on a fresh machine
+    the build takes tens of seconds, which would otherwise fall inside whichever test loads a float32 or quantized
+    model first, and inside its start-up timeout. False where they cannot be built (the loader then falls back)."""
+    from neoxserve.model import kernels
+
+    return kernels.load()
