@@ -92,7 +92,8 @@ async def _stream(client: httpx.AsyncClient, url: str, body: dict,
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: "):
-                if line.strip():
+                # blank lines end events; ":" lines are SSE comments (llama-server's keep-alive while it waits)
+                if line.strip() and not line.startswith(":"):
                     raise RuntimeError(f"{url}: unexpected line {line[:300]!r}")
                 continue
             frame = json.loads(line[6:])
