@@ -232,6 +232,10 @@ def single_stream(runners: dict, prompt_lengths: list[int], new_tokens: int, rep
             out[name].decode.append(decode_rate(r, decode_ids, new_tokens))
             for n, ids in prompts.items():
                 out[name].prefill[n].append(prefill_rate(r, ids))
+            # each measurement as it is made, so that a run cut short (a time limit) still leaves figures
+            print(f"  repeat {len(out[name].decode)}, {name}: decode {out[name].decode[-1]:.1f} tok/s, prefill "
+                  + ", ".join(f"{n}: {out[name].prefill[n][-1]:.0f}" for n in prompts)
+                  + f" tok/s; load {machine.loadavg()}", flush=True)
     return out
 
 
