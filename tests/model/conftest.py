@@ -1,8 +1,6 @@
-"""Fixtures for the model tests: tiny random Hugging Face GPT-NeoX directories and a reference greedy loop."""
+"""Fixtures for the model tests: a paged runner for one sequence and a reference greedy loop (the tiny random
+Hugging Face GPT-NeoX directories are in tests/conftest.py: the engine tests use them too)."""
 from __future__ import annotations
-
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,50 +8,6 @@ import torch
 from neoxserve.model.attention import AttentionMetadata, allocate_kv_cache
 
 BLOCK_SIZE = 8
-
-
-@pytest.fixture(scope="session")
-def tokenizer_json(tmp_path_factory) -> Path:
-    """A small byte-level BPE tokenizer.json (the demo model's), for directories that need one."""
-    from neoxserve.model.demo import build_tokenizer
-
-    path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
-    path.write_text(build_tokenizer().to_str())
-    return path
-
-
-@pytest.fixture(scope="session")
-def make_hf_model(tmp_path_factory, tokenizer_json):
-    """make(**config) -> (transformers GPTNeoXForCausalLM in fp32 eval mode, directory saved with save_pretrained).
-
-    Weights use a large initializer_range so logits are far from uniform and greedy argmax is well defined.
-    """
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    cache: dict = {}
-
-    def make(seed: int = 0, **overrides):
-        key = (seed, tuple(sorted(overrides.items())))
-        if key in cache:
-            return cache[key]
-        kwargs = dict(vocab_size=960, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      intermediate_size=256, rotary_pct=0.25, max_position_embeddings=512,
-                      use_parallel_residual=True, initializer_range=0.2, bos_token_id=0, eos_token_id=None,
-                      pad_token_id=None)
-        kwargs.update(overrides)
-        torch.manual_seed(seed)
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(**kwargs)).eval()
-        with torch.no_grad():  # the default init leaves biases at 0 and norms at 1: perturb them so they matter
-            for name, p in model.named_parameters():
-                if name.endswith("bias") or "layernorm" in name or "layer_norm" in name:
-                    p.add_(torch.randn_like(p) * 0.1)
-        path = tmp_path_factory.mktemp("hf-model")
-        model.save_pretrained(path)
-        shutil.copy(tokenizer_json, path / "tokenizer.json")
-        cache[key] = (model, path)
-        return cache[key]
-
-    return make
 
 
 class Runner:
