@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 
 from neoxserve.engine.client import EngineClient, TooManyTokens
 from neoxserve.engine.errors import EngineInternalError
-from neoxserve.engine.outputs import Delta
+from neoxserve.engine.outputs import Delta, TokenLogprob
 from neoxserve.engine.protocol import ModelInfo
 from neoxserve.engine.sampling_params import SamplingParams
 
@@ -32,6 +32,15 @@ class CharTokenizer:
             out += ("<U>" if m["role"] == "user" else "<A>") + m["content"]
         return self.encode(out + "<A>", max_tokens)
 
+    def token_bytes(self, token_id: int, skip_special_tokens: bool = True) -> bytes:
+        return chr(token_id).encode()
+
+
+def fake_logprob(token_id: int, position: int, k: int) -> TokenLogprob:
+    """A made-up but well-formed entry: the token is the most likely, alternatives follow in order."""
+    logprob = -0.25 * (position % 4)
+    return TokenLogprob(token_id, logprob, tuple((token_id + j, logprob - j) for j in range(k)))
+
 
 class FakeEngine:
     def __init__(self, text: str = "Hello world. 你好！ end", delay: float = 0.0, fail: Exception | None = None,
@@ -52,22 +61,35 @@ class FakeEngine:
     def stats(self) -> Mapping[str, object]:
         return {"running": self.running, "generation_tokens_total": 3}
 
+    def sample_text(self, index: int) -> str:
+        """What sample `index` of a request says: the text rotated by `index` characters, so samples differ."""
+        return self.text[index:] + self.text[:index]
+
     async def generate(self, request_id: str, prompt_token_ids: list[int],
                        params: SamplingParams) -> AsyncGenerator[Delta, None]:
+        """Like the engine: the n samples' deltas interleaved (tagged with their index), logprobs when asked."""
         self.calls.append((request_id, list(prompt_token_ids), params))
         if self.fail is not None:
             raise self.fail
         self.running += 1
+        prompt_logprobs = None
+        if params.prompt_logprobs is not None:
+            prompt_logprobs = [None, *(fake_logprob(t, p, params.prompt_logprobs)
+                                       for p, t in enumerate(prompt_token_ids[1:], 1))]
         try:
-            text = self.text[: params.max_new_tokens]
-            for i, c in enumerate(text):
+            texts = [self.sample_text(j)[: params.max_new_tokens] for j in range(params.n)]
+            for i in range(len(texts[0])):
                 if i == self.fail_after:
                     raise EngineInternalError("the step failed")
                 if self.delay:
                     await asyncio.sleep(self.delay)
-                last = i == len(text) - 1
-                yield Delta(request_id, c, [ord(c)], len(prompt_token_ids), i + 1, finished=last,
-                            finish_reason="length" if last else None)
+                last = i == len(texts[0]) - 1
+                for j, text in enumerate(texts):
+                    t = ord(text[i])
+                    yield Delta(request_id, text[i], [t], len(prompt_token_ids), i + 1, finished=last,
+                                finish_reason="length" if last else None, index=j,
+                                logprobs=None if params.logprobs is None else [fake_logprob(t, i, params.logprobs)],
+                                prompt_logprobs=prompt_logprobs if i == 0 and j == 0 else None)
         finally:
             self.running -= 1
 

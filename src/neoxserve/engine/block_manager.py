@@ -62,8 +62,9 @@ class BlockManager:
 
     def lookup_prefix(self, seq: Sequence) -> list[int]:
         """Cached blocks that hold a prefix of the sequence. Never the block of its last token, which must be
-        computed to get logits. No side effects beyond remembering hashes on the sequence."""
-        if not self.enable_prefix_caching:
+        computed to get logits, and nothing for a sequence that needs the logits of every prompt position
+        (prompt logprobs). No side effects beyond remembering hashes on the sequence."""
+        if not self.enable_prefix_caching or seq.scores_prompt:
             return []
         bs = self.block_size
         hits: list[int] = []

@@ -66,6 +66,10 @@ class PromptTokenizer(Protocol):
     def encode_chat(self, messages: Sequence[Mapping[str, str]], system: str | None = None,
                     max_tokens: int | None = None) -> list[int]: ...
 
+    def token_bytes(self, token_id: int, skip_special_tokens: bool = True) -> bytes:
+        """The bytes one token stands for (to show the tokens of logprobs)."""
+        ...
+
 
 class DeltaStream(Protocol):
     """One request's deltas (an async iterator); closing it early aborts the request in the engine."""
@@ -89,7 +93,12 @@ class EngineClient(Protocol):
 
     def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> DeltaStream:
         """Submit a request. Errors that refuse it (EngineOverloaded, RequestRejected, EngineDead) and a failed
-        generation (QueueTimeout, EngineInternalError) are raised by the stream, never sent as deltas."""
+        generation (QueueTimeout, EngineInternalError) are raised by the stream, never sent as deltas.
+
+        With `params.n` > 1 the stream interleaves the deltas of the n samples, each tagged with its
+        `Delta.index`, and ends after the final delta of every one; a failure of any sample raises (and aborts
+        the others). Logprobs, when asked, come in `Delta.logprobs` (and `Delta.prompt_logprobs`: once, on sample
+        0's first delta)."""
         ...
 
     def is_alive(self) -> bool: ...
@@ -100,17 +109,19 @@ class EngineClient(Protocol):
 
 
 class RequestStream:
-    """What `generate` returns: an async iterator of Deltas for one request.
+    """What `generate` returns: an async iterator of Deltas for one request (all its `n` samples).
 
     Raises EngineOverloaded / RequestRejected / EngineDead on the first `__anext__` (before any delta),
     QueueTimeout if it waited past queue_timeout_seconds, EngineInternalError if the step running it failed, and
-    EngineDead if the engine dies meanwhile. The last delta has `finished=True`. Leaving early (`aclose()`,
-    cancellation of the awaiting task, or dropping the object) aborts the request in the engine.
+    EngineDead if the engine dies meanwhile. Each sample's last delta has `finished=True`; the iteration ends
+    after the last of them. Leaving early (`aclose()`, cancellation of the awaiting task, or dropping the object)
+    or a failed sample aborts the request in the engine.
     """
 
-    def __init__(self, client: AsyncEngineClient, request_id: str) -> None:
+    def __init__(self, client: AsyncEngineClient, request_id: str, samples: int = 1) -> None:
         self._client = client
         self.request_id = request_id
+        self._unfinished = samples   # samples whose final delta has not come yet
         self._queue: asyncio.Queue[Delta | EngineError] = asyncio.Queue()
         self._ack: asyncio.Future[Ack] = client._loop.create_future()
         self._done = False
@@ -138,8 +149,10 @@ class RequestStream:
             self._close(abort=False)
             raise item
         if item.finished:
-            self._close(abort=False)
+            self._unfinished -= 1
             error = failure_error(item)
+            if error is not None or self._unfinished == 0:
+                self._close(abort=self._unfinished > 0)   # a failed sample ends the request: stop the others
             if error is not None:
                 raise error
         return item
@@ -210,7 +223,7 @@ class AsyncEngineClient:
 
     def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> RequestStream:
         """Submit a request; iterate the result for its deltas (errors surface on the first `__anext__`)."""
-        stream = RequestStream(self, request_id)
+        stream = RequestStream(self, request_id, params.n)
         if self._dead is not None:
             stream._ack.set_exception(EngineDead(self._dead))
             stream._ack.exception()   # mark retrieved; __anext__ raises it

@@ -12,10 +12,10 @@ from neoxserve.engine.config import EngineConfig
 from neoxserve.engine.detokenizer import IncrementalDetokenizer
 from neoxserve.engine.errors import EngineOverloaded, RequestRejected
 from neoxserve.engine.kv_cache import num_kv_blocks
-from neoxserve.engine.outputs import Delta, Failure, FinishReason
+from neoxserve.engine.outputs import Delta, Failure, FinishReason, TokenLogprob
 from neoxserve.engine.protocol import ModelInfo
-from neoxserve.engine.runner import ModelRunner
-from neoxserve.engine.sampling_params import SamplingParams
+from neoxserve.engine.runner import ModelRunner, StepResult
+from neoxserve.engine.sampling_params import SamplingParams, sample_params
 from neoxserve.engine.scheduler import ScheduledBatch, Scheduler
 from neoxserve.engine.sequence import Sequence
 from neoxserve.engine.stats import EngineStats, StatsSnapshot
@@ -59,7 +59,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = ModelRunner(loaded.model, cfg, num_blocks, self.block_size, self.tokenizer.vocab_size)
         self.runner.warm_up()     # before the engine is ready: the first request is as fast as later ones
-        self.requests: dict[str, Sequence] = {}
+        self.requests: dict[str, list[Sequence]] = {}   # request id -> its unfinished samples
         self.pending: list[Delta] = []          # deltas produced outside step() (aborts), sent with the next one
         self.counters = EngineStats()
         self._tokenizer_stop_ids = frozenset(self.tokenizer.stop_token_ids)   # eos included (model/tokenizer.py)
@@ -85,10 +85,15 @@ class LLMEngine:
     # ---- requests ---------------------------------------------------------------------------------------
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Queue a request. RequestRejected if it can never run, EngineOverloaded if the queue is full.
+        """Queue a request: `params.n` samples of the prompt, admitted all together or not at all. RequestRejected
+        if it can never run, EngineOverloaded if the queue is full.
 
         The stop tokens are the tokenizer's (eos included) unless `params.ignore_eos`, plus `params.stop_token_ids`:
-        callers do not add the tokenizer's themselves."""
+        callers do not add the tokenizer's themselves.
+
+        The samples are independent sequences that share the prompt through the prefix cache: the scheduler
+        admits sample 1.. once sample 0 has computed the prompt's full blocks (see scheduler.py), so those are
+        computed once."""
         n = len(prompt_token_ids)
         if request_id in self.requests:
             raise RequestRejected(f"request id {request_id!r} is already in use")
@@ -107,12 +112,17 @@ class LLMEngine:
                 f"prompt + max_new_tokens needs {blocks} KV blocks but the cache has {self.block_manager.num_blocks}"
                 " (raise kv_cache_memory_mb)")
         sched = self.scheduler
+        samples = params.n
+        if samples > sched.max_num_seqs + self.max_waiting_requests:
+            raise RequestRejected(
+                f"n={samples} samples can never be queued at once: the engine runs {sched.max_num_seqs} sequences "
+                f"(max_num_seqs) and queues {self.max_waiting_requests} more (max_waiting_requests)")
         # requests that will start at the next step (free running slots) are not "queued"
         free_slots = max(0, sched.max_num_seqs - len(sched.running))
-        if len(sched.waiting) - free_slots >= self.max_waiting_requests:
+        if len(sched.waiting) + samples - free_slots > self.max_waiting_requests:
             raise EngineOverloaded(f"{len(sched.waiting)} requests are waiting (max_waiting_requests="
                                    f"{self.max_waiting_requests})")
-        if sched.num_waiting_tokens + n > self.max_queued_tokens and sched.waiting:
+        if sched.num_waiting_tokens + samples * n > self.max_queued_tokens and sched.waiting:
             raise EngineOverloaded(f"{sched.num_waiting_tokens} prompt tokens are waiting (max_queued_tokens="
                                    f"{self.max_queued_tokens})")
 
@@ -120,19 +130,22 @@ class LLMEngine:
         if not params.ignore_eos:
             stop_ids |= self._tokenizer_stop_ids
         deadline = time.monotonic() + self.queue_timeout if self.queue_timeout > 0 else None
-        seq = Sequence(request_id, prompt_token_ids, params, stop_ids, deadline)
-        seq.detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop)
-        self.requests[request_id] = seq
-        sched.add(seq)
+        group = self.requests[request_id] = []
+        for index in range(samples):
+            seq = Sequence(request_id, prompt_token_ids, sample_params(params, index), stop_ids, deadline, index)
+            seq.detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop)
+            group.append(seq)
+            sched.add(seq)
         self.counters.prompt_tokens_total += n
 
     def abort(self, request_id: str) -> bool:
-        """Stop a request and free its blocks at once; its final delta (finish_reason "abort") comes with the
-        next step(). False if the request is unknown or already finished."""
-        seq = self.requests.get(request_id)
-        if seq is None:
+        """Stop a request (all its samples) and free its blocks at once; the final delta of each sample
+        (finish_reason "abort") comes with the next step(). False if the request is unknown or already finished."""
+        group = self.requests.get(request_id)
+        if group is None:
             return False
-        self.pending.append(self._finish(seq, "abort"))
+        for seq in list(group):
+            self.pending.append(self._finish(seq, "abort"))
         return True
 
     def has_unfinished(self) -> bool:
@@ -152,25 +165,31 @@ class LLMEngine:
                                    f"waiting, {self.block_manager.num_free_blocks} free KV blocks")
             return deltas
         try:
-            sampled = self.runner.run(batch)
+            result = self.runner.run(batch)
         except Exception as e:   # the model failed on this batch: fail its requests, keep serving the rest
             log.exception("engine step failed for %d requests", len(batch.seqs))
             error = f"{type(e).__name__}: {e}"
             for seq in batch.seqs:
                 deltas.append(self._finish(seq, "error", Failure.STEP_FAILED, error))
             return deltas
-        self._advance(batch, sampled, deltas)
+        self._advance(batch, result, deltas)
         return deltas
 
-    def _advance(self, batch: ScheduledBatch, sampled: list[tuple[Sequence, int]], deltas: list[Delta]) -> None:
+    def _advance(self, batch: ScheduledBatch, result: StepResult, deltas: list[Delta]) -> None:
         bm = self.block_manager
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             seq.num_computed_tokens += n
             bm.register_full_blocks(seq)
+        for seq, scored in result.prompt_logprobs:
+            seq.prompt_logprobs += scored
         now = time.monotonic()
         counters = self.counters
-        counters.generation_tokens_total += len(sampled)
-        for seq, token in sampled:
+        counters.generation_tokens_total += len(result.sampled)
+        for seq, token, logprob in result.sampled:
+            prompt_logprobs: list[TokenLogprob | None] | None = None
+            if seq.scores_prompt:      # the first token: the prompt's logprobs go with it, and are let go
+                prompt_logprobs = [None, *seq.prompt_logprobs]
+                seq.prompt_logprobs = []
             seq.token_ids.append(token)
             if seq.first_token_time is None:
                 seq.first_token_time = now
@@ -189,10 +208,13 @@ class LLMEngine:
                 elif seq.num_output_tokens >= seq.params.max_new_tokens:
                     reason = "length"
                     text += detokenizer.flush()
-            if reason is None:
-                deltas.append(Delta(seq.request_id, text, [token], seq.num_prompt_tokens, seq.num_output_tokens))
-            else:
-                deltas.append(self._finish(seq, reason, text=text, token_ids=[token]))
+            delta = Delta(seq.request_id, text, [token], seq.num_prompt_tokens, seq.num_output_tokens,
+                          index=seq.index, logprobs=None if logprob is None else [logprob],
+                          prompt_logprobs=prompt_logprobs)
+            if reason is not None:
+                self._retire(seq, reason)
+                delta.finished, delta.finish_reason = True, reason
+            deltas.append(delta)
 
     def _expire_waiting(self, deltas: list[Delta]) -> None:
         now = time.monotonic()
@@ -202,15 +224,23 @@ class LLMEngine:
                     seq, "error", Failure.QUEUE_TIMEOUT, f"waited {now - seq.arrival_time:.1f} s "
                                                          f"(queue_timeout_seconds={self.queue_timeout})"))
 
-    def _finish(self, seq: Sequence, reason: FinishReason, failure: Failure | None = None, error: str | None = None,
-                text: str = "", token_ids: list[int] | None = None) -> Delta:
+    def _finish(self, seq: Sequence, reason: FinishReason, failure: Failure | None = None,
+                error: str | None = None) -> Delta:
+        """End a sample without a new token (abort, failure, timeout): its last, empty delta."""
+        self._retire(seq, reason)
+        return Delta(seq.request_id, "", [], seq.num_prompt_tokens, seq.num_output_tokens, finished=True,
+                     finish_reason=reason, failure=failure, error=error, index=seq.index,
+                     logprobs=None if seq.params.logprobs is None else [])
+
+    def _retire(self, seq: Sequence, reason: FinishReason) -> None:
         self.scheduler.remove(seq)
-        del self.requests[seq.request_id]
+        group = self.requests[seq.request_id]
+        group.remove(seq)
+        if not group:
+            del self.requests[seq.request_id]
         self.counters.finished[reason] += 1
         if seq.first_token_time is not None and seq.num_output_tokens >= 2 and seq.last_token_time is not None:
             self.counters.tpot.observe((seq.last_token_time - seq.first_token_time) / (seq.num_output_tokens - 1))
-        return Delta(seq.request_id, text, token_ids or [], seq.num_prompt_tokens, seq.num_output_tokens,
-                     finished=True, finish_reason=reason, failure=failure, error=error)
 
     # ---- introspection ----------------------------------------------------------------------------------
 
@@ -221,5 +251,6 @@ class LLMEngine:
             kv_blocks_total=bm.num_blocks, prefix_queries=sched.prefix_queries, prefix_hits=sched.prefix_hits,
             preemptions=sched.num_preemptions)
 
-    def sequence(self, request_id: str) -> Sequence | None:
-        return self.requests.get(request_id)
+    def sequence(self, request_id: str, index: int = 0) -> Sequence | None:
+        """Sample `index` of an unfinished request, None once it finished."""
+        return next((s for s in self.requests.get(request_id, ()) if s.index == index), None)

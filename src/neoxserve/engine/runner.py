@@ -1,8 +1,13 @@
 """Runs one scheduled batch through the model: flat inputs + AttentionMetadata in, sampled tokens out."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
+from neoxserve.engine.logprobs import prompt_logprobs, token_logprobs
+from neoxserve.engine.outputs import TokenLogprob
+from neoxserve.engine.penalties import TokenHistory, needs_history
 from neoxserve.engine.sampler import Sampler, SampleRequest
 from neoxserve.engine.sampling_params import SamplingParams
 from neoxserve.engine.scheduler import ScheduledBatch
@@ -10,6 +15,14 @@ from neoxserve.engine.sequence import Sequence
 from neoxserve.model.attention import AttentionMetadata, allocate_kv_cache
 from neoxserve.model.config import NeoXConfig
 from neoxserve.model.neox import GPTNeoX
+
+
+@dataclass
+class StepResult:
+    # every sequence caught up after the step: its new token, and that token's logprobs when it asked for them
+    sampled: list[tuple[Sequence, int, TokenLogprob | None]] = field(default_factory=list)
+    # sequences that asked for prompt logprobs: those of the prompt tokens whose logits this step computed
+    prompt_logprobs: list[tuple[Sequence, list[TokenLogprob]]] = field(default_factory=list)
 
 
 class ModelRunner:
@@ -37,12 +50,12 @@ class ModelRunner:
         seq = Sequence("warm-up", list(range(n)), SamplingParams(max_new_tokens=2))
         seq.block_table = list(range(-(-(n + 1) // self.block_size)))
         batch = ScheduledBatch(seqs=[seq], num_new_tokens=[n])
-        for seq_, token in self.run(batch):
+        for seq_, token, _ in self.run(batch).sampled:
             seq_.token_ids.append(token)
         seq.num_computed_tokens = n
         self.run(ScheduledBatch(seqs=[seq], num_new_tokens=[1]))
 
-    def run(self, batch: ScheduledBatch) -> list[tuple[Sequence, int]]:
+    def run(self, batch: ScheduledBatch) -> StepResult:
         """Compute the batch's new tokens; sample one token for every sequence that is caught up after it."""
         input_ids: list[int] = []
         positions: list[int] = []
@@ -50,9 +63,16 @@ class ModelRunner:
         tables: list[list[int]] = []
         sample_rows: list[int] = []
         sample_seqs: list[Sequence] = []
+        prompt_rows: list[tuple[Sequence, int, int, int]] = []   # (sequence, row, position, count) to score
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             c = seq.num_computed_tokens
             end = c + n
+            if seq.scores_prompt:
+                # position p's logits score prompt token p + 1; the ones already scored (before a preemption) are
+                # not scored again
+                first, last = max(c, len(seq.prompt_logprobs)), min(end, seq.num_prompt_tokens - 1)
+                if first < last:
+                    prompt_rows.append((seq, len(input_ids) + first - c, first, last - first))
             input_ids += seq.token_ids[c:end]
             positions += range(c, end)
             seq_lens.append(end)
@@ -62,15 +82,40 @@ class ModelRunner:
                 sample_seqs.append(seq)
 
         dev = self.device
+        result = StepResult()
         meta = AttentionMetadata.build(batch.num_new_tokens, seq_lens, tables, self.block_size, dev)
         with torch.inference_mode():
             hidden = self.model(torch.tensor(input_ids, dtype=torch.long, device=dev),
                                 torch.tensor(positions, dtype=torch.long, device=dev), meta, self.kv_caches)
+            for seq, row, first, count in prompt_rows:
+                k = seq.params.prompt_logprobs
+                assert k is not None
+                result.prompt_logprobs.append((seq, prompt_logprobs(
+                    self.model.compute_logits, hidden[row:row + count], seq.token_ids[first + 1:first + 1 + count],
+                    k, self.num_token_ids)))
             if not sample_seqs:
-                return []
+                return result
             rows = hidden[sample_rows[0]:sample_rows[0] + 1] if len(sample_rows) == 1 else \
                 hidden[torch.tensor(sample_rows, device=dev)]
             logits = self.model.compute_logits(rows)[:, :self.num_token_ids]
-            tokens = self.sampler.sample(
-                logits, [SampleRequest(s.params, s.token_ids, s.num_output_tokens) for s in sample_seqs])
-        return list(zip(sample_seqs, tokens, strict=True))
+            tokens = self.sampler.sample(logits, [self._sample_request(s) for s in sample_seqs])
+            scored = self._logprobs(logits, tokens, sample_seqs)
+        result.sampled = list(zip(sample_seqs, tokens, scored, strict=True))
+        return result
+
+    def _sample_request(self, seq: Sequence) -> SampleRequest:
+        if seq.token_history is None and needs_history(seq.params):
+            seq.token_history = TokenHistory(self.num_token_ids, seq.params)
+        return SampleRequest(seq.params, seq.token_ids, seq.num_output_tokens, seq.token_history)
+
+    @staticmethod
+    def _logprobs(logits: torch.Tensor, tokens: list[int], seqs: list[Sequence]) -> list[TokenLogprob | None]:
+        """The sampled tokens' logprobs, for the rows that asked (no other row is touched)."""
+        out: list[TokenLogprob | None] = [None] * len(seqs)
+        asking = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+        if asking:
+            scored = token_logprobs(logits[asking], [tokens[i] for i in asking],
+                                    [seqs[i].params.logprobs or 0 for i in asking])
+            for i, lp in zip(asking, scored, strict=True):
+                out[i] = lp
+        return out

@@ -1,10 +1,11 @@
 """Batched sampling of the next token for many sequences, each with its own parameters.
 
-Order per row (docs/sampling.md): repetition penalty, then argmax if greedy, else temperature, top-k, top-p (all as
-transformers' logits processors define them; a row whose temperature is too small for float32 takes the argmax),
-then an exponential race: `argmax(probs / q)` with `q ~ Exp(1)` picks token i with probability probs[i]. A seeded
-request draws its `q` from a generator seeded with a hash of (seed, index of the token), so its token depends only
-on that and its own logits: not on what else is in the batch, nor on whether it was preempted and recomputed.
+Order per row (docs/sampling.md): penalties (engine/penalties.py), then argmax if greedy, else temperature, top-k,
+top-p (all as transformers' logits processors define them; a row whose temperature is too small for float32 takes
+the argmax), then an exponential race: `argmax(probs / q)` with `q ~ Exp(1)` picks token i with probability
+probs[i]. A seeded request draws its `q` from a generator seeded with a hash of (seed, index of the token), so its
+token depends only on that and its own logits: not on what else is in the batch, nor on whether it was preempted
+and recomputed.
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
 
 import torch
 
+from neoxserve.engine.penalties import TokenHistory, apply_penalties, needs_history
 from neoxserve.engine.sampling_params import SamplingParams
 
 _NEG_INF = float("-inf")
@@ -24,8 +25,10 @@ _NEG_INF = float("-inf")
 @dataclass(frozen=True)
 class SampleRequest:
     params: SamplingParams
-    token_ids: Sequence[int]     # prompt + generated so far (what the repetition penalty looks at)
+    token_ids: Sequence[int]     # prompt + generated so far (what the penalties look at)
     num_generated: int           # index of the token being sampled among the generated ones (0 = first)
+    # the sequence's counts of its tokens, kept across steps (engine/penalties.py); None: counted afresh
+    history: TokenHistory | None = None
 
 
 def row_seed(seed: int, n: int) -> int:
@@ -38,19 +41,22 @@ def apply_repetition_penalty(logits: torch.Tensor, token_ids: Sequence[Sequence[
                              penalties: Sequence[float]) -> torch.Tensor:
     """transformers' RepetitionPenaltyLogitsProcessor per row: every token id present in the row's `token_ids`
     has its logit multiplied by the penalty if negative, else divided by it. Returns a new tensor unless no row
-    is penalized."""
-    rows = [i for i, p in enumerate(penalties) if p != 1.0]
-    if not rows:
-        return logits
-    vocab = logits.shape[1]
-    row_idx = torch.tensor(list(chain.from_iterable([i] * len(token_ids[i]) for i in rows)), dtype=torch.long)
-    col_idx = torch.tensor(list(chain.from_iterable(token_ids[i] for i in rows)), dtype=torch.long)
-    valid = (col_idx >= 0) & (col_idx < vocab)
-    seen = torch.zeros(logits.shape, dtype=torch.bool)
-    seen[row_idx[valid], col_idx[valid]] = True
-    penalty = torch.tensor(penalties, dtype=logits.dtype).unsqueeze(1)
-    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
-    return torch.where(seen, penalized, logits)
+    is penalized. (The sampler's own path, with histories kept across steps, is engine/penalties.py.)"""
+    params = [SamplingParams(penalty_score=p) for p in penalties]
+    return apply_penalties(logits, params, _histories(
+        [SampleRequest(p, ids, 0) for p, ids in zip(params, token_ids, strict=True)], logits.shape[1]))
+
+
+def _histories(requests: Sequence[SampleRequest], vocab: int) -> list[TokenHistory | None]:
+    """Each penalized row's history brought up to date (a fresh one for a request that brings none)."""
+    out: list[TokenHistory | None] = []
+    for r in requests:
+        history = None
+        if needs_history(r.params):
+            history = r.history if r.history is not None else TokenHistory(vocab, r.params)
+            history.update(r.token_ids, r.num_generated)
+        out.append(history)
+    return out
 
 
 def apply_temperature(logits: torch.Tensor, temperatures: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,8 +132,7 @@ class Sampler:
         raw = logits.to("cpu", torch.float32)
         finite = torch.isfinite(raw)
         logits = raw.masked_fill(~finite, _NEG_INF)
-        logits = apply_repetition_penalty(
-            logits, [r.token_ids for r in requests], [r.params.penalty_score for r in requests])
+        logits = apply_penalties(logits, [r.params for r in requests], _histories(requests, logits.shape[1]))
 
         tokens = torch.empty(len(requests), dtype=torch.long)
         greedy = [i for i, r in enumerate(requests) if r.params.greedy]

@@ -96,7 +96,7 @@ class Scheduler:
         while self.waiting and budget > 0 and len(running) < self.max_num_seqs and not batch.preempted:
             seq = self.waiting[0]
             hits = bm.lookup_prefix(seq)
-            if bm.enable_prefix_caching:
+            if bm.enable_prefix_caching and not seq.scores_prompt:   # (which takes nothing from the cache)
                 if inflight is None:
                     inflight = self._inflight_block_hashes()
                 if len(hits) < (seq.num_tokens - 1) // bm.block_size and bm.block_hash(seq, len(hits)) in inflight:

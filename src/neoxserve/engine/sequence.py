@@ -9,6 +9,8 @@ from neoxserve.engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from neoxserve.engine.detokenizer import IncrementalDetokenizer
+    from neoxserve.engine.outputs import TokenLogprob
+    from neoxserve.engine.penalties import TokenHistory
 
 
 class SequenceStatus(enum.Enum):
@@ -25,12 +27,14 @@ class Sequence:
         "request_id", "params", "token_ids", "num_prompt_tokens", "num_computed_tokens", "block_table",
         "num_hashed_blocks", "block_hashes", "status", "arrival_time", "deadline", "first_scheduled_time",
         "first_token_time", "last_token_time", "num_cached_prompt_tokens", "detokenizer",
-        "stop_token_ids",
+        "stop_token_ids", "index", "token_history", "prompt_logprobs",
     )
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                 stop_token_ids: frozenset[int] = frozenset(), deadline: float | None = None) -> None:
+                 stop_token_ids: frozenset[int] = frozenset(), deadline: float | None = None,
+                 index: int = 0) -> None:
         self.request_id = request_id
+        self.index = index                    # which of the request's samples (SamplingParams.n) this is
         self.params = params
         self.token_ids: list[int] = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
@@ -48,6 +52,8 @@ class Sequence:
         self.num_cached_prompt_tokens = 0     # prompt tokens found in the prefix cache (first admission)
         self.detokenizer: IncrementalDetokenizer | None = None   # set by the engine core (LLMEngine.add_request)
         self.stop_token_ids = stop_token_ids
+        self.token_history: TokenHistory | None = None   # for the penalties, kept by the runner
+        self.prompt_logprobs: list[TokenLogprob] = []    # of prompt tokens 1.. so far (params.prompt_logprobs)
 
     @property
     def num_tokens(self) -> int:
@@ -60,6 +66,12 @@ class Sequence:
     @property
     def num_uncomputed_tokens(self) -> int:
         return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def scores_prompt(self) -> bool:
+        """It still owes prompt logprobs: every prompt position's logits must be computed, none taken from the
+        prefix cache (they come with the first output token)."""
+        return self.params.prompt_logprobs is not None and self.num_output_tokens == 0
 
     def __repr__(self) -> str:
         return (f"Sequence({self.request_id!r}, {self.status.value}, tokens={self.num_tokens}, "

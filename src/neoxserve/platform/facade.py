@@ -9,6 +9,7 @@ import math
 import secrets as _random
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -385,7 +386,8 @@ def _check_limits(limits: Limits) -> None:
 
 
 def _check_defaults(s: Service) -> None:
-    for name, (integer, rule, ok) in SAMPLING_RULES.items():
+    for name in (f.name for f in fields(s) if f.name in SAMPLING_RULES):   # the service's sampling defaults
+        integer, rule, ok = SAMPLING_RULES[name]
         value = getattr(s, name)
         if value is None:
             continue

@@ -95,13 +95,16 @@ class Service:
         return asdict(self)
 
 
-# The ranges of the sampling fields, shared by request validation (336003) and a service's defaults (publish):
+# The ranges of the sampling fields, shared by request validation (336003) and a service's defaults (publish; the
+# Service fields named here):
 # name -> (integer?, the rule as the error messages say it, the check on a number of the right type).
 SAMPLING_RULES: dict[str, tuple[bool, str, Callable[[float], bool]]] = {
     "temperature": (False, "in (0, 1.0]", lambda v: 0 < v <= 1),
     "top_p": (False, "in [0, 1.0]", lambda v: 0 <= v <= 1),
     "top_k": (True, "a positive integer", lambda v: v > 0),
     "penalty_score": (False, "in [1.0, 2.0]", lambda v: 1 <= v <= 2),
+    "presence_penalty": (False, "in [-2.0, 2.0]", lambda v: -2 <= v <= 2),    # OpenAI's and Qianfan v2's
+    "frequency_penalty": (False, "in [-2.0, 2.0]", lambda v: -2 <= v <= 2),
     "max_output_tokens": (True, "a positive integer", lambda v: v > 0),
 }
 
