@@ -200,3 +200,73 @@ def test_ctrl_c_in_the_terminal_does_not_kill_the_engine(loop, client):
 
     assert run(loop, one())[-1].completion_tokens == 3
     assert client.is_alive()
+
+
+@pytest.fixture(scope="module")
+def samples_client(loop, demo_model_dir, tmp_path_factory):
+    """Room for two running samples; a third waits, and times out after 2 s."""
+    settings = _settings(demo_model_dir, tmp_path_factory, max_num_seqs=2, max_waiting_requests=4,
+                         queue_timeout_seconds=2.0)
+    client = run(loop, AsyncEngineClient.start(engine_config(settings)), 120)
+    yield client
+    run(loop, client.shutdown())
+
+
+def test_a_stream_of_samples_ends_after_every_samples_final_delta(loop, samples_client, make_engine, h):
+    client = samples_client
+    prompt = client.tokenizer.encode("Tell me about the Great Wall of China.")
+    params = SamplingParams(seed=21, temperature=1.0, max_new_tokens=6, ignore_eos=True, n=2, logprobs=1)
+
+    async def collect():
+        return [d async for d in client.generate("n2", prompt, params)]
+
+    deltas = run(loop, collect())
+    assert sorted(d.index for d in deltas if d.finished) == [0, 1]
+    engine = make_engine()
+    engine.add_request("n2", prompt, params)
+    local = h.run_all(engine)["n2"]
+    for i in (0, 1):
+        got = [d for d in deltas if d.index == i]
+        assert h.tokens_of(got) == h.tokens_of([d for d in local if d.index == i])
+        assert [e.token_id for d in got for e in d.logprobs] == h.tokens_of(got)
+        assert got[-1].finished and got[-1].completion_tokens == 6
+
+
+def test_a_failed_sample_raises_and_aborts_the_others(loop, samples_client):
+    client = samples_client
+    prompt = client.tokenizer.encode("Count to a thousand.")
+    aborts = _aborts(client)
+
+    async def scenario():
+        stream = client.generate("n3", prompt, SamplingParams(greedy=True, max_new_tokens=1000, ignore_eos=True, n=3))
+        with pytest.raises(QueueTimeout):                # sample 2 waits behind samples 0 and 1 past 2 s
+            async for _ in stream:
+                pass
+
+    run(loop, scenario())
+    run(loop, _until(_idle_after_aborts(client, aborts + 2)))
+
+
+def test_closing_a_stream_of_samples_aborts_them_all(loop, samples_client):
+    client = samples_client
+    prompt = client.tokenizer.encode("Please introduce yourself.")
+    aborts = _aborts(client)
+
+    async def close_early():
+        stream = client.generate("c2", prompt, SamplingParams(seed=1, max_new_tokens=1000, ignore_eos=True, n=2))
+        got = [await stream.__anext__() for _ in range(3)]
+        await stream.aclose()
+        return got
+
+    assert not any(d.finished for d in run(loop, close_early()))
+    run(loop, _until(_idle_after_aborts(client, aborts + 2)))
+
+
+def test_more_samples_than_the_engine_can_queue_are_refused_before_the_first_delta(loop, client):
+    prompt = client.tokenizer.encode("Hello")
+
+    async def refused():
+        await client.generate("n2", prompt, SamplingParams(max_new_tokens=4, n=2)).__anext__()
+
+    with pytest.raises(RequestRejected, match=r"^n=2 samples can never be queued at once"):
+        run(loop, refused())

@@ -21,6 +21,7 @@ from neoxserve.engine.sequence import Sequence
     (dict(top_p=-0.1), "top_p must be in [0, 1], got -0.1"),
     (dict(penalty_score=0.0), "penalty_score must be > 0, got 0.0"),
     (dict(max_new_tokens=0), "max_new_tokens must be >= 1, got 0"),
+    (dict(n=0), "n must be >= 1, got 0"),
 ])
 def test_sampling_params_refuse_what_the_sampler_cannot_compute(kwargs, message):
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
