@@ -129,3 +129,31 @@ def test_the_sampler_counts_afresh_without_a_history_and_updates_a_given_one():
 def test_non_finite_penalties_are_refused(name, value):
     with pytest.raises(ValueError, match=f"^{name} must be a finite number, got {value}$"):
         SamplingParams(**{name: value})
+
+
+def test_the_engine_generates_what_the_formula_on_the_reference_models_logits_picks(h, make_hf_model):
+    """End to end: greedy generation with both penalties equals a reference loop that applies the formula to
+    transformers' logits of the same weights and takes the argmax (the penalties change the tokens here)."""
+    from neoxserve.engine.core import LLMEngine
+    from neoxserve.model.loader import load_model
+
+    vocab = 905                                     # the demo tokenizer's ids: no padded rows
+    hf, path = make_hf_model(vocab_size=vocab, max_position_embeddings=256)
+    prompt = [(41 * j) % 880 + 20 for j in range(15)]
+
+    def reference(frequency: float, presence: float, steps: int) -> list[int]:
+        tokens = list(prompt)
+        for _ in range(steps):
+            with torch.inference_mode():
+                row = hf(torch.tensor([tokens])).logits[0, -1].float()
+            tokens.append(int(formula(row, tokens[len(prompt):], frequency, presence).argmax()))
+        return tokens[len(prompt):]
+
+    plain = reference(0.0, 0.0, 16)
+    penalized = reference(0.6, 0.8, 16)
+    assert penalized != plain
+
+    engine = LLMEngine(load_model(path, "cpu", "float32"), h.config())
+    engine.add_request("r", prompt, SamplingParams(greedy=True, max_new_tokens=16, ignore_eos=True,
+                                                   frequency_penalty=0.6, presence_penalty=0.8))
+    assert h.tokens_of(h.run_all(engine)["r"]) == penalized
