@@ -63,6 +63,31 @@ def test_stop_ends_the_text_before_the_stop_string(server, key):
     assert stopped.choices[0].finish_reason == "stop"
 
 
+def test_n_2_and_logprobs(server, key):
+    """Two samples of one prompt; sample 0 with seed s is the n=1 answer with seed s. Logprobs are the model's
+    log-probabilities: at most 0, the top alternatives in order, the chosen token among them when greedy."""
+    c = client(server, key)
+    one = c.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=6, seed=21)
+    two = c.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=6, seed=21, n=2, logprobs=True,
+                                    top_logprobs=3)
+    assert [ch.index for ch in two.choices] == [0, 1]
+    assert two.choices[0].message.content == one.choices[0].message.content
+    assert two.usage.prompt_tokens == one.usage.prompt_tokens
+    assert two.usage.completion_tokens == sum(len(ch.logprobs.content) for ch in two.choices)
+    for choice in two.choices:
+        if choice.finish_reason == "length":      # no stop token (its entry has no text in the content)
+            raw = b"".join(bytes(e.bytes) for e in choice.logprobs.content)
+            assert raw.decode("utf-8", errors="replace") == choice.message.content
+        for e in choice.logprobs.content:
+            tops = [t.logprob for t in e.top_logprobs]
+            assert len(tops) == 3 and tops == sorted(tops, reverse=True) and e.logprob <= tops[0] <= 0
+    greedy = c.completions.create(model="demo", prompt=PROMPT, max_tokens=5, temperature=0, logprobs=2, echo=True)
+    lp = greedy.choices[0].logprobs
+    assert lp.token_logprobs[0] is None and len(lp.tokens) == greedy.usage.total_tokens
+    for token, logprob, top in zip(lp.tokens[-5:], lp.token_logprobs[-5:], lp.top_logprobs[-5:], strict=True):
+        assert top[token] == logprob == max(top.values())               # greedy: the chosen is the most likely
+
+
 def test_async_client(server, key):
     async def calls():
         c = openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0, timeout=120)

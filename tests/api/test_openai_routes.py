@@ -13,7 +13,7 @@ from neoxserve.config import Settings
 from neoxserve.engine.errors import EngineOverloaded
 from neoxserve.platform import Limits, Platform
 
-from fakes import FakeEngine
+from fakes import FakeEngine, fake_logprob
 
 NOW = 60 * 29_166_667 + 1.0   # one second into a minute: no window moves during a test
 CHAT = [{"role": "user", "content": "hi"}]
@@ -166,7 +166,8 @@ def test_error_after_output_ends_the_stream_with_an_error_frame(setup):
     ({"temperature": "hot"}, "temperature must be a number", "temperature"),
     ({"top_p": 1.5}, "top_p is 1.5, it must be in [0, 1.0]", "top_p"),
     ({"n": 0}, "n is 0, it must be in [1, 16]", "n"),
-    ({"presence_penalty": 3}, "presence_penalty is 3, it must be in [-2, 2]", "presence_penalty"),
+    ({"presence_penalty": 3}, "presence_penalty is 3, it must be in [-2.0, 2.0]", "presence_penalty"),
+    ({"top_logprobs": 21, "logprobs": True}, "top_logprobs is 21, it must be in [0, 20]", "top_logprobs"),
     ({"max_tokens": 0}, "max_tokens is 0, it must be a positive integer", "max_tokens"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop has 5 entries, at most 4 are allowed", "stop"),
     ({"stream_options": {"include_usage": True}}, "stream_options is only allowed when stream is true",
@@ -224,15 +225,68 @@ def test_model_permission_and_auth_errors(setup):
     openai_error(r, 400, "the body is not valid JSON", "invalid_request_error")
 
 
-def test_engine_features_not_in_this_engine_are_refused_by_name(setup):
+def test_n_samples_share_the_prompt_and_add_their_output(setup):
     s = setup()
-    openai_error(s.chat(n=2), 400, "n is 2: this server returns one choice per request (n = 1)",
-                 "invalid_request_error", "n")
-    openai_error(s.chat(logprobs=True), 400, "logprobs are not supported by this server yet",
-                 "invalid_request_error", "logprobs")
-    openai_error(s.chat(frequency_penalty=0.5), 400, "frequency_penalty is not supported by this server yet "
-                 "(only 0)", "invalid_request_error", "frequency_penalty")
-    assert s.chat(presence_penalty=0).status_code == 200
+    body = s.chat(n=2, max_tokens=3, seed=4).json()
+    assert [(c["index"], c["message"]["content"]) for c in body["choices"]] == [
+        (0, s.engine.sample_text(0)[:3]), (1, s.engine.sample_text(1)[:3])]
+    params = s.engine.calls[-1][2]
+    assert params.n == 2 and params.seed == 4
+    assert body["usage"]["completion_tokens"] == 6 and body["usage"]["prompt_tokens"] == len(s.engine.calls[-1][1])
+    frames = events(s.completion(n=2, max_tokens=2, stream=True))
+    texts = {0: "", 1: ""}
+    for f in frames:
+        texts[f["choices"][0]["index"]] += f["choices"][0]["text"]
+    assert texts == {0: s.engine.sample_text(0)[:2], 1: s.engine.sample_text(1)[:2]}
+
+
+def test_n_reserves_every_samples_output_of_the_tpm_budget(setup):
+    s = setup(limits=Limits(tpm=30))
+    r = s.completion(prompt="hi", n=2, max_tokens=15)               # 2 + 2 x 15 > 30
+    assert r.status_code == 429 and "retry-after" not in r.headers
+    assert s.completion(prompt="hi", n=2, max_tokens=14).status_code == 200
+
+
+def test_penalties_reach_the_engine(setup):
+    s = setup()
+    assert s.chat(presence_penalty=0.5, frequency_penalty=-1).status_code == 200
+    params = s.engine.calls[-1][2]
+    assert (params.presence_penalty, params.frequency_penalty) == (0.5, -1.0)
+    assert s.v2(presence_penalty=2, penalty_score=1.5).status_code == 200
+    assert s.engine.calls[-1][2].presence_penalty == 2.0
+
+
+def test_chat_logprobs(setup):
+    s = setup()
+    body = s.chat(max_tokens=3, logprobs=True, top_logprobs=2).json()
+    assert s.engine.calls[-1][2].logprobs == 2 and s.engine.calls[-1][2].prompt_logprobs is None
+    content = body["choices"][0]["logprobs"]["content"]
+    expected = [fake_logprob(ord(c), i, 2) for i, c in enumerate(TEXT[:3])]
+    assert [(e["token"], e["logprob"], e["bytes"]) for e in content] == [
+        (chr(e.token_id), e.logprob, list(chr(e.token_id).encode())) for e in expected]
+    assert [[(t["token"], t["logprob"]) for t in e["top_logprobs"]] for e in content] == [
+        [(chr(t), lp) for t, lp in e.top] for e in expected]
+    frames = events(s.chat(max_tokens=2, logprobs=True, stream=True))
+    assert frames[0]["choices"][0]["logprobs"] is None                     # the role frame
+    assert [f["choices"][0]["logprobs"]["content"][0]["token"] for f in frames[1:]] == ["H", "e"]
+    assert s.chat(max_tokens=2).json()["choices"][0]["logprobs"] is None
+
+
+def test_completion_logprobs_with_echo(setup):
+    s = setup()
+    body = s.completion(prompt="hi", max_tokens=2, logprobs=1, echo=True).json()
+    params = s.engine.calls[-1][2]
+    assert (params.logprobs, params.prompt_logprobs) == (1, 1)
+    lp = body["choices"][0]["logprobs"]
+    assert lp["tokens"] == ["h", "i", "H", "e"] and lp["text_offset"] == [0, 1, 2, 3]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    second = fake_logprob(ord("i"), 1, 1)
+    assert lp["token_logprobs"][1] == second.logprob
+    assert lp["top_logprobs"][1] == {"i": second.logprob}                 # the chosen one is the most likely
+    assert lp["token_logprobs"][2:] == [fake_logprob(ord(c), i, 1).logprob for i, c in enumerate("He")]
+    frames = events(s.completion(prompt="hi", max_tokens=2, logprobs=0, stream=True))
+    assert [f["choices"][0]["logprobs"]["tokens"] for f in frames] == [["H"], ["e"]]
+    assert [f["choices"][0]["logprobs"]["text_offset"] for f in frames] == [[0], [1]]
 
 
 def test_overload_is_503(setup):

@@ -114,11 +114,11 @@ def prompt(value: object, expected: str = "a string") -> str:
     return text("prompt", value)
 
 
-def in_range(name: str, value: float | None, low: float, high: float, rule: str | None = None) -> None:
+def in_range(name: str, value: float | None, low: float, high: float) -> None:
     """336003 unless low <= value <= high (NaN is never in range)."""
     if value is not None and not low <= value <= high:
         shown = format(value, "g") if isinstance(value, float) else value
-        raise out_of_range(f"{name} is {shown}, it must be {rule or f'in [{low:g}, {high:g}]'}", param=name)
+        raise out_of_range(f"{name} is {shown}, it must be in [{low:g}, {high:g}]", param=name)
 
 
 def check_rule(name: str, value: float | None, field: str | None = None) -> None:

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ..engine.sampling_params import MAX_LOGPROBS
 from . import fields
 from .errors import out_of_range
 from .fields import Body
 from .validation import CompletionRequest
 
 MAX_N = 16                  # samples per request (each holds its own KV blocks past the shared prompt)
-MAX_TOP_LOGPROBS = 20       # chat `top_logprobs` (OpenAI's limit; the engine's MAX_LOGPROBS)
+MAX_TOP_LOGPROBS = MAX_LOGPROBS   # chat `top_logprobs` (OpenAI's limit is the engine's, 20)
 MAX_COMPLETION_LOGPROBS = 5  # completions `logprobs` (OpenAI's limit)
-PENALTY_RANGE = (-2.0, 2.0)  # presence_penalty and frequency_penalty, OpenAI and Qianfan v2
 OPENAI_TEMPERATURE = (0.0, 2.0)
 OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS = 16   # OpenAI's documented default for /v1/completions
 
@@ -106,9 +106,7 @@ def _stream(body: Body, req: CompletionRequest) -> None:
 
 def _penalties(body: Body, req: CompletionRequest) -> None:
     for name in ("presence_penalty", "frequency_penalty"):
-        value = fields.number(body, name)
-        fields.in_range(name, value, *PENALTY_RANGE)
-        setattr(req, name, value or 0.0)
+        setattr(req, name, fields.sampling_number(body, name) or 0.0)
 
 
 def _max_tokens(body: Body, req: CompletionRequest, names: tuple[str, ...]) -> None:

@@ -31,7 +31,7 @@ from .validation import CompletionRequest
 
 
 @dataclass(frozen=True)
-class Protocol:
+class RouteShape:
     """What differs between the OpenAI routes and Qianfan v2: the body parser, the answer's id, the error shape,
     the extra fields of a choice."""
 
@@ -53,12 +53,12 @@ class Protocol:
         return v2_error_body(error, rid) if self.qianfan else openai_error_body(error)
 
 
-OPENAI_CHAT = Protocol("openai_chat", "chat", openai_chat, "chatcmpl-", qianfan=False,
-                       completion_route="/v1/completions")
-OPENAI_COMPLETION = Protocol("openai_completions", "completion", openai_completion, "cmpl-", qianfan=False,
-                             default_max_tokens=OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS)
-QIANFAN_V2_CHAT = Protocol("v2_chat", "chat", qianfan_v2_chat, "as-", qianfan=True,
-                           completion_route="/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/{model}")
+OPENAI_CHAT = RouteShape("openai_chat", "chat", openai_chat, "chatcmpl-", qianfan=False,
+                         completion_route="/v1/completions")
+OPENAI_COMPLETION = RouteShape("openai_completions", "completion", openai_completion, "cmpl-", qianfan=False,
+                               default_max_tokens=OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS)
+QIANFAN_V2_CHAT = RouteShape("v2_chat", "chat", qianfan_v2_chat, "as-", qianfan=True,
+                             completion_route="/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/{model}")
 
 
 # path -> metrics label; api/app.py routes them, api/limits.py labels its refusals with them
@@ -99,26 +99,29 @@ class OpenAIRoutes:
         self.calls.metrics.observe("openai_models", outcome, time.monotonic() - started)
         return response
 
-    async def handle(self, request: Request, protocol: Protocol) -> Response:
-        c = self.calls.start(protocol.route)
+    async def handle(self, request: Request, shape: RouteShape) -> Response:
+        c = self.calls.start(shape.route)
         try:
             app = await authenticate_bearer(self.calls.platform, request)
             raw = await request.body()
             # the body is read before the service: `model` names it
             body = fields.json_object(await self.calls.inputs.run(len(raw), lambda: parse_json(raw)))
             model = model_name(body)
-            completion_route = protocol.completion_route
-            prepared = await c.prepare(app, model, len(raw), lambda: protocol.parse(body),
+            completion_route = shape.completion_route
+            prepared = await c.prepare(app, model, len(raw), lambda: shape.parse(body),
                                        completion_route=completion_route and completion_route.format(model=model),
-                                       default_max_tokens=protocol.default_max_tokens)
+                                       default_max_tokens=shape.default_max_tokens)
             req = prepared.req
-            renderer = Renderer(protocol.kind, protocol.response_id(c.rid), model, req.include_usage,
-                                _safety(prepared.is_safe) if protocol.qianfan else {},
-                                echo=req.prompt if req.echo else "")
+            tokenizer = self.calls.engine.tokenizer
+            renderer = Renderer(shape.kind, shape.response_id(c.rid), model,
+                                lambda token_id: tokenizer.token_bytes(token_id, skip_special_tokens=False),
+                                req.include_usage, _safety(prepared.is_safe) if shape.qianfan else {},
+                                echo=req.prompt if req.echo else "", prompt_ids=prepared.prompt_ids,
+                                logprobs=req.logprobs is not None)
             deltas = c.generate(prepared)
             if req.stream:
                 return await c.stream(request, pieces(deltas, req.n), renderer.frames,
-                                      lambda error: error_frames(protocol.error_body(error, c.rid)))
+                                      lambda error: error_frames(shape.error_body(error, c.rid)))
             answer = await c.collect(request, collect(deltas, req.n))
             if answer is None:
                 return Response(status_code=204)
@@ -126,4 +129,4 @@ class OpenAIRoutes:
             return Response(compact(renderer.whole(answer)), media_type="application/json", headers=c.headers)
         except Exception as e:
             error = await c.failed(e)
-            return protocol.error_response(error, c.rid)
+            return shape.error_response(error, c.rid)

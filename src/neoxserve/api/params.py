@@ -41,22 +41,9 @@ def max_new_tokens(req: CompletionRequest, service_max: int, prompt_tokens: int,
     return asked
 
 
-def _not_in_this_engine(req: CompletionRequest) -> None:
-    """What the OpenAI routes accept but this engine cannot do yet (issue 10b brings n, logprobs and penalties):
-    refused by name rather than ignored."""
-    if req.n > 1:
-        raise out_of_range(f"n is {req.n}: this server returns one choice per request (n = 1)", param="n")
-    if req.logprobs is not None:
-        raise out_of_range("logprobs are not supported by this server yet", param="logprobs")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(req, name):
-            raise out_of_range(f"{name} is not supported by this server yet (only 0)", param=name)
-
-
 def sampling_params(req: CompletionRequest, service: Service, max_tokens: int) -> SamplingParams:
     """The engine adds the model's stop tokens itself (engine/core.py): they are not the API's to pass.
     Greedy decoding: top_p 0 (it keeps no candidate but the most likely one) or temperature 0 (OpenAI's)."""
-    _not_in_this_engine(req)
     base = SamplingParams()
     top_p = _pick(req.top_p, service.top_p, base.top_p)
     temperature = _pick(req.temperature, service.temperature, base.temperature)
@@ -70,4 +57,9 @@ def sampling_params(req: CompletionRequest, service: Service, max_tokens: int) -
         stop=req.stop,
         seed=req.seed,
         greedy=greedy,
+        n=req.n,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        logprobs=req.logprobs,
+        prompt_logprobs=req.logprobs if req.echo else None,
     )
