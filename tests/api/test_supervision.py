@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from neoxserve.api.openapi import Readiness
+
 from live import LiveServer, start_server
 
 RESTART_TIMEOUT = 120.0   # an engine process loading the demo model on a busy machine
@@ -48,7 +50,10 @@ def _moved_away(model: Path):
 
 
 def _ready(live: LiveServer) -> httpx.Response:
-    return httpx.get(live.base_url + "/ready", timeout=10)
+    """GET /ready; its answer is checked against the OpenAPI document's Readiness."""
+    r = httpx.get(live.base_url + "/ready", timeout=10)
+    Readiness.model_validate(r.json())
+    return r
 
 
 def _until(predicate, timeout: float, what: str):
