@@ -51,6 +51,17 @@ class Settings(BaseSettings):
     queue_timeout_seconds: float = Field(0.0, ge=0, description="max time a request may wait to start; 0 = none")
     enable_prefix_caching: bool = True
 
+    # engine supervision (docs/operations.md, "Engine supervision")
+    engine_restart_limit: int = Field(5, ge=0, description="restarts of a dead engine process allowed within "
+                                      "engine_restart_window_seconds; one more death is final; 0 = never restart")
+    engine_restart_window_seconds: float = Field(600.0, gt=0)
+    engine_restart_backoff_seconds: float = Field(1.0, ge=0, description="wait before a restart; doubles with each "
+                                                  "restart still within the window")
+    engine_restart_backoff_max_seconds: float = Field(30.0, ge=0)
+    engine_failure_action: Literal["exit", "stay"] = Field(
+        "exit", description="when the engine cannot come back: exit (code 3) for systemd or Kubernetes to restart "
+        "the server, or stay up answering 336000 with /ready 503")
+
     # requests
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="larger request bodies are refused unread; the "
                                 "default holds the longest prompt a 4096-token context can take, with room to spare")

@@ -12,6 +12,7 @@ from neoxserve.engine.client import EngineClient, TooManyTokens
 from neoxserve.engine.errors import EngineInternalError
 from neoxserve.engine.outputs import Delta, TokenLogprob
 from neoxserve.engine.protocol import ModelInfo
+from neoxserve.engine.readiness import EngineState, Readiness
 from neoxserve.engine.sampling_params import SamplingParams
 
 
@@ -57,6 +58,9 @@ class FakeEngine:
 
     def is_alive(self) -> bool:
         return self.alive
+
+    def readiness(self) -> Readiness:
+        return Readiness(EngineState.READY) if self.alive else Readiness(EngineState.FAILED, "the fake is down")
 
     def stats(self) -> Mapping[str, object]:
         return {"running": self.running, "generation_tokens_total": 3}

@@ -69,6 +69,18 @@ class LiveServer:
         return {m.group(1): float(m.group(2))
                 for m in re.finditer(r"^neoxserve_engine_(\w+) ([0-9.e+-]+)$", text, re.M)}
 
+    def engine_pid(self) -> int | None:
+        """The engine process (the spawned child; the other child is multiprocessing's resource tracker)."""
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except FileNotFoundError:
+                    continue
+                if b"spawn_main" in cmdline:
+                    return int(pid)
+        return None
+
     def stderr_tail(self, n: int = 40) -> str:
         return "\n".join(self.stderr_lines[-n:])
 

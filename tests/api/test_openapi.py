@@ -116,6 +116,12 @@ def test_document_lists_each_routes_codes_and_shapes(document):
     assert sorted(token) == ["200", "400", "401", "413"]
     assert "413" not in call["responses"] and "422" not in json.dumps(document["paths"])
     assert "HTTPValidationError" not in schemas
+    ready = document["paths"]["/ready"]["get"]["responses"]
+    assert {code: r["content"]["application/json"]["schema"]["$ref"] for code, r in ready.items() if code != "413"} \
+        == {"200": "#/components/schemas/Readiness", "503": "#/components/schemas/Readiness"}
+    assert schemas["Readiness"]["required"] == ["status", "model_loaded", "engine_alive", "engine"]
+    assert schemas["Readiness"]["additionalProperties"] is False
+    assert schemas["EngineState"]["enum"] == ["ready", "restarting", "loading", "failed", "stopped"]
     assert token["413"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/OAuthError"}
 
 

@@ -84,3 +84,44 @@ def test_the_http_process_never_loads_torch(server):
     assert not _maps_torch(server.process.pid)
     # the check can see torch: the engine process (a child) has it loaded
     assert any(_maps_torch(pid) for pid in _children(server.process.pid))
+
+
+def test_sigterm_lets_streams_in_flight_finish(tmp_path):
+    """SIGTERM stops accepting connections, but streams already running are answered to their last frame before
+    the engine stops; then serve exits 0."""
+    import json
+    import threading
+
+    live = start_server(tmp_path, env={"NEOXSERVE_DEFAULT_MAX_OUTPUT_TOKENS": "1000"})
+    try:
+        token = live.token()
+        results: list[list[dict]] = [[] for _ in range(4)]
+
+        def stream(out: list[dict]) -> None:
+            with httpx.stream("POST", live.completions_url(), params={"access_token": token}, timeout=120,
+                              json={"prompt": "Tell me a story", "max_output_tokens": 1000, "stream": True,
+                                    "seed": 1}) as r:
+                for line in r.iter_lines():
+                    if line:
+                        out.append(json.loads(line.removeprefix("data: ")))
+
+        threads = [threading.Thread(target=stream, args=(out,), daemon=True) for out in results]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while not all(results) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert all(results), "not every stream started"
+        engines = _children(live.process.pid)
+        live.process.send_signal(signal.SIGTERM)
+        assert not all(frames[-1]["is_end"] for frames in results), "the streams ended before the signal"
+        for t in threads:
+            t.join(120)
+        code = live.process.wait(60)
+    finally:
+        live.stop()
+    assert code == 0, live.stderr_tail()
+    for frames in results:
+        assert "error_code" not in frames[-1] and frames[-1]["is_end"] is True, frames[-1]
+        assert frames[-1]["usage"]["completion_tokens"] > 0
+    assert _all_gone(engines)

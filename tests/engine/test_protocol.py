@@ -18,7 +18,8 @@ from neoxserve.engine.protocol import (AbortRequest, Ack, AckError, AddRequest, 
 from neoxserve.engine.sampling_params import SamplingParams
 
 
-@pytest.mark.parametrize("module", ["neoxserve.engine.client", "neoxserve.api.app", "neoxserve.commands.serve"])
+@pytest.mark.parametrize("module", ["neoxserve.engine.client", "neoxserve.engine.supervisor", "neoxserve.api.app",
+                                    "neoxserve.commands.serve"])
 def test_the_http_side_imports_no_torch(module):
     code = f"import sys, {module}; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -165,9 +165,13 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
         return JSONResponse({"status": "ok"})
 
     async def ready() -> Response:
-        alive = engine_client.is_alive()   # the model is loaded: the app is created after that
-        return JSONResponse({"status": "ready" if alive else "not ready", "model_loaded": True,
-                             "engine_alive": alive}, status_code=200 if alive else 503)
+        readiness = engine_client.readiness()
+        body: dict[str, object] = {"status": "ready" if readiness.ready else "not ready",
+                                   "model_loaded": readiness.ready, "engine_alive": readiness.engine_alive,
+                                   "engine": readiness.state.value}
+        if readiness.reason is not None:
+            body["reason"] = readiness.reason
+        return JSONResponse(body, status_code=200 if readiness.ready else 503)
 
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=METRICS_TYPE)

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from ..engine.stats import COUNTERS
+
 PREFIX = "neoxserve_"
 _NAME_SAFE = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -25,8 +27,9 @@ def _number(value: object) -> float | None:
 class EngineStatsCollector:
     """Turns `engine_client.stats()` (layout in engine/stats.py) into metrics at scrape time.
 
-    Numbers are gauges, or counters when the key ends in `_total`; a dict with `buckets` is a histogram; a
-    dict of numbers under a `_total` key is a counter labelled by `reason`.
+    Numbers are gauges, or counters when the key ends in `_total` or is one of engine.stats.COUNTERS
+    (`restarts`: exported as `neoxserve_engine_restarts_total`); a dict with `buckets` is a histogram; a dict of
+    numbers under a `_total` key is a counter labelled by `reason`.
     """
 
     def __init__(self, stats: Callable[[], Mapping[str, object]]) -> None:
@@ -47,8 +50,8 @@ class EngineStatsCollector:
                         family.add_metric([str(sub)], n)
                 metrics.append(family)
             elif (n := _number(value)) is not None:
-                if name.endswith("_total"):
-                    metrics.append(CounterMetricFamily(name[: -len("_total")], doc, value=n))
+                if name.endswith("_total") or key in COUNTERS:
+                    metrics.append(CounterMetricFamily(name.removesuffix("_total"), doc, value=n))
                 else:
                     metrics.append(GaugeMetricFamily(name, doc, value=n))
         return metrics

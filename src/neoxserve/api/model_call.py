@@ -21,7 +21,7 @@ from fastapi.responses import Response
 
 from ..config import Settings
 from ..engine.client import DeltaStream, EngineClient
-from ..engine.errors import EngineOverloaded, QueueTimeout, RequestRejected
+from ..engine.errors import EngineDead, EngineOverloaded, QueueTimeout, RequestRejected
 from ..engine.outputs import Delta
 from ..engine.sampling_params import SamplingParams
 from ..platform import App, Platform
@@ -49,6 +49,8 @@ def engine_error(e: BaseException, request_id: str) -> ApiError:
         return ApiError(OVERLOADED)
     if isinstance(e, RequestRejected):
         return out_of_range(str(e) or "request rejected by the engine")
+    if isinstance(e, EngineDead):   # the engine client logged the death once; /ready says why it is down
+        return ApiError(INTERNAL)
     log.error("request %s failed: %s", request_id, e, exc_info=e)
     return ApiError(INTERNAL)
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
+from ..engine.readiness import EngineState
 from ..platform.errors import (API_NAME_NOT_EXIST, DAILY_LIMIT, IAM_FAILED, INVALID_PARAMETER, NO_PERMISSION,
                                QPS_LIMIT, RPM_LIMIT, TOKEN_EXPIRED, TOKEN_INVALID, TOTAL_LIMIT, TPM_LIMIT)
 from .errors import (INTERNAL, INVALID_ARGUMENT, INVALID_HTTP_METHOD, INVALID_JSON, OUT_OF_RANGE, OVERLOADED,
@@ -137,9 +138,16 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
+    """The answer of /ready (docs/api.md, "Readiness")."""
+
+    model_config = ConfigDict(extra="forbid")
+
     status: Literal["ready", "not ready"]
     model_loaded: bool
-    engine_alive: bool
+    engine_alive: bool = Field(description="an engine process runs (serving, or loading the model)")
+    engine: EngineState = Field(description="what the engine does: match on this, not on `reason`")
+    reason: str | None = Field(None, description="why the engine is not ready (present with every 503), for "
+                               "people and logs")
 
 
 def business_error(name: str, codes: list[int]) -> type[BaseModel]:
@@ -328,7 +336,7 @@ def bearer_token() -> dict[str, Any]:
 
 _PROBES: dict[str, tuple[str, type[BaseModel] | None]] = {
     "health": ("200 while the process runs", Health),
-    "ready": ("200 when the model is loaded and the engine process alive, else 503", Readiness),
+    "ready": ("200 when the model is loaded and the engine process alive, else 503 with the reason", Readiness),
     "metrics": ("Prometheus text exposition", None),
     "openapi": ("this document (OpenAPI 3.1)", None),
 }
@@ -343,7 +351,8 @@ def probe(name: str, method: str, media_type: str = "application/json") -> dict[
         ok["content"] = {media_type: {"schema": {"type": "object" if name == "openapi" else "string"}}}
     responses: dict[int, dict[str, Any]] = {200: ok}
     if name == "ready":
-        responses[503] = {"description": "not ready: take the replica out of rotation", "model": Readiness}
+        responses[503] = {"description": "not ready (the engine restarts, loads, failed or stops): take the replica "
+                                         "out of rotation", "model": Readiness}
     return {"summary": what, "operation_id": f"{name}_{method.lower()}", "responses": responses}
 
 

@@ -2,6 +2,9 @@
 
 On a fresh data directory the loaded model is published as a service and an app `default` is created; its keys
 and a ready-to-paste curl pair are printed once.
+
+Exit codes: 0 after a clean shutdown (SIGINT / SIGTERM), 1 when startup fails, 3 when the engine cannot be brought
+back and `engine_failure_action` is `exit` (docs/operations.md, "Engine supervision").
 """
 from __future__ import annotations
 
@@ -22,9 +25,11 @@ from .model_flags import QUANTIZATION_FLAGS, add_quantization_arguments
 
 if TYPE_CHECKING:
     from ..platform import NewKeys
-from .engine_config import engine_config
+from .engine_config import engine_config, restart_policy
 
 log = logging.getLogger("neoxserve.serve")
+
+ENGINE_FAILED = 3   # exit code: the engine cannot be brought back (engine_failure_action = "exit")
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -93,14 +98,15 @@ class _Server(uvicorn.Server):
 
 async def serve(settings: Settings) -> int:
     from ..api.app import create_app
-    from ..engine.client import AsyncEngineClient
+    from ..engine.supervisor import EngineSupervisor
     from ..platform import Platform
 
     platform = Platform.open(settings)   # first: a bad store or key fails before the model is loaded
     config = engine_config(settings)
     engine = None
+    watcher = None
     try:
-        engine = await AsyncEngineClient.start(config)
+        engine = await EngineSupervisor.start(config, restart_policy(settings))
         info = engine.model_info
         api_name = settings.api_name or info.name   # the one place the published name is decided
         keys = platform.bootstrap(api_name, info.name)
@@ -115,11 +121,28 @@ async def serve(settings: Settings) -> int:
             server.force_exit = server.should_exit  # a second signal skips waiting for open streams
             server.should_exit = True
 
+        exit_code = 0
+
+        async def when_the_engine_fails() -> None:
+            nonlocal exit_code
+            assert engine is not None
+            await engine.wait_failed()   # the supervisor has logged why
+            if settings.engine_failure_action == "exit":
+                log.error("exiting with code %d (engine_failure_action = exit)", ENGINE_FAILED)
+                exit_code = ENGINE_FAILED
+                server.should_exit = True
+            else:
+                log.error("staying up (engine_failure_action = stay): model calls answer 336000 and /ready 503 "
+                          "until the server is restarted")
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
+        watcher = loop.create_task(when_the_engine_fails())
         await server.serve()
-        return 0 if server.started else 1
+        return exit_code if server.started else 1
     finally:
+        if watcher is not None:
+            watcher.cancel()
         if engine is not None:
             await engine.shutdown()
         platform.close()

@@ -2,7 +2,8 @@
 
 Threads in the HTTP process: a reader (engine -> per-request asyncio queues, one loop callback per engine
 message), a sender (so a full pipe never blocks the event loop), and a watchdog on the process sentinel. If the
-engine process dies, every pending request fails with EngineDead at once and `is_alive()` turns false.
+engine process dies, every pending request fails with EngineDead at once and `is_alive()` turns false; one
+AsyncEngineClient never comes back (engine/supervisor.py's EngineSupervisor starts a new one).
 
 Importing this module does not import torch: only the spawned engine process does (engine/process.py imports
 the engine core inside `engine_main`); this side speaks the protocol and loads the tokenizer.
@@ -13,9 +14,10 @@ import asyncio
 import logging
 import multiprocessing as mp
 import queue
+import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Protocol
 
@@ -26,6 +28,7 @@ from neoxserve.engine.outputs import Delta, Failure
 from neoxserve.engine.process import engine_main
 from neoxserve.engine.protocol import (AbortRequest, Ack, AckError, AddRequest, ClientMessage, Failed, ModelInfo,
                                        Output, ProtocolError, Ready, Shutdown)
+from neoxserve.engine.readiness import EngineState, Readiness
 from neoxserve.engine.sampling_params import SamplingParams
 from neoxserve.engine.stats import StatsSnapshot
 from neoxserve.model.tokenizer import Tokenizer, TooManyTokens as TooManyTokens  # re-exported for the API
@@ -82,8 +85,8 @@ class DeltaStream(Protocol):
 
 
 class EngineClient(Protocol):
-    """What the API needs of the engine: AsyncEngineClient below, and the tests' FakeEngine (tests/api/fakes.py,
-    checked against this by mypy)."""
+    """What the API needs of the engine: EngineSupervisor (engine/supervisor.py, what `serve` uses),
+    AsyncEngineClient below, and the tests' FakeEngine (tests/api/fakes.py); mypy checks each against this."""
 
     @property
     def model_info(self) -> ModelInfo: ...
@@ -101,10 +104,16 @@ class EngineClient(Protocol):
         0's first delta)."""
         ...
 
-    def is_alive(self) -> bool: ...
+    def is_alive(self) -> bool:
+        """The engine takes requests now (readiness().ready)."""
+        ...
+
+    def readiness(self) -> Readiness:
+        """Whether the engine takes requests, and if not, what it is doing and why."""
+        ...
 
     def stats(self) -> Mapping[str, object]:
-        """The engine's latest stats snapshot (engine/stats.py); {} before the first one."""
+        """The engine's stats (engine/stats.py); {} before the first snapshot."""
         ...
 
 
@@ -189,6 +198,7 @@ class AsyncEngineClient:
         self._streams: dict[str, RequestStream] = {}
         self._stats: StatsSnapshot | None = None
         self._dead: str | None = None          # why the engine is gone
+        self._death_callbacks: list[Callable[[str], None]] = []
         self._shutting_down = False
         self._outbox: queue.SimpleQueue[ClientMessage | None] = queue.SimpleQueue()   # None stops the sender
         self._threads = [threading.Thread(target=f, name=f"engine-{f.__name__.strip('_')}", daemon=True)
@@ -239,22 +249,46 @@ class AsyncEngineClient:
     def is_alive(self) -> bool:
         return self._dead is None and self._process.is_alive()
 
+    def readiness(self) -> Readiness:
+        if self.is_alive():
+            return Readiness(EngineState.READY)
+        if self._shutting_down:
+            return Readiness(EngineState.STOPPED, "the engine was shut down")
+        return Readiness(EngineState.FAILED, self._dead or _exit_reason(self._process.exitcode))
+
     def stats(self) -> Mapping[str, object]:
         """The latest stats snapshot pushed by the engine (engine/stats.py), {} before the first one."""
         return self._stats or {}
+
+    @property
+    def snapshot(self) -> StatsSnapshot | None:
+        """The latest stats snapshot, typed (None before the first one); kept after the engine died."""
+        return self._stats
+
+    def on_death(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(reason)` on the event loop when the engine process dies (not when it is shut down), in
+        the same loop step that fails the requests in flight, before any of them sees its error."""
+        if self._dead is not None and not self._shutting_down:
+            self._loop.call_soon(callback, self._dead)
+        else:
+            self._death_callbacks.append(callback)
 
     @property
     def pid(self) -> int | None:
         return self._process.pid
 
     async def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the engine process (it finishes its loop iteration), or make sure a dead one is reaped. Safe to
+        cancel: the process is stopped either way."""
         self._shutting_down = True
         if self._dead is None:
             self._send(Shutdown())
-        await self._loop.run_in_executor(None, self._process.join, timeout)
-        _stop_process(self._process)
-        self._mark_dead("the engine was shut down")
-        self._outbox.put(None)
+        try:
+            await self._loop.run_in_executor(None, self._process.join, timeout)
+        finally:
+            _stop_process(self._process)
+            self._mark_dead("the engine was shut down")
+            self._outbox.put(None)
 
     # ---- threads and plumbing ---------------------------------------------------------------------------
 
@@ -287,13 +321,13 @@ class AsyncEngineClient:
         except RuntimeError:   # the event loop is closed
             return
         self._process.join(0.5)
-        self._died(f"the engine process exited (exit code {self._process.exitcode})")
+        self._died(_exit_reason(self._process.exitcode))
 
     def _watchdog(self) -> None:
         wait([self._process.sentinel])
         # let the reader hand over what the engine sent before it died, then fail whatever is still pending
         self._threads[0].join(timeout=1.0)
-        self._died(f"the engine process exited (exit code {self._process.exitcode})")
+        self._died(_exit_reason(self._process.exitcode))
 
     def _died(self, reason: str) -> None:
         try:
@@ -304,9 +338,12 @@ class AsyncEngineClient:
     def _mark_dead(self, reason: str) -> None:
         if self._dead is not None and not self._streams:
             return
+        died = self._dead is None and not self._shutting_down
         if self._dead is None:
-            if not self._shutting_down:
-                log.error("engine dead: %s", reason)
+            if died:   # the one line about the death; the requests it fails log nothing
+                pending = len(self._streams)
+                failed = f"; {pending} request{'s' * (pending != 1)} in flight failed" if pending else ""
+                log.error("engine dead: %s%s", reason, failed)
             self._dead = reason
             self._outbox.put(None)
         for stream in list(self._streams.values()):
@@ -316,6 +353,9 @@ class AsyncEngineClient:
             else:
                 stream._queue.put_nowait(error)
             self._streams.pop(stream.request_id, None)
+        if died:
+            for callback in self._death_callbacks:
+                callback(reason)
 
     def _dispatch(self, msg: Output) -> None:
         streams = self._streams
@@ -352,6 +392,16 @@ def _wait_ready(process: mp.process.BaseProcess, outputs: Connection, timeout: f
             raise EngineDead(f"the engine process exited while loading (exit code {process.exitcode})")
         if deadline is not None and time.monotonic() > deadline:
             raise EngineDead(f"the engine did not load within {timeout} s")
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"the engine process was killed by {name}"
+    return f"the engine process exited (exit code {exitcode})"
 
 
 def _stop_process(process: mp.process.BaseProcess) -> None:

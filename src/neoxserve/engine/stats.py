@@ -16,6 +16,12 @@ The snapshot dict (StatsSnapshot: what `AsyncEngineClient.stats()` returns; all 
     time_per_output_token_seconds       histogram: per finished request with >= 2 tokens,
                                         (last token time - first token time) / (tokens - 1)
 
+The supervisor (engine/supervisor.py) adds two keys (SupervisedStats) and carries the counters and histograms of
+engine processes that died over to the next one (`carry_over`), so they never go back:
+
+    up                                  gauge: 1 while the engine serves requests, 0 while it is down
+    restarts                            counter: engine processes started after a death (failed loads included)
+
 Each histogram is `{"buckets": [(upper_bound, cumulative_count), ..., (inf, count)], "sum": float,
 "count": int}` -- the Prometheus histogram layout, so exporting is direct, e.g. with prometheus_client:
 
@@ -58,6 +64,20 @@ class StatsSnapshot(TypedDict):
     time_per_output_token_seconds: HistogramSnapshot
 
 
+class SupervisedStats(StatsSnapshot):
+    up: int
+    restarts: int
+
+
+# numbers that are counters though their key does not end in _total (the name is fixed by its readers: the
+# console reads stats()["restarts"]); api/metrics.py exports them as counters
+COUNTERS = frozenset({"restarts"})
+
+
+def _hit_rate(hits: int, queries: int) -> float:
+    return hits / queries if queries else 0.0
+
+
 class Histogram:
     __slots__ = ("bounds", "counts", "sum", "count")
 
@@ -96,7 +116,7 @@ class EngineStats:
             "waiting": waiting,
             "kv_blocks_used": kv_blocks_used,
             "kv_blocks_total": kv_blocks_total,
-            "prefix_cache_hit_rate": prefix_hits / prefix_queries if prefix_queries else 0.0,
+            "prefix_cache_hit_rate": _hit_rate(prefix_hits, prefix_queries),
             "prefix_cache_queries_total": prefix_queries,
             "prefix_cache_hits_total": prefix_hits,
             "prompt_tokens_total": self.prompt_tokens_total,
@@ -107,3 +127,41 @@ class EngineStats:
             "time_to_first_token_seconds": self.ttft.snapshot(),
             "time_per_output_token_seconds": self.tpot.snapshot(),
         }
+
+
+def idle_snapshot() -> StatsSnapshot:
+    """What an engine holding nothing and having done nothing reports: every gauge, counter and histogram zero."""
+    return EngineStats().snapshot(running=0, waiting=0, kv_blocks_used=0, kv_blocks_total=0, prefix_queries=0,
+                                  prefix_hits=0, preemptions=0)
+
+
+def _add(a: HistogramSnapshot, b: HistogramSnapshot) -> HistogramSnapshot:
+    buckets = [(le, n + m) for (le, n), (_, m) in zip(a["buckets"], b["buckets"], strict=True)]
+    return {"buckets": buckets, "sum": a["sum"] + b["sum"], "count": a["count"] + b["count"]}
+
+
+def carry_over(ended: StatsSnapshot, current: StatsSnapshot) -> StatsSnapshot:
+    """`current`'s gauges, with the counters and histograms of `ended` (what engine processes that died had
+    counted) added to its own."""
+    queries = ended["prefix_cache_queries_total"] + current["prefix_cache_queries_total"]
+    hits = ended["prefix_cache_hits_total"] + current["prefix_cache_hits_total"]
+    finished = ended["requests_finished_total"]
+    return {
+        "running": current["running"],
+        "waiting": current["waiting"],
+        "kv_blocks_used": current["kv_blocks_used"],
+        "kv_blocks_total": current["kv_blocks_total"],
+        "prefix_cache_hit_rate": _hit_rate(hits, queries),
+        "prefix_cache_queries_total": queries,
+        "prefix_cache_hits_total": hits,
+        "prompt_tokens_total": ended["prompt_tokens_total"] + current["prompt_tokens_total"],
+        "generation_tokens_total": ended["generation_tokens_total"] + current["generation_tokens_total"],
+        "preemptions_total": ended["preemptions_total"] + current["preemptions_total"],
+        "requests_finished_total": {reason: finished.get(reason, 0) + n
+                                    for reason, n in current["requests_finished_total"].items()},
+        "queue_time_seconds": _add(ended["queue_time_seconds"], current["queue_time_seconds"]),
+        "time_to_first_token_seconds": _add(ended["time_to_first_token_seconds"],
+                                            current["time_to_first_token_seconds"]),
+        "time_per_output_token_seconds": _add(ended["time_per_output_token_seconds"],
+                                              current["time_per_output_token_seconds"]),
+    }
