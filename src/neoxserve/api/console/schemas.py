@@ -1,0 +1,42 @@
+"""Request bodies of the console API. Only shapes and types live here: the rules (names, limit values, sampling
+ranges) are the platform's, so the CLI and the console refuse the same input with the same message."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Login(Body):
+    key: str = Field(max_length=256, description="the admin key printed by `serve` or `admin rotate-key`")
+
+
+class LimitsBody(Body):
+    """Requests per second, per day, in total; null (or absent) means no limit."""
+
+    qps: int | None = None
+    daily: int | None = None
+    total: int | None = None
+
+
+class NewApp(Body):
+    name: str
+    services: list[str] = Field(default_factory=list, description="api_names the app may call")
+    limits: LimitsBody = Field(default_factory=LimitsBody)
+
+
+class NewService(Body):
+    api_name: str
+    model: str
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    penalty_score: float | None = None
+    max_output_tokens: int | None = None
+    allow: list[str] = Field(default_factory=list, description="apps allowed to call it")
+
+
+class PlaygroundToken(Body):
+    app: str

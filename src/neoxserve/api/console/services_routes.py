@@ -1,0 +1,37 @@
+"""Services: list (with the apps allowed to call each), publish (with sampling defaults and maximum output),
+unpublish."""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from .guard import route_class, run
+from .schemas import NewService
+
+
+def router(platform: Any, settings: Any) -> APIRouter:
+    r = APIRouter(prefix="/console/api/services", tags=["console"], route_class=route_class(platform, settings))
+
+    def listing() -> list[dict]:
+        allowed = platform.allowed_apps()
+        return [{**s.to_dict(), "allowed_apps": allowed.get(s.api_name, [])} for s in platform.list_services()]
+
+    @r.get("", summary="every published service, its sampling defaults and the apps allowed to call it")
+    async def list_services() -> dict:
+        return {"services": await run(listing),
+                "default_max_output_tokens": settings.default_max_output_tokens}
+
+    @r.post("", status_code=201, summary="publish a service")
+    async def publish(body: NewService) -> dict:
+        fields = body.model_dump(exclude={"api_name", "model", "allow"})
+        service = await run(platform.publish, body.api_name, body.model, allow=body.allow, **fields)
+        return {**service.to_dict(), "allowed_apps": body.allow}
+
+    @r.delete("/{api_name}", status_code=204, summary="unpublish a service (apps lose their permission for it)")
+    async def unpublish(api_name: str) -> Response:
+        await run(platform.unpublish, api_name)
+        return Response(status_code=204)
+
+    return r
