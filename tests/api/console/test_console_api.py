@@ -185,6 +185,16 @@ def test_app_lifecycle_and_csv(admin, console_server):
     assert admin.get("/console/api/apps/api-life").status_code == 404
 
 
+def test_services_carry_the_platforms_rules(admin):
+    from neoxserve.platform.models import SAMPLING_RULES
+
+    listing = admin.get("/console/api/services").json()
+    assert listing["rules"] == {name: rule for name, (_, rule, _) in SAMPLING_RULES.items()}
+    assert listing["rules"]["temperature"] == "in (0, 1.0]" and listing["default_max_output_tokens"] == 256
+    demo = next(s for s in listing["services"] if s["api_name"] == "demo")
+    assert demo["model"] == "demo" and "default" in demo["allowed_apps"]
+
+
 def test_overview_reports_the_engine(admin):
     o = admin.get("/console/api/overview").json()
     assert o["model"]["name"] == "demo" and (o["model"]["device"], o["model"]["dtype"]) == ("cpu", "float32")

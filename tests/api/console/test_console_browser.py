@@ -279,9 +279,10 @@ def test_a_cross_site_post_is_refused(console):
                                   and r.url.endswith("/console/api/apps")) as refused:
             # localhost and 127.0.0.1 are different sites: the form post is cross-site
             evil.goto(f"http://localhost:{attacker.server_address[1]}/")
+        origin = f"http://localhost:{attacker.server_address[1]}"
         assert refused.value.status == 403
-        assert refused.value.json() == {"error": {"code": "cross_site", "message":
-                                        f"refused: cross-site request from http://localhost:{attacker.server_address[1]}"}}
+        assert refused.value.json() == {"error": {"code": "cross_site",
+                                                  "message": f"refused: cross-site request from {origin}"}}
         evil.close()
     finally:
         attacker.shutdown()

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from ...platform.models import SAMPLING_RULES
 from .guard import route_class, run
 from .schemas import NewService
 
@@ -18,9 +19,11 @@ def router(platform: Any, settings: Any) -> APIRouter:
         allowed = platform.allowed_apps()
         return [{**s.to_dict(), "allowed_apps": allowed.get(s.api_name, [])} for s in platform.list_services()]
 
-    @r.get("", summary="every published service, its sampling defaults and the apps allowed to call it")
+    @r.get("", summary="every published service, its sampling defaults and the apps allowed to call it; the rules "
+                       "of the sampling defaults")
     async def list_services() -> dict:
-        return {"services": await run(listing),
+        rules = {name: rule for name, (_, rule, _) in SAMPLING_RULES.items()}
+        return {"services": await run(listing), "rules": rules,
                 "default_max_output_tokens": settings.default_max_output_tokens}
 
     @r.post("", status_code=201, summary="publish a service")

@@ -25,7 +25,7 @@ export function showKeys(keys, verb) {
       h("dt", null, label, h("span", { class: "note" }, use)),
       h("dd", null, copyable(keys[field], label)),
     ])),
-    h("div", { class: "actions" },
+    h("div", { class: "buttons" },
       h("button", { type: "button", class: "primary", "data-testid": "keys-done", onclick: () => close(true) },
         "I have stored them"))));
 }
@@ -82,7 +82,7 @@ async function editApp(app, services, refresh) {
     h("h3", null, "Limits"), limitsForm,
     h("h3", null, "Allowed services"), checks,
     message,
-    h("div", { class: "actions" }, h("button", { type: "button", onclick: () => close(true) }, "Close"))));
+    h("div", { class: "buttons" }, h("button", { type: "button", onclick: () => close(true) }, "Close"))));
 }
 
 export function render(main) {

@@ -86,7 +86,7 @@ export function modal(title, build) {
 export function confirmDialog(title, text, action) {
   return modal(title, (close) => h("div", null,
     h("p", null, text),
-    h("div", { class: "actions" },
+    h("div", { class: "buttons" },
       h("button", { type: "button", onclick: () => close(false) }, "Cancel"),
       h("button", { type: "button", class: "danger", "data-testid": "confirm", onclick: () => close(true) }, action))));
 }

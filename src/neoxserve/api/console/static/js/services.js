@@ -2,13 +2,13 @@
 import { del, get, post } from "./api.js";
 import { clear, confirmDialog, dateTime, h, messageArea, optionalNumber } from "./dom.js";
 
-// The sampling defaults a service may set: [field, label, rule as shown]. The platform checks the values.
+// The sampling defaults a service may set: [field, label]. Their rules come from the platform (GET /services).
 const DEFAULTS = [
-  ["temperature", "Temperature", "(0, 1]"],
-  ["top_p", "top_p", "[0, 1]"],
-  ["top_k", "top_k", "≥ 1"],
-  ["penalty_score", "Penalty score", "[1, 2]"],
-  ["max_output_tokens", "Max output tokens", "≥ 1"],
+  ["temperature", "Temperature"],
+  ["top_p", "top_p"],
+  ["top_k", "top_k"],
+  ["penalty_score", "Penalty score"],
+  ["max_output_tokens", "Max output tokens"],
 ];
 
 function defaultsText(s) {
@@ -23,7 +23,7 @@ export function render(main) {
   main.append(message, createBox, h("section", { class: "card" }, h("h2", null, "Published services"), tableBox));
   let defaultMax = null;
 
-  function publishForm(apps) {
+  function publishForm(apps, rules) {
     const formMessage = messageArea();
     const form = h("form", { "data-testid": "publish-service" },
       h("div", { class: "row" },
@@ -31,8 +31,8 @@ export function render(main) {
           h("input", { name: "api_name", required: true, placeholder: "stablelm_alpha_7b", autocomplete: "off" })),
         h("label", { class: "field grow" }, h("span", null, "Model (display name)"),
           h("input", { name: "model", required: true, placeholder: "stablelm-tuned-alpha-7b", autocomplete: "off" }))),
-      h("div", { class: "row" }, DEFAULTS.map(([field, label, rule]) => h("label", { class: "field" },
-        h("span", null, label, h("span", { class: "note" }, ` ${rule}`)),
+      h("div", { class: "row" }, DEFAULTS.map(([field, label]) => h("label", { class: "field" },
+        h("span", null, label), h("span", { class: "note" }, rules[field] || ""),
         h("input", { name: field, type: "number", step: "any", placeholder: "default" })))),
       h("div", { class: "field" }, h("span", null, "Allowed apps"), apps.length
         ? h("div", { class: "checks" }, apps.map((a) => h("label", { class: "check" },
@@ -81,7 +81,7 @@ export function render(main) {
     try {
       const [s, a] = await Promise.all([get("/services"), get("/apps")]);
       defaultMax = s.default_max_output_tokens;
-      if (!createBox.firstChild) publishForm(a.apps);
+      if (!createBox.firstChild) publishForm(a.apps, s.rules);
       clear(tableBox, s.services.length ? h("table", { "data-testid": "services-table" },
         h("thead", null, h("tr", null, ["API name", "Model", "Sampling defaults", "Max output", "Allowed apps",
           "Published", ""].map((t) => h("th", null, t)))),

@@ -23,7 +23,8 @@ function query(filters) {
   return q.toString();
 }
 
-// failed calls exist once the platform records them (rows with a `failed` field)
+// a row's calls: `calls` where the platform records succeeded and failed calls, else `requests` (admitted)
+const calls = (row) => row.calls ?? row.requests;
 const failures = (row) => row.failed ?? null;
 
 export function render(main) {
@@ -72,7 +73,7 @@ export function render(main) {
     for (const r of rows) {
       const d = byDay.get(r.day);
       if (!d) continue;
-      d.calls += r.requests;
+      d.calls += calls(r);
       d.failed += failures(r) || 0;
       d.prompt += r.prompt_tokens;
       d.completion += r.completion_tokens;
@@ -93,7 +94,7 @@ export function render(main) {
     ];
     const sum = (f) => rows.reduce((a, r) => a + f(r), 0);
     clear(totals,
-      stat("Calls", "total-calls", sum((r) => r.requests)),
+      stat("Calls", "total-calls", sum(calls)),
       hasFailures ? stat("Failures", "total-failures", sum((r) => failures(r) || 0)) : null,
       stat("Prompt tokens", "total-prompt", sum((r) => r.prompt_tokens)),
       stat("Completion tokens", "total-completion", sum((r) => r.completion_tokens)));
@@ -103,7 +104,7 @@ export function render(main) {
       h("thead", null, h("tr", null, columns.map((t) => h("th", null, t)))),
       h("tbody", null, [...rows].reverse().map((r) => h("tr", null,
         h("td", null, r.day), h("td", null, r.app_name), h("td", null, r.api_name),
-        h("td", { class: "num" }, number(r.requests)),
+        h("td", { class: "num" }, number(calls(r))),
         hasFailures ? h("td", { class: "num" }, number(failures(r))) : null,
         h("td", { class: "num" }, number(r.prompt_tokens)), h("td", { class: "num" }, number(r.completion_tokens)),
         h("td", { class: "num" }, number(r.total_tokens)))))) : h("p", { class: "note" }, "No usage in this range."));
