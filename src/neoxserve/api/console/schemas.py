@@ -2,7 +2,9 @@
 ranges) are the platform's, so the CLI and the console refuse the same input with the same message."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from ...platform.models import SAMPLING_RULES
 
 
 class Body(BaseModel):
@@ -27,15 +29,13 @@ class NewApp(Body):
     limits: LimitsBody = Field(default_factory=LimitsBody)
 
 
-class NewService(Body):
-    api_name: str
-    model: str
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    penalty_score: float | None = None
-    max_output_tokens: int | None = None
-    allow: list[str] = Field(default_factory=list, description="apps allowed to call it")
+# A service's sampling defaults are the fields of the platform's SAMPLING_RULES, each optional.
+NewService = create_model(
+    "NewService", __base__=Body,
+    api_name=(str, ...), model=(str, ...),
+    allow=(list[str], Field(default_factory=list, description="apps allowed to call it")),
+    **{name: (int | None if integer else float | None, None) for name, (integer, _, _) in SAMPLING_RULES.items()},
+)
 
 
 class PlaygroundToken(Body):
