@@ -62,8 +62,10 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright_driver():
+    """Module scope: Playwright's sync API runs an event loop in this thread until it stops, which would break
+    the asyncio.run of tests in later modules."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
