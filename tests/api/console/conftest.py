@@ -16,8 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from console_page import CHROMIUM_FLAGS, LOGIN_LIMIT, same_origin  # noqa: E402
-from live import LiveServer, start_server  # noqa: E402
+from console_page import CHROMIUM_FLAGS, LOGIN_LIMIT, same_origin
+from live import LiveServer, start_server
 
 REPO = Path(__file__).resolve().parents[3]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

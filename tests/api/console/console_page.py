@@ -32,7 +32,7 @@ class Console:
     errors: list[str] = field(default_factory=list)       # console errors (CSP violations included), page errors
 
     @classmethod
-    def open(cls, browser, server: LiveServer, shots: Path) -> "Console":
+    def open(cls, browser, server: LiveServer, shots: Path) -> Console:
         page = browser.pages[0] if browser.pages else browser.new_page()
         c = cls(page, server, shots)
 
@@ -55,7 +55,7 @@ class Console:
         self.page.fill("#admin-key", key or self.server.keys["admin_key"])
         self.page.click("form[data-testid=login-form] button[type=submit]")
 
-    def logged_in(self) -> "Console":
+    def logged_in(self) -> Console:
         self.login()
         self.page.wait_for_selector("nav.sidebar")
         self.page.wait_for_selector("[data-testid=model] .value:not(:empty)")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -118,6 +117,10 @@ def test_errors_name_the_problem(admin):
          "invalid app name 'bad name': use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"),
         ("POST", "/console/api/apps", {"name": "x1", "limits": {"qps": 0}}, 400,
          "invalid qps limit 0: use a positive integer, or none"),
+        ("POST", "/console/api/apps", {"name": "x1", "limits": {"tpm": 0}}, 400,
+         "invalid tpm limit 0: use a positive integer, or none"),
+        ("PUT", "/console/api/apps/default/limits", {"rpm": -5}, 400,
+         "invalid rpm limit -5: use a positive integer, or none"),
         ("POST", "/console/api/apps", {"name": "x1", "limits": {"qps": "5"}}, 400,
          "limits.qps: Input should be a valid integer"),
         ("POST", "/console/api/apps", {"name": "x1", "limit": {}}, 400, "limit: Extra inputs are not permitted"),
@@ -139,6 +142,13 @@ def test_errors_name_the_problem(admin):
         ("DELETE", "/console/api/services/nope", None, 404, "no published service named 'nope'"),
         ("GET", "/console/api/usage?since=yesterday", None, 400, "invalid date 'yesterday': use YYYY-MM-DD"),
         ("POST", "/console/api/playground/token", {"app": "ghost"}, 404, "no app named 'ghost'"),
+        ("POST", "/console/api/apps/ghost/apikeys", {}, 404, "no app named 'ghost'"),
+        ("POST", "/console/api/apps/default/apikeys", {"expires_in": 0}, 400,
+         "invalid expiry 0: use a positive number of seconds"),
+        ("POST", "/console/api/apps/default/apikeys", {"expires_in": 1.5}, 400,
+         "expires_in: Input should be a valid integer"),
+        ("GET", "/console/api/apikeys?app=ghost", None, 404, "no app named 'ghost'"),
+        ("DELETE", "/console/api/apikeys/ALTAK-nope", None, 404, "no API key with id 'ALTAK-nope'"),
     ]
     for method, path, body, status, message in cases:
         r = admin.request(method, path, json=body)
@@ -156,10 +166,11 @@ def test_app_lifecycle_and_csv(admin, console_server):
     assert set(keys) == {"app_id", "name", "api_key", "secret_key", "access_key", "secret_access_key"}
     listed = admin.get("/console/api/apps").json()["apps"]
     mine = next(a for a in listed if a["name"] == "api-life")
-    assert mine["limits"] == {"qps": None, "daily": 50, "total": None} and mine["services"] == ["demo"]
+    assert mine["limits"] == {"qps": None, "daily": 50, "total": None, "rpm": None, "tpm": None}
+    assert mine["services"] == ["demo"] and (mine["requests_this_minute"], mine["tokens_this_minute"]) == (0, 0)
     assert keys["secret_key"] not in admin.get("/console/api/apps").text
-    assert admin.put("/console/api/apps/api-life/limits", json={"qps": 2}).json()["limits"] == {
-        "qps": 2, "daily": None, "total": None}
+    assert admin.put("/console/api/apps/api-life/limits", json={"qps": 2, "rpm": 60, "tpm": 5000}).json()[
+        "limits"] == {"qps": 2, "daily": None, "total": None, "rpm": 60, "tpm": 5000}
     assert admin.delete("/console/api/apps/api-life/services/demo").json()["services"] == []
     token = admin.post("/console/api/playground/token", json={"app": "api-life"}).json()
     assert token["expires_in"] == 3600
@@ -175,8 +186,9 @@ def test_app_lifecycle_and_csv(admin, console_server):
     assert csv.headers["content-type"] == "text/csv; charset=utf-8"
     assert csv.headers["content-disposition"] == f'attachment; filename="neoxserve-usage-{today}-{today}.csv"'
     prompt = r.json()["usage"]["prompt_tokens"]
-    assert csv.text == ("day,app_name,api_name,requests,prompt_tokens,completion_tokens,total_tokens\r\n"
-                        f"{today},api-life,demo,1,{prompt},3,{prompt + 3}\r\n")
+    # two calls: the one refused with 336004 failed, the other succeeded
+    assert csv.text == ("day,app_name,api_name,calls,succeeded,failed,prompt_tokens,completion_tokens,total_tokens"
+                        f"\r\n{today},api-life,demo,2,1,1,{prompt},3,{prompt + 3}\r\n")
     rotated = admin.post("/console/api/apps/api-life/rotate").json()["keys"]
     assert rotated["api_key"] != keys["api_key"]
     assert httpx.post(console_server.completions_url(), params={"access_token": token["access_token"]},
@@ -186,7 +198,7 @@ def test_app_lifecycle_and_csv(admin, console_server):
 
 
 def test_services_carry_the_platforms_rules(admin):
-    from neoxserve.platform.models import SAMPLING_RULES
+    from neoxserve.platform.records import SAMPLING_RULES
 
     listing = admin.get("/console/api/services").json()
     assert listing["rules"] == {name: rule for name, (_, rule, _) in SAMPLING_RULES.items()}
@@ -201,6 +213,7 @@ def test_overview_reports_the_engine(admin):
     assert o["ready"] is True and o["engine_alive"] is True
     assert {"running", "waiting", "kv_blocks_used", "kv_blocks_total", "generation_tokens_total"} <= set(o["stats"])
     assert not [k for k, v in o["stats"].items() if isinstance(v, dict) and "buckets" in v]
+    assert o["restarts"] == o["stats"].get("restarts")     # null until the engine reports restarts
 
 
 def test_page_and_assets_are_served_from_the_package(console_server):
@@ -216,3 +229,31 @@ def test_page_and_assets_are_served_from_the_package(console_server):
         assert r.status_code == 200 and r.headers["x-content-type-options"] == "nosniff", asset
     assert "://" not in page.text.replace("http://www.w3.org", "")    # nothing from another host
     assert httpx.get(base + "/console/", follow_redirects=False).headers["location"] == "/console"
+
+
+def test_api_keys_show_once_list_by_id_and_revoke(admin, console_server):
+    from neoxserve.platform import PlatformError
+
+    admin.post("/console/api/apps", json={"name": "api-keys"})
+    created = admin.post("/console/api/apps/api-keys/apikeys", json={})
+    assert created.status_code == 201, created.text
+    key = created.json()["key"]
+    assert key["key"].startswith("bce-v3/" + key["id"] + "/") and key["expires_at"] is None
+    expiring = admin.post("/console/api/apps/api-keys/apikeys", json={"expires_in": 3600}).json()["key"]
+    assert expiring["expires_at"] == int(expiring["created_at"]) + 3600
+    listed = admin.get("/console/api/apikeys", params={"app": "api-keys"})
+    assert [(k["id"], k["status"], k["expires_at"]) for k in listed.json()["keys"]] == [
+        (key["id"], "active", None), (expiring["id"], "active", expiring["expires_at"])]
+    everything = admin.get("/console/api/apikeys").text + admin.get("/console/api/apps").text
+    assert key["key"] not in everything and expiring["key"] not in everything
+    with console_server.platform() as p:
+        assert p.authenticate_bearer(key["key"]).name == "api-keys"
+    assert admin.delete(f"/console/api/apikeys/{key['id']}").status_code == 204
+    with console_server.platform() as p, pytest.raises(PlatformError) as refused:
+        p.authenticate_bearer(key["key"])
+    assert refused.value.code == 110
+    assert [k["id"] for k in admin.get("/console/api/apikeys", params={"app": "api-keys"}).json()["keys"]] == [
+        expiring["id"]]
+    logs = "\n".join(console_server.stderr_lines + console_server.stdout_lines)
+    assert key["key"] not in logs and expiring["key"] not in logs and f"revoked API key {key['id']}" in logs
+    admin.delete("/console/api/apps/api-keys")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import http.server
 import re
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
 
 from console_page import Console
+from neoxserve.platform import Limits
 from live import free_port
 
 pytestmark = pytest.mark.browser
@@ -105,7 +107,7 @@ def test_create_app_shows_keys_exactly_once_and_they_work(console):
     assert not [s for s in secrets if s in c.text()]
     c.shot("apps")
     logs = "\n".join(c.server.stderr_lines)
-    assert not [s for s in secrets + [keys["API Key"]] if s in logs], "a key was logged"
+    assert not [s for s in [*secrets, keys["API Key"]] if s in logs], "a key was logged"
     stdout = "\n".join(c.server.stdout_lines)
     assert keys["Secret Key"] not in stdout and stdout.count(c.server.keys["admin_key"]) == 1   # the banner
 
@@ -121,15 +123,56 @@ def test_edit_limits_and_services(console):
     alert = dialog.locator("[role=alert]")
     expect(alert).to_have_text("invalid daily limit 0: use a positive integer, or none")
     dialog.locator("#edit-daily").fill("100")
+    dialog.locator("#edit-tpm").fill("-1")
     dialog.get_by_role("button", name="Save limits").click()
-    expect(alert).to_have_text("Limits: Daily 100")
+    expect(alert).to_have_text("invalid tpm limit -1: use a positive integer, or none")
+    dialog.locator("#edit-tpm").fill("2000")
+    dialog.locator("#edit-rpm").fill("60")
+    dialog.get_by_role("button", name="Save limits").click()
+    expect(alert).to_have_text("Limits: Daily 100 · RPM 60 · TPM 2,000")
     dialog.locator("input[name=services][value=demo]").check()
     expect(alert).to_have_text("May call: demo")
-    c.shot("apps-edit")
     dialog.get_by_role("button", name="Close").click()
     with c.server.platform() as p:
         app = p.get_app("team-limits")
-    assert (app.limits.daily, app.services) == (100, ("demo",))
+    assert (app.limits, app.services) == (Limits(daily=100, rpm=60, tpm=2000), ("demo",))
+    expect(c.page.locator("tr[data-app=team-limits]")).to_contain_text("Daily 100 · RPM 60 · TPM 2,000")
+
+
+def test_api_keys_are_shown_once_listed_by_id_and_revoked(console):
+    from neoxserve.platform import PlatformError
+
+    c = console.logged_in()
+    create_app(c, "team-keys")
+    close_keys(c)
+    c.page.locator("tr[data-app=team-keys] button", has_text="Edit").click()
+    dialog = c.page.locator("[data-testid=edit-dialog]")
+    expect(dialog.locator("[data-testid=apikeys]")).to_have_text("No API keys.")
+    dialog.locator("select[name=expires_in]").select_option(label="7 days")
+    dialog.locator("[data-testid=create-apikey]").click()
+    shown = c.page.locator("[data-testid=apikey-dialog]")
+    key = shown.get_by_label("API key", exact=True).input_value()
+    key_id = key.split("/")[1]
+    c.shot("apps-apikey")
+    c.page.click("[data-testid=apikey-done]")
+    shown.wait_for(state="detached")
+    row = dialog.locator(f"tr[data-key='{key_id}']")
+    expect(row).to_contain_text("active")
+    c.shot("apps-edit")
+    assert key not in c.text()
+    with c.server.platform() as p:
+        assert p.authenticate_bearer(key).name == "team-keys"
+        [listed] = p.list_api_keys("team-keys")
+        assert listed.expires_at is not None
+        assert listed.expires_at - listed.created_at == pytest.approx(7 * 86400, abs=1)
+    row.get_by_role("button", name="Revoke").click()
+    c.page.click("[data-testid=confirm]")
+    expect(dialog.locator("[role=alert]")).to_have_text(f"Revoked API key {key_id}.")
+    expect(dialog.locator("[data-testid=apikeys]")).to_have_text("No API keys.")
+    with c.server.platform() as p, pytest.raises(PlatformError) as refused:
+        p.authenticate_bearer(key)
+    assert refused.value.code == 110
+    assert key not in "\n".join(c.server.stderr_lines + c.server.stdout_lines)
 
 
 def test_rotating_keys_makes_the_old_ones_fail_at_the_token_endpoint(console):
@@ -169,10 +212,10 @@ def test_playground_streams_text(console):
     c.shot("playground")
 
 
-def usage_totals(c: Console) -> tuple[int, int, int]:
+def usage_totals(c: Console) -> tuple[int, ...]:
     c.page.wait_for_selector("[data-testid=total-calls]")
     read = lambda k: int(c.page.inner_text(f"[data-testid={k}] .value").replace(",", ""))  # noqa: E731
-    return read("total-calls"), read("total-prompt"), read("total-completion")
+    return tuple(read(f"total-{k}") for k in ("calls", "succeeded", "failed", "prompt", "completion"))
 
 
 def test_usage_moves_after_calls(console):
@@ -182,29 +225,33 @@ def test_usage_moves_after_calls(console):
     c.go("usage")
     c.page.select_option("select[name=app]", "team-usage")
     expect(c.page.locator("main[data-page=usage] .table-box")).to_have_text("No usage in this range.")
-    assert usage_totals(c) == (0, 0, 0)
+    assert usage_totals(c) == (0, 0, 0, 0, 0)
     token = c.server.token(keys["API Key"], keys["Secret Key"])
     for _ in range(3):
         r = httpx.post(c.server.completions_url(), params={"access_token": token},
                        json={"prompt": "Hello there", "max_output_tokens": 5}, timeout=60)
         assert r.json()["usage"]["completion_tokens"] == 5, r.text
     prompt_tokens = r.json()["usage"]["prompt_tokens"]
+    r = httpx.post(c.server.completions_url(), params={"access_token": token},
+                   json={"prompt": "Hello there", "temperature": 5}, timeout=60)
+    assert r.json()["error_code"] == 336003, r.text      # a failed call: no tokens
     c.page.reload()
     c.page.wait_for_selector("select[name=app] option[value=team-usage]", state="attached")
     c.page.select_option("select[name=app]", "team-usage")
-    expect(c.page.locator("[data-testid=total-calls] .value")).to_have_text("3")
-    assert usage_totals(c) == (3, 3 * prompt_tokens, 15)
+    expect(c.page.locator("[data-testid=total-calls] .value")).to_have_text("4")
+    assert usage_totals(c) == (4, 3, 1, 3 * prompt_tokens, 15)
     row = c.page.locator("[data-testid=usage-table] tbody tr").first.inner_text().split("\t")
-    assert row[1:] == ["team-usage", "demo", "3", str(3 * prompt_tokens), "15", str(3 * prompt_tokens + 15)]
+    assert row[1:] == ["team-usage", "demo", "4", "3", "1", str(3 * prompt_tokens), "15",
+                       str(3 * prompt_tokens + 15)]
     c.page.wait_for_selector("[data-testid=calls-chart] canvas")
     csv_url = c.page.get_attribute("[data-testid=csv]", "href")
     with c.page.expect_download() as download:
         c.page.click("[data-testid=csv]")
-    lines = open(download.value.path(), encoding="utf-8").read().splitlines()
+    lines = Path(download.value.path()).read_text(encoding="utf-8").splitlines()
     assert "app=team-usage" in csv_url
-    assert lines[0] == "day,app_name,api_name,requests,prompt_tokens,completion_tokens,total_tokens"
-    assert lines[1].split(",")[1:] == ["team-usage", "demo", "3", str(3 * prompt_tokens), "15",
-                                       str(3 * prompt_tokens + 15)]
+    assert lines[0] == ("day,app_name,api_name,calls,succeeded,failed,prompt_tokens,completion_tokens,"
+                        "total_tokens")
+    assert lines[1].split(",")[1:] == row[1:]
     c.page.select_option("select[name=app]", "")
     c.page.wait_for_selector("[data-testid=usage-table]")
     c.shot("usage")
@@ -249,7 +296,7 @@ def test_services_publish_unpublish_and_text_stays_text(console):
 class _AttackerPage(http.server.BaseHTTPRequestHandler):
     target = ""
 
-    def do_GET(self):   # noqa: N802
+    def do_GET(self):
         body = f"""<!doctype html><html><body>
 <form id=f method=POST action="{self.target}/console/api/apps" enctype="text/plain">
 <input name='{{"name":"evil-form","services":[],"x":"' value='"}}'></form>

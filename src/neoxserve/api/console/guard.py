@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from fastapi import Request
@@ -19,7 +20,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
-from ...platform import AdminAuthError, AdminError, Conflict, NotFound
+from ...config import Settings
+from ...platform import AdminAuthError, AdminError, Conflict, NotFound, Platform
 
 log = logging.getLogger("neoxserve.console")
 
@@ -41,7 +43,11 @@ class ConsoleError(Exception):
                             headers=self.headers)
 
 
-async def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """A platform call, off the event loop (the store may wait on SQLite's lock or on Redis)."""
     return await asyncio.to_thread(fn, *args, **kwargs)
 
@@ -97,11 +103,11 @@ def error_for(e: Exception) -> ConsoleError | None:
     return None
 
 
-def route_class(platform: Any, settings: Any, needs_session: bool = True) -> type[APIRoute]:
+def route_class(platform: Platform, settings: Settings, needs_session: bool = True) -> type[APIRoute]:
     allowed = frozenset(o.rstrip("/").lower() for o in settings.console_origins)
 
     class ConsoleRoute(APIRoute):
-        def get_route_handler(self) -> Callable:
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 
             async def guarded(request: Request) -> Response:

@@ -7,6 +7,7 @@ as text.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse, Response
@@ -24,7 +25,7 @@ SECURITY_HEADERS = {
 
 
 class ConsoleStatic(StaticFiles):
-    def file_response(self, *args, **kwargs) -> Response:
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
         response = super().file_response(*args, **kwargs)
         response.headers.update(SECURITY_HEADERS)
         response.headers["Cache-Control"] = "no-cache"   # revalidate (ETag): an upgrade shows at once

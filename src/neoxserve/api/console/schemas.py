@@ -2,9 +2,11 @@
 ranges) are the platform's, so the CLI and the console refuse the same input with the same message."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ...platform.models import SAMPLING_RULES
+from ...platform.records import SAMPLING_RULES
 
 
 class Body(BaseModel):
@@ -16,11 +18,13 @@ class Login(Body):
 
 
 class LimitsBody(Body):
-    """Requests per second, per day, in total; null (or absent) means no limit."""
+    """The fields of the platform's `Limits` (one each of `Limits.NAMES`); null (or absent) means no limit."""
 
-    qps: int | None = None
-    daily: int | None = None
-    total: int | None = None
+    qps: int | None = Field(default=None, description="requests per second (error 18 beyond)")
+    daily: int | None = Field(default=None, description="served requests per day (error 17 beyond)")
+    total: int | None = Field(default=None, description="served requests in total (error 19 beyond)")
+    rpm: int | None = Field(default=None, description="requests per minute (error 336501 beyond)")
+    tpm: int | None = Field(default=None, description="prompt + completion tokens per minute (error 336502 beyond)")
 
 
 class NewApp(Body):
@@ -29,13 +33,23 @@ class NewApp(Body):
     limits: LimitsBody = Field(default_factory=LimitsBody)
 
 
+class ServiceName(Body):
+    api_name: str
+    model: str
+    allow: list[str] = Field(default_factory=list, description="apps allowed to call it")
+
+
 # A service's sampling defaults are the fields of the platform's SAMPLING_RULES, each optional.
-NewService = create_model(
-    "NewService", __base__=Body,
-    api_name=(str, ...), model=(str, ...),
-    allow=(list[str], Field(default_factory=list, description="apps allowed to call it")),
-    **{name: (int | None if integer else float | None, None) for name, (integer, _, _) in SAMPLING_RULES.items()},
-)
+_SAMPLING_FIELDS: dict[str, Any] = {name: (int | None if integer else float | None, None)
+                                    for name, (integer, _, _) in SAMPLING_RULES.items()}
+if TYPE_CHECKING:
+    NewService = ServiceName   # what the code reads by name; the sampling fields are read with model_dump
+else:
+    NewService = create_model("NewService", __base__=ServiceName, **_SAMPLING_FIELDS)
+
+
+class NewApiKeyBody(Body):
+    expires_in: int | None = Field(default=None, description="lifetime in seconds; null: until revoked")
 
 
 class PlaygroundToken(Body):

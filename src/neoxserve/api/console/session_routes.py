@@ -7,11 +7,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from ...config import Settings
+from ...platform import Platform
 from .guard import COOKIE, COOKIE_PATH, route_class, run
 from .schemas import Login
 
 
-def routers(platform: Any, settings: Any) -> list[APIRouter]:
+def routers(platform: Platform, settings: Settings) -> list[APIRouter]:
     public = APIRouter(prefix="/console/api", tags=["console"],
                        route_class=route_class(platform, settings, needs_session=False))
     private = APIRouter(prefix="/console/api", tags=["console"], route_class=route_class(platform, settings))
@@ -34,7 +36,7 @@ def routers(platform: Any, settings: Any) -> list[APIRouter]:
         return response
 
     @private.get("/session", summary="the current session")
-    async def current(request: Request) -> dict:
+    async def current(request: Request) -> dict[str, Any]:
         record = await run(platform.admin.check_session, request.cookies.get(COOKIE))
         return {"expires_at": record.expires_at}
 

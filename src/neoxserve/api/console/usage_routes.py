@@ -8,30 +8,32 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from ...config import Settings
+from ...platform import Platform
 from .guard import route_class, run
 
-CSV_COLUMNS = ("day", "app_name", "api_name", "requests", "prompt_tokens", "completion_tokens", "total_tokens")
+CSV_COLUMNS = ("day", "app_name", "api_name", "calls", "succeeded", "failed", "prompt_tokens", "completion_tokens",
+               "total_tokens")
 
 
-def router(platform: Any, settings: Any) -> APIRouter:
+def router(platform: Platform, settings: Settings) -> APIRouter:
     r = APIRouter(prefix="/console/api", tags=["console"], route_class=route_class(platform, settings))
 
-    def rows(since: str | None, until: str | None, app: str | None, service: str | None) -> list[dict]:
+    def rows(since: str | None, until: str | None, app: str | None, service: str | None) -> list[dict[str, Any]]:
         return [row.to_dict() for row in platform.usage(app=app or None, service=service or None,
                                                         since=since or None, until=until or None)]
 
     @r.get("/usage", summary="usage rows (days in quota_timezone) from `since` to `until`, both included")
     async def usage(since: str | None = None, until: str | None = None, app: str | None = None,
-                    service: str | None = None) -> dict:
+                    service: str | None = None) -> dict[str, Any]:
         return {"rows": await run(rows, since, until, app, service), "today": await run(platform.today)}
 
     @r.get("/usage.csv", summary="the same rows as CSV", response_class=Response)
     async def usage_csv(since: str | None = None, until: str | None = None, app: str | None = None,
                         service: str | None = None) -> Response:
         data = await run(rows, since, until, app, service)
-        columns = list(CSV_COLUMNS) + sorted({k for row in data for k in row} - set(CSV_COLUMNS) - {"app_id"})
         out = io.StringIO()
-        writer = csv.DictWriter(out, columns, extrasaction="ignore", lineterminator="\r\n")
+        writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore", lineterminator="\r\n")
         writer.writeheader()
         writer.writerows(data)
         name = f"neoxserve-usage-{since or 'start'}-{until or 'today'}.csv"

@@ -1,4 +1,4 @@
-// Apps: list, create (keys shown once), rotate (new keys shown once), delete, limits, allowed services.
+// Apps: list, create (keys shown once), rotate (new keys shown once), delete, limits, allowed services, API keys.
 import { del, get, post, put } from "./api.js";
 import { clear, confirmDialog, copyable, dateTime, h, messageArea, modal, number, optionalNumber } from "./dom.js";
 
@@ -7,6 +7,8 @@ export const LIMIT_FIELDS = [
   ["qps", "QPS", "requests per second (error 18 beyond)"],
   ["daily", "Daily", "requests per day (error 17 beyond)"],
   ["total", "Total", "requests in total (error 19 beyond)"],
+  ["rpm", "RPM", "requests per minute (error 336501 beyond)"],
+  ["tpm", "TPM", "prompt + completion tokens per minute (error 336502 beyond)"],
 ];
 
 const CREDENTIALS = [
@@ -28,6 +30,64 @@ export function showKeys(keys, verb) {
     h("div", { class: "buttons" },
       h("button", { type: "button", class: "primary", "data-testid": "keys-done", onclick: () => close(true) },
         "I have stored them"))));
+}
+
+// How long a new API key lives: [label, seconds or null (until revoked)].
+const KEY_LIFETIMES = [["until revoked", null], ["1 day", 86400], ["7 days", 7 * 86400], ["30 days", 30 * 86400],
+  ["90 days", 90 * 86400], ["1 year", 365 * 86400]];
+
+// A new API key: shown once, gone from the page when the dialog closes.
+function showApiKey(key) {
+  return modal(`API key of app ${key.app_name}`, (close) => h("div", { "data-testid": "apikey-dialog" },
+    h("p", { class: "message warning" }, "This key is shown only this once: copy it now, the server keeps only "
+      + "its hash. Send it as Authorization: Bearer <key> to the v2 and OpenAI routes."),
+    h("dl", { class: "keys" },
+      h("dt", null, "API key", h("span", { class: "note" }, `id ${key.id}, expires `
+        + (key.expires_at === null ? "never" : dateTime(key.expires_at)))),
+      h("dd", null, copyable(key.key, "API key"))),
+    h("div", { class: "buttons" },
+      h("button", { type: "button", class: "primary", "data-testid": "apikey-done", onclick: () => close(true) },
+        "I have stored it"))));
+}
+
+// The app's API keys (ids only), with create and revoke.
+function apiKeysSection(app, message) {
+  const tableBox = h("div", { class: "table-box", "data-testid": "apikeys" });
+  const lifetime = h("select", { name: "expires_in", "aria-label": "lifetime" },
+    KEY_LIFETIMES.map(([label, seconds], i) => h("option", { value: String(i) }, label)));
+  async function load() {
+    try {
+      const { keys } = await get(`/apikeys?app=${encodeURIComponent(app.name)}`);
+      clear(tableBox, keys.length ? h("table", null,
+        h("thead", null, h("tr", null, ["Key id", "Created", "Expires", "Status", ""].map((t) => h("th", null, t)))),
+        h("tbody", null, keys.map((k) => h("tr", { "data-key": k.id },
+          h("td", null, h("code", null, k.id)), h("td", null, dateTime(k.created_at)),
+          h("td", null, k.expires_at === null ? "never" : dateTime(k.expires_at)), h("td", null, k.status),
+          h("td", { class: "actions" }, h("button", { type: "button", class: "small danger", onclick: () => revoke(k) },
+            "Revoke")))))) : h("p", { class: "note" }, "No API keys."));
+    } catch (e) { message.show(e.message); }
+  }
+  async function revoke(k) {
+    if (!await confirmDialog(`Revoke API key ${k.id}?`, "It stops working at once.", "Revoke")) return;
+    try {
+      await del(`/apikeys/${encodeURIComponent(k.id)}`);
+      message.show(`Revoked API key ${k.id}.`, "ok");
+    } catch (e) { message.show(e.message); }
+    load();
+  }
+  async function create() {
+    try {
+      const { key } = await post(`/apps/${encodeURIComponent(app.name)}/apikeys`,
+                                 { expires_in: KEY_LIFETIMES[Number(lifetime.value)][1] });
+      await showApiKey(key);
+      message.show(`Created API key ${key.id}.`, "ok");
+    } catch (e) { message.show(e.message); }
+    load();
+  }
+  load();
+  return [tableBox, h("div", { class: "row" }, h("label", { class: "field" }, h("span", null, "Lifetime"), lifetime),
+    h("div", { class: "field" }, h("span", null, "\u00a0"),
+      h("button", { type: "button", "data-testid": "create-apikey", onclick: create }, "Create API key")))];
 }
 
 function limitsText(limits) {
@@ -81,6 +141,7 @@ async function editApp(app, services, refresh) {
   await modal(`App ${app.name}`, (close) => h("div", { "data-testid": "edit-dialog" },
     h("h3", null, "Limits"), limitsForm,
     h("h3", null, "Allowed services"), checks,
+    h("h3", null, "API keys"), apiKeysSection(app, message),
     message,
     h("div", { class: "buttons" }, h("button", { type: "button", onclick: () => close(true) }, "Close"))));
 }
@@ -144,7 +205,8 @@ export function render(main) {
       h("td", null, h("strong", null, app.name), h("div", { class: "note" }, `id ${app.id}`)),
       h("td", null, h("code", null, app.api_key), h("div", { class: "note" }, `IAM ${app.access_key}`)),
       h("td", null, app.services.length ? app.services.map((s) => h("span", { class: "chip" }, s)) : "—"),
-      h("td", null, limitsText(app.limits)),
+      h("td", null, limitsText(app.limits), h("div", { class: "note" },
+        `this minute: ${number(app.requests_this_minute)} requests, ${number(app.tokens_this_minute)} tokens`)),
       h("td", { class: "num" }, number(app.requests_today), h("div", { class: "note" },
         `${number(app.requests_total)} in total`)),
       h("td", null, dateTime(app.created_at)),

@@ -23,9 +23,6 @@ function query(filters) {
   return q.toString();
 }
 
-// a row's calls: `calls` where the platform records succeeded and failed calls, else `requests` (admitted)
-const calls = (row) => row.calls ?? row.requests;
-const failures = (row) => row.failed ?? null;
 
 export function render(main) {
   const message = messageArea();
@@ -73,19 +70,20 @@ export function render(main) {
     for (const r of rows) {
       const d = byDay.get(r.day);
       if (!d) continue;
-      d.calls += calls(r);
-      d.failed += failures(r) || 0;
+      d.calls += r.calls;
+      d.failed += r.failed;
       d.prompt += r.prompt_tokens;
       d.completion += r.completion_tokens;
     }
     const per = (f) => days.map((d) => f(byDay.get(d)));
-    const hasFailures = rows.some((r) => failures(r) !== null);
-    const callSeries = [{ label: "calls", values: per((d) => d.calls), color: COLORS.blue }];
-    if (hasFailures) callSeries.push({ label: "failures", values: per((d) => d.failed), color: COLORS.red });
     clear(callsChart);
     clear(tokensChart);
     charts = [
-      dayBars(callsChart, null, days, callSeries),
+      // bars overlap: the failed part of each day's calls shows red in front of the blue total
+      dayBars(callsChart, null, days, [
+        { label: "calls", values: per((d) => d.calls), color: COLORS.blue },
+        { label: "failed", values: per((d) => d.failed), color: COLORS.red },
+      ]),
       dayBars(tokensChart, null, days, [
         { label: "completion", values: per((d) => d.prompt + d.completion), color: COLORS.green,
           legendValues: per((d) => d.completion) },
@@ -94,18 +92,19 @@ export function render(main) {
     ];
     const sum = (f) => rows.reduce((a, r) => a + f(r), 0);
     clear(totals,
-      stat("Calls", "total-calls", sum(calls)),
-      hasFailures ? stat("Failures", "total-failures", sum((r) => failures(r) || 0)) : null,
+      stat("Calls", "total-calls", sum((r) => r.calls)),
+      stat("Succeeded", "total-succeeded", sum((r) => r.succeeded)),
+      stat("Failed", "total-failed", sum((r) => r.failed)),
       stat("Prompt tokens", "total-prompt", sum((r) => r.prompt_tokens)),
       stat("Completion tokens", "total-completion", sum((r) => r.completion_tokens)));
-    const columns = ["Day", "App", "Service", "Calls", ...(hasFailures ? ["Failures"] : []), "Prompt tokens",
-                     "Completion tokens", "Total tokens"];
+    const columns = ["Day", "App", "Service", "Calls", "Succeeded", "Failed", "Prompt tokens", "Completion tokens",
+                     "Total tokens"];
     clear(tableBox, rows.length ? h("table", { "data-testid": "usage-table" },
       h("thead", null, h("tr", null, columns.map((t) => h("th", null, t)))),
       h("tbody", null, [...rows].reverse().map((r) => h("tr", null,
         h("td", null, r.day), h("td", null, r.app_name), h("td", null, r.api_name),
-        h("td", { class: "num" }, number(calls(r))),
-        hasFailures ? h("td", { class: "num" }, number(failures(r))) : null,
+        h("td", { class: "num" }, number(r.calls)), h("td", { class: "num" }, number(r.succeeded)),
+        h("td", { class: "num" }, number(r.failed)),
         h("td", { class: "num" }, number(r.prompt_tokens)), h("td", { class: "num" }, number(r.completion_tokens)),
         h("td", { class: "num" }, number(r.total_tokens)))))) : h("p", { class: "note" }, "No usage in this range."));
   }
