@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from console_page import LOGIN_LIMIT, same_origin
+from app_routes import flat_routes
 from fakes import FakeEngine
 
 
@@ -21,12 +22,7 @@ def console_routes(tmp_path: Path) -> list[tuple[str, str]]:
     settings = Settings(data_dir=tmp_path)
     with Platform.open(settings) as platform:
         app = create_app(settings, FakeEngine(), platform)
-        try:   # FastAPI >= 0.160 keeps included routers as such: this flattens them
-            from fastapi.routing import iter_route_contexts
-            all_routes = list(iter_route_contexts(app.routes))
-        except ImportError:
-            all_routes = app.routes
-        routes = [(method, route.path) for route in all_routes if (route.path or "").startswith("/console/api/")
+        routes = [(method, route.path) for route in flat_routes(app) if (route.path or "").startswith("/console/api/")
                   for method in sorted(route.methods or ()) if method != "HEAD"]
     assert len(routes) >= 15, routes
     return routes
@@ -257,3 +253,23 @@ def test_api_keys_show_once_list_by_id_and_revoke(admin, console_server):
     logs = "\n".join(console_server.stderr_lines + console_server.stdout_lines)
     assert key["key"] not in logs and expiring["key"] not in logs and f"revoked API key {key['id']}" in logs
     admin.delete("/console/api/apps/api-keys")
+
+
+def test_the_console_api_is_in_the_openapi_document(console_server, tmp_path):
+    doc = httpx.get(console_server.base_url + "/openapi.json").json()
+    documented = {(method.upper(), path) for path, item in doc["paths"].items() if path.startswith("/console")
+                  for method in item}
+    assert documented == set(console_routes(tmp_path))      # every API route, and not the page
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    for method, path in documented:
+        answers = doc["paths"][path][method.lower()]["responses"]
+        assert {s: answers[s]["content"]["application/json"]["schema"] for s in ("400", "401", "403", "404", "409")
+                } == dict.fromkeys(("400", "401", "403", "404", "409"), error), (method, path)
+        assert ("429" in answers) == (path == "/console/api/login"), (method, path)
+    assert doc["components"]["schemas"]["ErrorDetail"]["required"] == ["code", "message"]
+    create = doc["paths"]["/console/api/apps"]["post"]
+    assert create["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/NewApp"}
+    limits = doc["components"]["schemas"]["LimitsBody"]["properties"]
+    from neoxserve.platform import Limits
+    assert tuple(limits) == Limits.NAMES
+    assert list(doc["paths"]["/console/api/usage.csv"]["get"]["responses"]["200"]["content"]) == ["text/csv"]

@@ -9,12 +9,12 @@ from fastapi.responses import Response
 
 from ...config import Settings
 from ...platform import Platform
-from .guard import route_class, run
+from .guard import console_router, run
 from .schemas import NewApiKeyBody
 
 
 def router(platform: Platform, settings: Settings) -> APIRouter:
-    r = APIRouter(prefix="/console/api", tags=["console"], route_class=route_class(platform, settings))
+    r = console_router(platform, settings)
 
     def listing(app: str | None) -> list[dict[str, Any]]:
         now = platform.clock()

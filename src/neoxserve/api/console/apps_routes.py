@@ -8,12 +8,12 @@ from fastapi.responses import Response
 
 from ...config import Settings
 from ...platform import App, Limits, Platform
-from .guard import route_class, run
+from .guard import console_router, run
 from .schemas import LimitsBody, NewApp
 
 
 def router(platform: Platform, settings: Settings) -> APIRouter:
-    r = APIRouter(prefix="/console/api/apps", tags=["console"], route_class=route_class(platform, settings))
+    r = console_router(platform, settings, "/apps")
 
     def described(app: App) -> dict[str, Any]:
         counters = platform.counters(app.name)

@@ -18,10 +18,11 @@ from urllib.parse import urlsplit
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIRouter
 
 from ...config import Settings
 from ...platform import AdminAuthError, AdminError, Conflict, NotFound, Platform
+from .schemas import ErrorBody
 
 log = logging.getLogger("neoxserve.console")
 
@@ -101,6 +102,26 @@ def error_for(e: Exception) -> ConsoleError | None:
     if isinstance(e, AdminError):
         return ConsoleError(400, "bad_request", str(e))
     return None
+
+
+# The refusals documented for every console API route (/openapi.json); login adds 429.
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorBody, "description": what} for status, what in (
+    (400, "bad input: the platform's message, or the field and its problem (bad_request)"),
+    (401, "no session (no_session, expired), or a wrong admin key at login (wrong_key)"),
+    (403, "a state change without this server's Origin (cross_site)"),
+    (404, "no such app, service or API key (not_found)"),
+    (409, "the name is taken (conflict)"),
+)}
+THROTTLED: dict[int | str, dict[str, Any]] = {429: {"model": ErrorBody, "description": "too many login attempts "
+                                                    "from this address (throttled); Retry-After says when to retry"}}
+
+
+def console_router(platform: Platform, settings: Settings, prefix: str = "", needs_session: bool = True
+                   ) -> APIRouter:
+    """A router under /console/api/ whose routes are guarded (`route_class`) and documented as such."""
+    return APIRouter(prefix="/console/api" + prefix, tags=["console"],
+                     route_class=route_class(platform, settings, needs_session),
+                     responses=ERRORS if needs_session else {**ERRORS, **THROTTLED})
 
 
 def route_class(platform: Platform, settings: Settings, needs_session: bool = True) -> type[APIRoute]:

@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from ...config import Settings
 from ...engine.client import EngineClient
 from ...platform import Platform
-from .guard import route_class, run
+from .guard import console_router, run
 from .schemas import PlaygroundToken
 
 PLAYGROUND_TOKEN_TTL = 3600
@@ -23,7 +23,7 @@ def _scalars(stats: Mapping[str, object]) -> dict[str, object]:
 
 
 def router(platform: Platform, settings: Settings, engine: EngineClient) -> APIRouter:
-    r = APIRouter(prefix="/console/api", tags=["console"], route_class=route_class(platform, settings))
+    r = console_router(platform, settings)
 
     @r.get("/overview", summary="model, engine state and counters (tokens/s comes from two readings' difference)")
     async def overview() -> dict[str, Any]:

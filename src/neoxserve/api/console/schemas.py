@@ -9,6 +9,18 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from ...platform.records import SAMPLING_RULES
 
 
+class ErrorDetail(BaseModel):
+    code: str = Field(description="bad_request, no_session, expired, wrong_key, cross_site, not_found, conflict or "
+                                  "throttled")
+    message: str = Field(description="what was wrong, in words")
+
+
+class ErrorBody(BaseModel):
+    """Every console API refusal."""
+
+    error: ErrorDetail
+
+
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 

@@ -10,12 +10,12 @@ from fastapi.responses import Response
 from ...platform.records import SAMPLING_RULES
 from ...config import Settings
 from ...platform import Platform
-from .guard import route_class, run
+from .guard import console_router, run
 from .schemas import NewService
 
 
 def router(platform: Platform, settings: Settings) -> APIRouter:
-    r = APIRouter(prefix="/console/api/services", tags=["console"], route_class=route_class(platform, settings))
+    r = console_router(platform, settings, "/services")
 
     def listing() -> list[dict[str, Any]]:
         allowed = platform.allowed_apps()

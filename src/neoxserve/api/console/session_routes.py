@@ -9,14 +9,13 @@ from fastapi.responses import JSONResponse, Response
 
 from ...config import Settings
 from ...platform import Platform
-from .guard import COOKIE, COOKIE_PATH, route_class, run
+from .guard import COOKIE, COOKIE_PATH, console_router, run
 from .schemas import Login
 
 
 def routers(platform: Platform, settings: Settings) -> list[APIRouter]:
-    public = APIRouter(prefix="/console/api", tags=["console"],
-                       route_class=route_class(platform, settings, needs_session=False))
-    private = APIRouter(prefix="/console/api", tags=["console"], route_class=route_class(platform, settings))
+    public = console_router(platform, settings, needs_session=False)
+    private = console_router(platform, settings)
 
     @public.post("/login", summary="log in with the admin key (sets the session cookie)")
     async def login(request: Request, body: Login) -> Response:

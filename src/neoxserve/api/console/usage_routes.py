@@ -10,14 +10,14 @@ from fastapi.responses import Response
 
 from ...config import Settings
 from ...platform import Platform
-from .guard import route_class, run
+from .guard import console_router, run
 
 CSV_COLUMNS = ("day", "app_name", "api_name", "calls", "succeeded", "failed", "prompt_tokens", "completion_tokens",
                "total_tokens")
 
 
 def router(platform: Platform, settings: Settings) -> APIRouter:
-    r = APIRouter(prefix="/console/api", tags=["console"], route_class=route_class(platform, settings))
+    r = console_router(platform, settings)
 
     def rows(since: str | None, until: str | None, app: str | None, service: str | None) -> list[dict[str, Any]]:
         return [row.to_dict() for row in platform.usage(app=app or None, service=service or None,
@@ -28,7 +28,8 @@ def router(platform: Platform, settings: Settings) -> APIRouter:
                     service: str | None = None) -> dict[str, Any]:
         return {"rows": await run(rows, since, until, app, service), "today": await run(platform.today)}
 
-    @r.get("/usage.csv", summary="the same rows as CSV", response_class=Response)
+    @r.get("/usage.csv", summary="the same rows as CSV", response_class=Response,
+           responses={200: {"description": "a CSV download", "content": {"text/csv": {"schema": {"type": "string"}}}}})
     async def usage_csv(since: str | None = None, until: str | None = None, app: str | None = None,
                         service: str | None = None) -> Response:
         data = await run(rows, since, until, app, service)
