@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8360
 
-.PHONY: serve test lint clean redis-server compiler bench-install llama-server
+.PHONY: serve test lint screenshots chromium clean redis-server compiler bench-install llama-server
 
 # torch is pinned exactly and installed first so that pip takes the local CPU wheel
 # instead of resolving a CUDA build with gigabytes of dependencies.
@@ -49,7 +49,7 @@ redis-server: $(BIN)/.test-installed
 	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server \
 	  >/dev/null || echo "make: apt-get could not install redis-server: the Redis store tests will be skipped"
 
-test: $(BIN)/.test-installed redis-server compiler
+test: $(BIN)/.test-installed redis-server compiler chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The quantized linears' native kernels (src/neoxserve/model/kernels) are compiled on first use with the C++
@@ -68,6 +68,20 @@ compiler:
 lint: $(BIN)/.test-installed
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
+
+# The console's screenshots in docs/console/, taken by its browser tests.
+screenshots: $(BIN)/.test-installed chromium
+	NEOXSERVE_SCREENSHOTS=1 $(BIN)/python -m pytest tests/api/console -q
+
+# The console's browser tests drive Debian's chromium (Playwright never downloads a browser here). Installed where
+# the machine allows it (root or passwordless sudo); elsewhere those tests skip with the reason (fail under CI=true).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else \
+	    echo "make: chromium is missing and installing it needs root or passwordless sudo:" \
+	         "the console's browser tests will be skipped"; exit 0; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	    >/dev/null || echo "make: could not install chromium: the console's browser tests will be skipped"; }
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

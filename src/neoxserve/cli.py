@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ["serve", "generate", "quantize", "apps", "apikeys", "services", "usage", "demo"]
+SUBCOMMANDS = ["serve", "generate", "quantize", "apps", "apikeys", "services", "usage", "admin", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

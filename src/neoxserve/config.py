@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     quota_timezone: str = Field("Asia/Shanghai", description="the day that daily quotas and usage are counted in")
     iam_clock_skew_seconds: int = Field(300, ge=0)
 
+    # web console (docs/console.md)
+    console: bool = Field(True, description="serve the web console and its API under /console")
+    console_session_ttl_seconds: int = Field(43_200, gt=0, description="a console login lasts this long")
+    console_login_attempts_per_minute: int = Field(10, gt=0, description="console login attempts allowed per "
+                                                   "client address in any 60 seconds")
+    console_origins: list[str] = Field([], description="origins (scheme://host[:port]) allowed to change state "
+                                       "through the console API besides the server's own, e.g. behind a proxy")
+
     # engine
     kv_cache_memory_mb: int = Field(0, ge=0, description="memory budget for the paged KV cache; 0 = auto: room "
                                     "for max_num_seqs full contexts, at most half the memory free after loading")

@@ -100,7 +100,7 @@ def _drain(stream, lines: list[str]) -> None:
 
 
 KEY_LINES = {"API Key:": "api_key", "Secret Key:": "secret_key", "IAM Access Key:": "access_key",
-             "IAM Secret Key:": "secret_access_key"}
+             "IAM Secret Key:": "secret_access_key", "Admin key:": "admin_key"}
 
 
 def start_server(data_dir: Path, env: dict[str, str] | None = None, args: list[str] | None = None) -> LiveServer:

@@ -28,6 +28,7 @@ from neoxserve.api.app import create_app
 from neoxserve.config import Settings
 from neoxserve.platform import Limits
 
+from app_routes import flat_routes
 from fakes import FakeEngine
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
@@ -75,7 +76,7 @@ def fuzz_app(server) -> FuzzApp:
 def test_document_describes_every_route_and_method(document):
     app = create_app(Settings(), FakeEngine(), None)
     served = {(route.path.replace("{rest:path}", "{rest}"), method.lower())
-              for route in app.routes if getattr(route, "include_in_schema", False) for method in route.methods}
+              for route in flat_routes(app) if getattr(route, "include_in_schema", False) for method in route.methods}
     documented = {(path, method) for path, item in document["paths"].items() for method in item}
     assert served == documented
     for path in ("/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/{api_name}",

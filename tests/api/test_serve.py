@@ -44,7 +44,10 @@ def test_first_start_banner_then_quiet_restart_and_clean_shutdown(tmp_path):
     try:
         out = "\n".join(live.stdout_lines)
         keys = live.keys
-        assert set(keys) == {"api_key", "secret_key", "access_key", "secret_access_key"}
+        assert set(keys) == {"api_key", "secret_key", "access_key", "secret_access_key", "admin_key"}
+        assert f"Web console: http://127.0.0.1:{live.port}/console" in out and keys["admin_key"].startswith("nxa-")
+        with live.platform() as p:
+            assert p.admin.login(keys["admin_key"], "127.0.0.1").token
         token_curl = (f"curl 'http://127.0.0.1:{live.port}/oauth/2.0/token?grant_type=client_credentials"
                       f"&client_id={keys['api_key']}&client_secret={keys['secret_key']}'")
         assert token_curl in out
@@ -64,7 +67,8 @@ def test_first_start_banner_then_quiet_restart_and_clean_shutdown(tmp_path):
 
     again = start_server(tmp_path)
     try:
-        assert again.keys == {} and not any("Secret Key" in line for line in again.stdout_lines)
+        assert again.keys == {} and not any("Secret Key" in line or "Admin key" in line
+                                            for line in again.stdout_lines)
         assert httpx.get(again.base_url + "/oauth/2.0/token", params={
             "grant_type": "client_credentials", "client_id": keys["api_key"],
             "client_secret": keys["secret_key"]}).status_code == 200

@@ -66,6 +66,11 @@ def _idle_after_aborts(client, aborts: int):
 def test_stream_matches_the_in_process_engine(loop, client, make_engine, h):
     info = client.model_info
     assert info.max_context == 4096 and info.is_chat
+    import torch
+    if torch.cuda.is_available():
+        assert info.device.startswith("cuda") and info.dtype in ("bfloat16", "float16")
+    else:
+        assert (info.device, info.dtype) == ("cpu", "float32")   # "auto" resolved
     prompt = client.tokenizer.encode("The city of Beijing is the capital of China.")
     params = SamplingParams(seed=3, temperature=0.8, max_new_tokens=12, ignore_eos=True)
 

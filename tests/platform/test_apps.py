@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from neoxserve.platform import AdminError, Limits, Outcome, Platform
+from neoxserve.platform import AdminError, Conflict, Limits, NotFound, Outcome, Platform
 
 
 def test_create_show_list_delete(platform):
@@ -30,14 +30,16 @@ def test_create_show_list_delete(platform):
 
 def test_bad_input(platform):
     platform.create_app("alice")
-    with pytest.raises(AdminError, match="an app named 'alice' already exists"):
+    with pytest.raises(Conflict, match="an app named 'alice' already exists"):
         platform.create_app("alice")
+    with pytest.raises(NotFound, match="no published service named 'ghost'"):
+        platform.create_app("bob", services=["ghost"])
     with pytest.raises(AdminError, match="invalid app name"):
         platform.create_app("no spaces")
     with pytest.raises(AdminError, match="invalid qps limit 0"):
         platform.set_limits("alice", Limits(qps=0))
     for op in (platform.delete_app, platform.rotate_app, platform.counters):
-        with pytest.raises(AdminError, match="no app named 'ghost'"):
+        with pytest.raises(NotFound, match="no app named 'ghost'"):
             op("ghost")
 
 
@@ -116,11 +118,17 @@ def test_usage_per_app_service_day(served, clock):
     assert [r.api_name for r in p.usage(app="alice")] == ["demo", "other"]
     assert [r.app_name for r in p.usage(service="demo")] == ["alice", "bob", "bob"]
     assert [r.day for r in p.usage(since="2025-06-16")] == ["2025-06-16", "2025-06-16"]
+    assert [r.day for r in p.usage(until="2025-06-15")] == ["2025-06-15", "2025-06-15"]
+    assert [r.day for r in p.usage(since="2025-06-15", until="2025-06-15")] == ["2025-06-15", "2025-06-15"]
     assert p.usage(app="alice", service="other")[0].to_dict() == {
         "day": "2025-06-16", "app_id": alice.id, "app_name": "alice", "api_name": "other", "calls": 1,
         "succeeded": 1, "failed": 0, "prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
     with pytest.raises(AdminError, match="invalid date '16/06/2025': use YYYY-MM-DD"):
         p.usage(since="16/06/2025")
+    with pytest.raises(AdminError, match="invalid date '2025-13-01': use YYYY-MM-DD"):
+        p.usage(until="2025-13-01")
+    with pytest.raises(AdminError, match=r"^the range ends \(2025-06-14\) before it starts \(2025-06-15\)$"):
+        p.usage(since="2025-06-15", until="2025-06-14")
     with pytest.raises(ValueError, match="token counts must not be negative"):
         p.settle(p.admit(alice, demo), Outcome.SUCCEEDED, -1, 0)
 

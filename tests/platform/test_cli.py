@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from neoxserve.config import Settings
-from neoxserve.platform import Outcome, Platform, PlatformError
+from neoxserve.platform import AdminAuthError, Outcome, Platform, PlatformError
 
 NEOXSERVE = Path(sys.executable).with_name("neoxserve")
 
@@ -61,6 +61,7 @@ def test_create_keys_work_and_secrets_print_once(store_flags, settings):
     assert [(u["api_name"], u["calls"], u["succeeded"], u["failed"], u["prompt_tokens"], u["completion_tokens"])
             for u in usage] == [("demo", 1, 1, 0, 7, 9)]
     assert "alice" in ok("usage", "--service", "demo", "--since", "2000-01-01", *store_flags)
+    assert json.loads(ok("usage", "--until", "2000-01-01", "--json", *store_flags)) == []
     assert json.loads(ok("usage", "--service", "nope", "--json", *store_flags)) == []
     services = json.loads(ok("services", "list", "--json", *store_flags))
     assert [(s["api_name"], s["allowed_apps"]) for s in services] == [("demo", ["alice"])]
@@ -113,6 +114,8 @@ def test_bad_input_exits_2_with_a_message(store_flags):
     bad("services", "publish", "x", "--allow", "ghost", *store_flags, message="no app named 'ghost'")
     bad("services", "unpublish", "nope", *store_flags, message="no published service named 'nope'")
     bad("usage", "--since", "yesterday", *store_flags, message="invalid date 'yesterday': use YYYY-MM-DD")
+    bad("usage", "--since", "2025-02-02", "--until", "2025-02-01", *store_flags,
+        message="the range ends (2025-02-01) before it starts (2025-02-02)")
     bad("apps", "list", "--store-url", "mysql://x", message="unsupported store_url 'mysql://x'")
 
 
@@ -175,3 +178,22 @@ def test_apikeys_bad_input(store_flags):
     bad("apikeys", "revoke", "ALTAK-nope", *store_flags, message="no API key with id 'ALTAK-nope'")
     bad("apikeys", "list", "--app", "ghost", *store_flags, message="no app named 'ghost'")
     bad("apps", "limits", "alice", "--rpm", "x", *store_flags, message="invalid limit 'x'")
+
+
+def test_admin_rotate_key(store_flags, settings):
+    with Platform.open(settings) as p:
+        first = p.admin.create_key()
+        session = p.admin.login(first, "127.0.0.1")
+    result = run("admin", "rotate-key", *store_flags)
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip().removeprefix("Admin key: ")
+    assert result.stdout == f"Admin key: {key}\n" and key.startswith("nxa-") and key != first
+    assert "every console session has ended" in result.stderr
+    again = json.loads(ok("admin", "rotate-key", "--json", *store_flags))["admin_key"]
+    with Platform.open(settings) as p:
+        for gone in (first, key):
+            with pytest.raises(AdminAuthError, match="wrong admin key"):
+                p.admin.login(gone, "127.0.0.1")
+        with pytest.raises(AdminAuthError, match="not logged in"):
+            p.admin.check_session(session.token)
+        p.admin.check_session(p.admin.login(again, "127.0.0.1").token)

@@ -1,5 +1,10 @@
-"""Stores written by the first release (tests/platform/data/store-v1, made by make_v1_stores.py with that
-release's code) open, migrate once, and keep working: keys, tokens, limits, counts and usage survive."""
+"""Stores written by earlier releases open, migrate once, and keep working: keys, tokens, limits, counts and usage
+survive, and the new features work on them.
+
+- tests/platform/data/store-v1: the first release (no schema version), made by make_v1_stores.py with its code.
+- tests/platform/data/store-v2: schema version 2 (RPM/TPM, API keys, succeeded/failed usage; no console), made by
+  make_v2_stores.py with that code.
+"""
 from __future__ import annotations
 
 import json
@@ -10,18 +15,20 @@ from pathlib import Path
 import pytest
 
 from neoxserve.config import Settings
-from neoxserve.platform import AdminError, Limits, Outcome, Platform
+from neoxserve.platform import AdminAuthError, AdminError, Limits, Outcome, Platform, PlatformError
+from neoxserve.platform.store import sqlite as sqlite_store
 
-V1 = Path(__file__).parent / "data" / "store-v1"
-V1_CLOCK = 1_750_000_000.0  # the fake time the fixture was written at
+DATA = Path(__file__).parent / "data"
+V1, V2 = DATA / "store-v1", DATA / "store-v2"
+V1_CLOCK = 1_750_000_000.0  # the fake times the fixtures were written at
+V2_CLOCK = 1_760_000_000.0
 
 
-@pytest.fixture
-def v1_settings(backend, tmp_path, request) -> Settings:
-    """A copy of the first release's store for this backend, and settings that open it."""
+def old_store(source: Path, backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """A copy of an old release's store for this backend, and settings that open it."""
     data_dir = tmp_path / "data"
-    shutil.copytree(V1, data_dir)
-    secret = (V1 / "secret.key").read_text().strip()
+    shutil.copytree(source, data_dir)
+    secret = (source / "secret.key").read_text().strip()
     if backend == "sqlite":
         return Settings(data_dir=data_dir)
     import redis
@@ -29,7 +36,7 @@ def v1_settings(backend, tmp_path, request) -> Settings:
     url = request.getfixturevalue("redis_url")
     with redis.Redis.from_url(url) as r:
         r.flushdb()
-        for key, kind, value in json.loads((V1 / "redis.json").read_text()):
+        for key, kind, value in json.loads((source / "redis.json").read_text()):
             key = bytes.fromhex(key)
             if kind == "hash":
                 r.hset(key, mapping={bytes.fromhex(k): bytes.fromhex(v) for k, v in value.items()})
@@ -38,6 +45,27 @@ def v1_settings(backend, tmp_path, request) -> Settings:
             else:
                 r.set(key, bytes.fromhex(value))
     return Settings(data_dir=data_dir, store_url=url, secret_key=secret)
+
+
+@pytest.fixture
+def v1_settings(backend, tmp_path, request) -> Settings:
+    return old_store(V1, backend, tmp_path, request)
+
+
+@pytest.fixture
+def v2_settings(backend, tmp_path, request) -> Settings:
+    return old_store(V2, backend, tmp_path, request)
+
+
+def check_console_works(p: Platform) -> None:
+    """The console's admin key, sessions and login limit on a migrated store."""
+    key = p.admin.create_key()
+    assert key is not None and p.admin.create_key() is None
+    session = p.admin.login(key, "10.0.0.9")
+    assert p.admin.check_session(session.token).expires_at == session.expires_at
+    assert p.admin.logout(session.token)
+    with pytest.raises(AdminAuthError, match="not logged in"):
+        p.admin.check_session(session.token)
 
 
 def test_a_first_release_store_keeps_working(backend, v1_settings):
@@ -64,19 +92,72 @@ def test_a_first_release_store_keeps_working(backend, v1_settings):
         p.settle(admission, Outcome.SUCCEEDED, 1, 2)
         key = p.create_api_key("alice")
         assert p.authenticate_bearer(key.key).name == "alice"
+        check_console_works(p)
     with Platform.open(v1_settings, clock=clock) as again:   # migrated once: opening again changes nothing
         [row] = again.usage()
         assert (row.succeeded, row.failed, row.prompt_tokens, row.completion_tokens) == (4, 0, 9, 12)
         assert again.counters("alice").total_count == 4
+        assert again.admin.create_key() is None
+
+
+def test_a_schema_2_store_keeps_working(backend, v2_settings):
+    keys = json.loads((V2 / "keys.json").read_text())[backend]
+    clock = lambda: V2_CLOCK + 60  # noqa: E731
+    with Platform.open(v2_settings, clock=clock) as p:
+        alice = p.get_app("alice")
+        assert alice.limits == Limits(qps=5, daily=100, total=1000, rpm=30, tpm=5000)
+        assert [a.name for a in p.list_apps()] == ["alice", "bob"]
+        demo = p.get_service("demo")
+        assert (demo.temperature, demo.max_output_tokens) == (0.5, 64)
+        assert p.authenticate_token(keys["access_token"]).name == "alice"
+        assert p.authenticate_bearer(keys["api_key_bearer"]).name == "alice"
+        with pytest.raises(PlatformError) as e:
+            p.authenticate_bearer(keys["revoked_key"])
+        assert e.value.code == 110
+        listed = {k.id: (k.app_name, k.expires_at) for k in p.list_api_keys()}
+        assert listed == {keys["api_key_id"]: ("alice", None),
+                          keys["expiring_key_id"]: ("alice", int(V2_CLOCK) + 3600)}
+        [row] = p.usage()
+        assert (row.calls, row.succeeded, row.failed, row.prompt_tokens, row.completion_tokens) == (3, 1, 2, 8, 5)
+        counters = p.counters("alice")
+        assert (counters.day_count, counters.total_count) == (2, 2)
+        p.settle(p.admit(alice, demo, 10), Outcome.SUCCEEDED, 2, 3)
+        check_console_works(p)
+    with Platform.open(v2_settings, clock=clock) as again:   # migrated once: opening again changes nothing
+        [row] = again.usage()
+        assert (row.calls, row.succeeded, row.failed, row.prompt_tokens, row.completion_tokens) == (4, 2, 2, 10, 8)
+        assert again.counters("alice").total_count == 3
+        assert again.admin.create_key() is None
+    if backend == "redis":
+        import redis
+
+        with redis.Redis.from_url(v2_settings.store_url) as r:
+            assert r.hget("neoxserve:meta", "schema_version") == b"3"
+
+
+def _schema(path: Path) -> dict[str, set]:
+    """Every table's columns (name, type, not null, default, primary key) and every index's columns."""
+    with sqlite3.connect(path) as c:
+        tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE "
+                                          "'sqlite_%'")]
+        indexes = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")]
+        shape = {t: {tuple(r[1:]) for r in c.execute(f"PRAGMA table_info({t})")} for t in tables}
+        shape.update({i: {tuple(r) for r in c.execute(f"PRAGMA index_info({i})")} for i in indexes})
+        return shape
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_sqlite_schema_version_is_recorded(v1_settings):
-    Platform.open(v1_settings).close()
-    with sqlite3.connect(v1_settings.data_dir / "neoxserve.db") as c:
-        assert c.execute("PRAGMA user_version").fetchone()[0] == 2
-        columns = [r[1] for r in c.execute("PRAGMA table_info(usage)")]
-        assert "requests" not in columns and {"succeeded", "failed"} <= set(columns)
+@pytest.mark.parametrize("source", [V1, V2], ids=["v1", "v2"])
+def test_sqlite_migrated_schema_is_a_new_stores(source, backend, tmp_path, request):
+    settings = old_store(source, backend, tmp_path, request)
+    Platform.open(settings).close()
+    Platform.open(Settings(data_dir=tmp_path / "new")).close()
+    migrated, new = settings.data_dir / "neoxserve.db", tmp_path / "new" / "neoxserve.db"
+    for path in (migrated, new):
+        with sqlite3.connect(path) as c:
+            assert c.execute("PRAGMA user_version").fetchone()[0] == sqlite_store.SCHEMA_VERSION == 3
+    assert _schema(migrated) == _schema(new)
+    assert {"console_sessions", "login_attempts"} <= set(_schema(migrated))
 
 
 def test_a_newer_store_is_refused(backend, settings):
@@ -93,5 +174,5 @@ def test_a_newer_store_is_refused(backend, settings):
         where = "the Redis store"
     with pytest.raises(AdminError) as e:
         Platform.open(settings)
-    assert str(e.value) == (f"{where} has schema version 99, newer than this neoxserve understands (2): "
+    assert str(e.value) == (f"{where} has schema version 99, newer than this neoxserve understands (3): "
                             "upgrade neoxserve")

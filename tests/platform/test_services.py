@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from neoxserve.platform import AdminError, PlatformError, Service
+from neoxserve.platform import AdminError, Conflict, NotFound, PlatformError, Service
 
 
 def test_publish_get_list_unpublish(platform, clock):
@@ -40,11 +40,11 @@ def test_invalid_defaults(platform, field, value, rule):
 
 def test_duplicate_and_unknown(platform):
     platform.publish("demo", "m")
-    with pytest.raises(AdminError, match="a service named 'demo' is already published"):
+    with pytest.raises(Conflict, match="a service named 'demo' is already published"):
         platform.publish("demo", "m")
-    with pytest.raises(AdminError, match="no published service named 'nope'"):
+    with pytest.raises(NotFound, match="no published service named 'nope'"):
         platform.unpublish("nope")
-    with pytest.raises(AdminError, match="no app named 'ghost'"):
+    with pytest.raises(NotFound, match="no app named 'ghost'"):
         platform.publish("other", "m", allow=["ghost"])
     assert platform.store.get_service("other") is None
 
@@ -62,7 +62,7 @@ def test_permissions(served):
     p.check_permission(p.get_app("alice"), other)
     assert p.disallow("alice", "other")
     assert p.get_app("alice").services == ("demo",)
-    with pytest.raises(AdminError, match="no published service named 'nope'"):
+    with pytest.raises(NotFound, match="no published service named 'nope'"):
         p.allow("alice", "nope")
 
 

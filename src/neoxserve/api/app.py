@@ -16,6 +16,7 @@ from ..engine.client import EngineClient
 from ..platform import Platform
 from .bce_bearer import bearer_token
 from .completions import Completions
+from .console import mount_console
 from .errors import INTERNAL, INVALID_HTTP_METHOD, UNSUPPORTED_METHOD, ApiError, error_response
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics
@@ -160,6 +161,8 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
         add("/rpc/{rest:path}", documented_unknown_route, methods=[method], **openapi.unknown_route(method))
     app.router.routes.append(Route("/rpc/{rest:path}", AnyMethod(unknown_route), methods=None,
                                    include_in_schema=False))
+
+    mount_console(app, settings, engine_client, platform)
 
     async def health() -> Response:
         return JSONResponse({"status": "ok"})

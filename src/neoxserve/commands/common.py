@@ -1,5 +1,5 @@
-"""What the admin commands (apps, services, usage) share: store flags, opening the platform, JSON output, and
-turning bad input into a one-line error with exit code 2."""
+"""What the admin commands (apps, apikeys, services, usage, admin) share: store flags, opening the platform, JSON
+output, and turning bad input into a one-line error with exit code 2."""
 from __future__ import annotations
 
 import argparse

@@ -1,7 +1,8 @@
 """`neoxserve serve`: start the engine process and the Qianfan-compatible HTTP server.
 
 On a fresh data directory the loaded model is published as a service and an app `default` is created; its keys
-and a ready-to-paste curl pair are printed once.
+and a ready-to-paste curl pair are printed once, and so is the web console's admin key (on the first start that
+serves the console).
 
 Exit codes: 0 after a clean shutdown (SIGINT / SIGTERM), 1 when startup fails, 3 when the engine cannot be brought
 back and `engine_failure_action` is `exit` (docs/operations.md, "Engine supervision").
@@ -63,9 +64,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def banner(settings: Settings, api_name: str, keys: NewKeys, is_demo: bool) -> str:
+def base_url(settings: Settings) -> str:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    base = f"http://{host}:{settings.port}"
+    return f"http://{host}:{settings.port}"
+
+
+def banner(settings: Settings, api_name: str, keys: NewKeys, is_demo: bool) -> str:
+    base = base_url(settings)
     token_url = (f"{base}/oauth/2.0/token?grant_type=client_credentials"
                  f"&client_id={keys.api_key}&client_secret={keys.secret_key}")
     completion_url = f"{base}/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/{api_name}?access_token=ACCESS_TOKEN"
@@ -85,6 +90,14 @@ def banner(settings: Settings, api_name: str, keys: NewKeys, is_demo: bool) -> s
     if is_demo:
         lines.append("The demo model has random weights: its output is random noise.")
     return "\n".join(lines)
+
+
+def console_banner(settings: Settings, admin_key: str) -> str:
+    return "\n".join([
+        f"Web console: {base_url(settings)}/console",
+        f"  Admin key: {admin_key}",
+        "The admin key is shown only this once ('neoxserve admin rotate-key' makes a new one).",
+    ])
 
 
 class _Server(uvicorn.Server):
@@ -112,6 +125,9 @@ async def serve(settings: Settings) -> int:
         keys = platform.bootstrap(api_name, info.name)
         if keys is not None:
             print(banner(settings, api_name, keys, config.is_demo), flush=True)
+        admin_key = platform.admin.create_key() if settings.console else None
+        if admin_key is not None:
+            print(console_banner(settings, admin_key), flush=True)
         app = create_app(settings, engine, platform)
         server = _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
                                         access_log=False))

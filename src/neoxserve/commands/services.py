@@ -70,8 +70,7 @@ def _defaults_text(s: Service) -> str:
 @admin_command
 def _list(platform: Platform, args: argparse.Namespace) -> int:
     services = platform.list_services()
-    apps = platform.list_apps()
-    allowed = {s.api_name: [a.name for a in apps if s.api_name in a.services] for s in services}
+    allowed = platform.allowed_apps()
     if args.json:
         print_json([{**s.to_dict(), "allowed_apps": allowed[s.api_name]} for s in services])
         return 0

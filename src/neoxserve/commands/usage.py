@@ -16,6 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--app", help="only this app")
     p.add_argument("--service", help="only this api_name")
     p.add_argument("--since", metavar="YYYY-MM-DD", help="only this day and later")
+    p.add_argument("--until", metavar="YYYY-MM-DD", help="only this day and earlier")
     p.add_argument("--json", action="store_true")
     add_store_flags(p)
     p.set_defaults(run=_usage)
@@ -23,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 @admin_command
 def _usage(platform: Platform, args: argparse.Namespace) -> int:
-    rows = platform.usage(app=args.app, service=args.service, since=args.since)
+    rows = platform.usage(app=args.app, service=args.service, since=args.since, until=args.until)
     if args.json:
         print_json([r.to_dict() for r in rows])
         return 0

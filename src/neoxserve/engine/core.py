@@ -46,14 +46,15 @@ class LLMEngine:
         self.loaded = loaded
         cfg = loaded.config
         self.tokenizer = loaded.tokenizer
+        param = next(loaded.model.parameters())
         self.model_info = ModelInfo(name=config.model_name, path=str(loaded.path),
-                                    max_context=cfg.max_position_embeddings, is_chat=self.tokenizer.is_chat)
+                                    max_context=cfg.max_position_embeddings, is_chat=self.tokenizer.is_chat,
+                                    device=str(param.device), dtype=str(param.dtype).removeprefix("torch."))
         self.block_size = config.kv_block_size
         self.max_waiting_requests = config.max_waiting_requests
         self.max_queued_tokens = config.max_queued_tokens
         self.queue_timeout = config.queue_timeout_seconds
 
-        param = next(loaded.model.parameters())
         num_blocks = num_kv_blocks(cfg, config, param.element_size(), param.device)
         self.block_manager = BlockManager(num_blocks, self.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)

@@ -46,6 +46,8 @@ class ModelInfo:
     path: str          # model directory (the HTTP process loads its tokenizer from there)
     max_context: int   # max_position_embeddings: prompt + max_new_tokens must fit
     is_chat: bool      # the tokenizer has the tuned model's chat tokens
+    device: str = ""   # where the weights are, resolved (e.g. "cpu", "cuda:0"; the console shows it)
+    dtype: str = ""    # the weights' dtype, resolved (e.g. "float32", "bfloat16")
 
     def output_room(self, prompt_tokens: int) -> int:
         """How many tokens the context leaves for output after a prompt of `prompt_tokens`: the one context rule

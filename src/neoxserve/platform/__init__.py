@@ -3,9 +3,11 @@
 Knows nothing of models or HTTP frameworks: the API turns PlatformError into Qianfan error bodies, OAuthError
 into token endpoint errors and BceError into IAM endpoint errors.
 """
-from .errors import AdminError, BceError, OAuthError, PlatformError, QuotaError
+from .admin_access import Session
+from .errors import AdminAuthError, AdminError, BceError, Conflict, NotFound, OAuthError, PlatformError, QuotaError
 from .facade import Platform
 from .records import (Admission, ApiKey, App, Counters, Limits, NewApiKey, NewKeys, Outcome, Service, UsageRow)
 
-__all__ = ["Platform", "PlatformError", "QuotaError", "OAuthError", "BceError", "AdminError", "App", "Service",
-           "Limits", "Admission", "Outcome", "NewKeys", "NewApiKey", "ApiKey", "Counters", "UsageRow"]
+__all__ = ["Platform", "PlatformError", "QuotaError", "OAuthError", "BceError", "AdminError", "NotFound", "Conflict",
+           "AdminAuthError", "App", "Service", "Limits", "Admission", "Outcome", "NewKeys", "NewApiKey", "ApiKey",
+           "Counters", "UsageRow", "Session"]

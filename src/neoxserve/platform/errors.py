@@ -86,6 +86,29 @@ class AdminError(Exception):
     """Bad input to an administrative operation (unknown app, duplicate name, invalid value): the CLI exits 2."""
 
 
+class NotFound(AdminError):
+    """The app or service named does not exist (the console API answers 404)."""
+
+
+class Conflict(AdminError):
+    """The name is taken (the console API answers 409)."""
+
+
+class AdminAuthError(Exception):
+    """A refused console login or session. `reason` is one of REASONS; `retry_after` (seconds) when throttled.
+
+    The message never contains the key or the session token."""
+
+    REASONS = ("wrong_key", "throttled", "no_session", "expired")
+
+    def __init__(self, reason: str, message: str, retry_after: int = 0):
+        assert reason in self.REASONS, reason
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
 def unknown_client() -> OAuthError:
     return OAuthError(401, "invalid_client", "unknown client id")
 

@@ -17,8 +17,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from . import bearer_keys, iam, tokens
 from . import credentials as cred
 from .errors import (API_NAME_NOT_EXIST, INVALID_PARAMETER, NO_PERMISSION, TOKEN_EXPIRED, TOKEN_INVALID,
-                     AdminError, BceError, PlatformError, bad_client_secret, missing_parameter, unknown_client,
-                     unsupported_grant)
+                     AdminError, BceError, NotFound, PlatformError, bad_client_secret, missing_parameter,
+                     unknown_client, unsupported_grant)
+from .admin_access import AdminAccess
 from .quota import Window
 from .records import (SAMPLING_RULES, Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, NewApiKey, NewKeys,
                       Outcome, Service, StoredSecrets, TokenRecord, UsageRow)
@@ -40,6 +41,7 @@ BEARER_TTL_RANGE = (300, 2_592_000)
 class Platform:
     def __init__(self, store: Store, cipher: cred.Cipher, *, token_ttl_seconds: int = 2_592_000,
                  quota_timezone: str = "Asia/Shanghai", iam_clock_skew_seconds: int = 300,
+                 console_session_ttl_seconds: int = 43_200, console_login_attempts_per_minute: int = 10,
                  clock: Callable[[], float] = time.time):
         try:
             self.tz = ZoneInfo(quota_timezone)
@@ -51,6 +53,7 @@ class Platform:
         self.token_ttl = token_ttl_seconds
         self.skew = iam_clock_skew_seconds
         self.clock = clock
+        self.admin = AdminAccess(store, clock, console_session_ttl_seconds, console_login_attempts_per_minute)
         self._check_key()
 
     @classmethod
@@ -61,7 +64,9 @@ class Platform:
         try:
             return cls(store, cred.Cipher(key), token_ttl_seconds=settings.token_ttl_seconds,
                        quota_timezone=settings.quota_timezone,
-                       iam_clock_skew_seconds=settings.iam_clock_skew_seconds, clock=clock)
+                       iam_clock_skew_seconds=settings.iam_clock_skew_seconds,
+                       console_session_ttl_seconds=settings.console_session_ttl_seconds,
+                       console_login_attempts_per_minute=settings.console_login_attempts_per_minute, clock=clock)
         except BaseException:
             store.close()
             raise
@@ -111,13 +116,21 @@ class Platform:
             raise unknown_client()
         if not cred.check_secret(client_secret, app.secrets.secret_key_salt, app.secrets.secret_key_hash):
             raise bad_client_secret()
+        return self._new_token(app, self.token_ttl)
+
+    def issue_token_for(self, app_name: str, ttl_seconds: int) -> dict[str, object]:
+        """An access token for an app without its Secret Key, living at most `ttl_seconds` (an administrator's
+        act: the console's playground calls the model routes with it). Revoked like any other on rotation."""
+        return self._new_token(self.get_app(app_name), min(ttl_seconds, self.token_ttl))
+
+    def _new_token(self, app: App, ttl: int) -> dict[str, object]:
         now = int(self.clock())
-        expires_at = now + self.token_ttl
-        token = tokens.new_access_token(app.id, self.token_ttl, expires_at)
+        expires_at = now + ttl
+        token = tokens.new_access_token(app.id, ttl, expires_at)
         self.store.put_token(cred.token_hash(token), TokenRecord(app.id, app.token_generation, expires_at),
                              now)
-        return {"access_token": token, "expires_in": self.token_ttl,
-                "refresh_token": tokens.new_refresh_token(self.token_ttl, expires_at), "scope": SCOPE,
+        return {"access_token": token, "expires_in": ttl,
+                "refresh_token": tokens.new_refresh_token(ttl, expires_at), "scope": SCOPE,
                 "session_key": _random.token_urlsafe(48), "session_secret": _random.token_hex(16)}
 
     def authenticate_token(self, token: str | None) -> App:
@@ -282,7 +295,7 @@ class Platform:
     def get_app(self, name: str) -> App:
         app = self.store.app_by_name(name)
         if app is None:
-            raise AdminError(f"no app named {name!r}")
+            raise NotFound(f"no app named {name!r}")
         return app
 
     def list_apps(self) -> list[App]:
@@ -293,21 +306,21 @@ class Platform:
         app = self.get_app(name)
         api_key, secret_key, access_key, secret_access_key, stored = self._new_credentials()
         if not self.store.rotate_app(app.id, api_key, access_key, stored):
-            raise AdminError(f"no app named {name!r}")
+            raise NotFound(f"no app named {name!r}")
         log.info("rotated keys of app %r (id %d)", app.name, app.id)
         return NewKeys(app.id, app.name, api_key, secret_key, access_key, secret_access_key)
 
     def delete_app(self, name: str) -> None:
         app = self.get_app(name)
         if not self.store.delete_app(app.id):
-            raise AdminError(f"no app named {name!r}")
+            raise NotFound(f"no app named {name!r}")
         log.info("deleted app %r (id %d)", app.name, app.id)
 
     def set_limits(self, name: str, limits: Limits) -> App:
         _check_limits(limits)
         app = self.get_app(name)
         if not self.store.set_limits(app.id, limits):
-            raise AdminError(f"no app named {name!r}")
+            raise NotFound(f"no app named {name!r}")
         return self.get_app(name)
 
     def counters(self, name: str) -> Counters:
@@ -334,7 +347,7 @@ class Platform:
     def revoke_api_key(self, key_id: str) -> None:
         """Revoke by id (the `ALTAK-...` part); the key stops working at once."""
         if not (bearer_keys.is_key_id(key_id) and self.store.delete_api_key(key_id)):
-            raise AdminError(f"no API key with id {key_id!r}")
+            raise NotFound(f"no API key with id {key_id!r}")
         log.info("revoked API key %s", key_id)
 
     def allow(self, app_name: str, api_name: str) -> None:
@@ -360,18 +373,33 @@ class Platform:
 
     def unpublish(self, api_name: str) -> None:
         if not self.store.delete_service(api_name):
-            raise AdminError(f"no published service named {api_name!r}")
+            raise NotFound(f"no published service named {api_name!r}")
 
     def list_services(self) -> list[Service]:
         return self.store.list_services()
 
-    def usage(self, app: str | None = None, service: str | None = None, since: str | None = None) -> list[UsageRow]:
-        if since is not None:
-            try:
-                since = datetime.strptime(since, "%Y-%m-%d").date().isoformat()
-            except ValueError:
-                raise AdminError(f"invalid date {since!r}: use YYYY-MM-DD") from None
-        return self.store.usage(app, service, since)
+    def allowed_apps(self) -> dict[str, list[str]]:
+        """api_name -> the names of the apps allowed to call it, for every published service."""
+        apps = self.list_apps()
+        return {s.api_name: [a.name for a in apps if s.api_name in a.services] for s in self.list_services()}
+
+    def usage(self, app: str | None = None, service: str | None = None, since: str | None = None,
+              until: str | None = None) -> list[UsageRow]:
+        """Rows from day `since` to day `until` (YYYY-MM-DD, both included; None: no bound)."""
+        since, until = _day(since), _day(until)
+        if since is not None and until is not None and until < since:
+            raise AdminError(f"the range ends ({until}) before it starts ({since})")
+        rows = self.store.usage(app, service, since)
+        return rows if until is None else [r for r in rows if r.day <= until]
+
+
+def _day(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").date().isoformat()
+    except (TypeError, ValueError):
+        raise AdminError(f"invalid date {text!r}: use YYYY-MM-DD") from None
 
 
 def _iso(t: int) -> str:

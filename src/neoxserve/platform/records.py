@@ -116,6 +116,14 @@ class TokenRecord:
     expires_at: int
 
 
+@dataclass(frozen=True)
+class SessionRecord:
+    """A console session as stored (under the hash of its token)."""
+
+    key_id: str       # the admin key it was opened with: rotating the key ends every session
+    expires_at: int
+
+
 class Outcome(enum.Enum):
     """How an admitted request ended; `Platform.settle` records it.
 

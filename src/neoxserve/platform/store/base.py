@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from ..records import (Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, Outcome, Service,
+from ..records import (Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, Outcome, Service, SessionRecord,
                        StoredSecrets, TokenRecord, UsageRow)
 from ..quota import Window
 
@@ -19,11 +19,17 @@ class Store(ABC):
     def claim_meta(self, key: str, value: str) -> str:
         """Set `key` to `value` unless it is already set; return the stored value (the first writer wins)."""
 
+    @abstractmethod
+    def get_meta(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    def set_meta(self, key: str, value: str) -> None: ...
+
     # apps
     @abstractmethod
     def create_app(self, name: str, api_key: str, access_key: str, secrets: StoredSecrets, limits: Limits,
                    services: list[str], created_at: float) -> App:
-        """Raise AdminError if the name is taken or a service is not published."""
+        """Raise Conflict if the name is taken, NotFound if a service is not published."""
 
     @abstractmethod
     def get_app(self, app_id: int) -> App | None: ...
@@ -53,7 +59,7 @@ class Store(ABC):
 
     @abstractmethod
     def grant(self, app_id: int, api_name: str) -> None:
-        """Raise AdminError if the app or the service does not exist."""
+        """Raise NotFound if the app or the service does not exist."""
 
     @abstractmethod
     def revoke(self, app_id: int, api_name: str) -> bool: ...
@@ -69,10 +75,27 @@ class Store(ABC):
     @abstractmethod
     def delete_token(self, token_hash: bytes) -> bool: ...
 
+    # console sessions, by hash
+    @abstractmethod
+    def put_session(self, session_hash: bytes, record: SessionRecord, now: int) -> None:
+        """Store a session; the store may forget sessions that expired before `now`."""
+
+    @abstractmethod
+    def get_session(self, session_hash: bytes) -> SessionRecord | None: ...
+
+    @abstractmethod
+    def delete_session(self, session_hash: bytes) -> bool: ...
+
+    @abstractmethod
+    def take_login_attempt(self, address: str, now: float, window: float, limit: int) -> float | None:
+        """Count one console login attempt from `address`, atomically, unless `limit` attempts from it were
+        counted in the `window` seconds before `now`. None when counted; else the time the oldest counted attempt
+        leaves the window (nothing is counted then)."""
+
     # services
     @abstractmethod
     def create_service(self, service: Service) -> None:
-        """Raise AdminError if the api_name is taken."""
+        """Raise Conflict if the api_name is taken."""
 
     @abstractmethod
     def get_service(self, api_name: str) -> Service | None: ...
@@ -87,7 +110,7 @@ class Store(ABC):
     # API keys, by hash
     @abstractmethod
     def create_api_key(self, key_hash: bytes, record: ApiKeyRecord, created_at: float) -> None:
-        """Raise AdminError if the app does not exist."""
+        """Raise NotFound if the app does not exist."""
 
     @abstractmethod
     def get_api_key(self, key_hash: bytes) -> ApiKeyRecord | None: ...

@@ -195,3 +195,16 @@ if requests then
 end
 return 1
 """
+
+# A sorted set per address: one member per counted attempt, scored by its time.
+LOGIN_ATTEMPT = """
+local k = ARGV[1]..'login:'..ARGV[2]
+local now, window, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+redis.call('ZREMRANGEBYSCORE', k, '-inf', now - window)
+if redis.call('ZCARD', k) >= limit then
+  return redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')[2]
+end
+redis.call('ZADD', k, now, ARGV[6])
+redis.call('EXPIRE', k, math.ceil(window) + 1)
+return false
+"""

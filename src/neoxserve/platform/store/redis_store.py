@@ -5,14 +5,16 @@ after the token does (so an expired token is reported as expired for a while, th
 """
 from __future__ import annotations
 
+import secrets
+
 from .. import quota
-from ..errors import TOKEN_INVALID, AdminError, PlatformError
-from ..records import (Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, Outcome, Service,
+from ..errors import TOKEN_INVALID, AdminError, Conflict, NotFound, PlatformError
+from ..records import (Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, Outcome, Service, SessionRecord,
                        StoredSecrets, TokenRecord, UsageRow)
 from . import redis_scripts as lua
 from .base import TOKEN_GRACE_SECONDS, Store
 
-SCHEMA_VERSION = 2  # meta field schema_version; stores of the first release have none (0)
+SCHEMA_VERSION = 3  # meta field schema_version; stores of the first release have none (0)
 
 
 def _opt(value) -> str:
@@ -42,7 +44,8 @@ class RedisStore(Store):
         self.r.ping()
         self._scripts = {name: self.r.register_script(getattr(lua, name)) for name in (
             "CREATE_APP", "ROTATE_APP", "SET_LIMITS", "DELETE_APP", "GRANT", "REVOKE", "CREATE_SERVICE",
-            "DELETE_SERVICE", "ADMIT", "SETTLE", "CREATE_API_KEY", "DELETE_API_KEY", "MIGRATE_USAGE_ROW")}
+            "DELETE_SERVICE", "ADMIT", "SETTLE", "CREATE_API_KEY", "DELETE_API_KEY", "MIGRATE_USAGE_ROW",
+            "LOGIN_ATTEMPT")}
         try:
             self._migrate()
         except BaseException:
@@ -61,16 +64,25 @@ class RedisStore(Store):
         if version > SCHEMA_VERSION:
             raise AdminError(f"the Redis store has schema version {version}, newer than this neoxserve "
                              f"understands ({SCHEMA_VERSION}): upgrade neoxserve")
-        if version < SCHEMA_VERSION:
+        if version < 2:
             # Apps of the first release have no rpm/tpm fields (no limit); only usage rows change.
             for member in self.r.smembers(self.p + "usage:index"):
                 day, app_id, svc = _text(member).split("|")
                 self._run("MIGRATE_USAGE_ROW", f"{day}:{app_id}:{svc}")
+        # 2 -> 3 adds the web console's keys (sess:*, login:*, meta admin_key), made when first used: no row changes.
+        if version < SCHEMA_VERSION:
             self.r.hset(self.p + "meta", "schema_version", SCHEMA_VERSION)
 
     def claim_meta(self, key: str, value: str) -> str:
         self.r.hsetnx(self.p + "meta", key, value)
         return _text(self.r.hget(self.p + "meta", key))
+
+    def get_meta(self, key: str) -> str | None:
+        raw = self.r.hget(self.p + "meta", key)
+        return None if raw is None else _text(raw)
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.r.hset(self.p + "meta", key, value)
 
     # apps
     def get_app(self, app_id) -> App | None:
@@ -109,9 +121,9 @@ class RedisStore(Store):
                            secrets.secret_key_salt, secrets.secret_access_key_enc,
                            *(_opt(getattr(limits, name)) for name in Limits.NAMES), repr(created_at), *services)
         if result[0] == -1:
-            raise AdminError(f"an app named {name!r} already exists")
+            raise Conflict(f"an app named {name!r} already exists")
         if result[0] == -2:
-            raise AdminError(f"no published service named {_text(result[1])!r}")
+            raise NotFound(f"no published service named {_text(result[1])!r}")
         app = self.get_app(int(result[0]))
         assert app is not None   # created just now, in the same script
         return app
@@ -129,9 +141,9 @@ class RedisStore(Store):
     def grant(self, app_id, api_name) -> None:
         result = self._run("GRANT", app_id, api_name)
         if result == -1:
-            raise AdminError(f"no app with id {app_id}")
+            raise NotFound(f"no app with id {app_id}")
         if result == -2:
-            raise AdminError(f"no published service named {api_name!r}")
+            raise NotFound(f"no published service named {api_name!r}")
 
     def revoke(self, app_id, api_name) -> bool:
         return self._run("REVOKE", app_id, api_name) == 1
@@ -152,13 +164,33 @@ class RedisStore(Store):
     def delete_token(self, token_hash) -> bool:
         return self.r.delete(f"{self.p}tok:{token_hash.hex()}") == 1
 
+    # console sessions: keys that expire with the session
+    def put_session(self, session_hash, record, now) -> None:
+        self.r.set(f"{self.p}sess:{session_hash.hex()}", f"{record.key_id}:{record.expires_at}",
+                   ex=max(1, record.expires_at - now))
+
+    def get_session(self, session_hash):
+        raw = self.r.get(f"{self.p}sess:{session_hash.hex()}")
+        if raw is None:
+            return None
+        key_id, expires_at = _text(raw).rsplit(":", 1)
+        return SessionRecord(key_id, int(expires_at))
+
+    def delete_session(self, session_hash) -> bool:
+        return self.r.delete(f"{self.p}sess:{session_hash.hex()}") == 1
+
+    def take_login_attempt(self, address, now, window, limit):
+        oldest = self._run("LOGIN_ATTEMPT", address, repr(float(now)), repr(float(window)), limit,
+                           secrets.token_hex(8))
+        return None if oldest is None else float(oldest) + window
+
     # services
     def create_service(self, service) -> None:
         ok = self._run("CREATE_SERVICE", service.api_name, service.model, _opt(service.temperature),
                        _opt(service.top_p), _opt(service.top_k), _opt(service.penalty_score),
                        _opt(service.max_output_tokens), repr(service.created_at))
         if ok != 1:
-            raise AdminError(f"a service named {service.api_name!r} is already published")
+            raise Conflict(f"a service named {service.api_name!r} is already published")
 
     def get_service(self, api_name):
         h = self.r.hgetall(f"{self.p}svc:{api_name}")
@@ -180,7 +212,7 @@ class RedisStore(Store):
     def create_api_key(self, key_hash, record, created_at) -> None:
         if self._run("CREATE_API_KEY", key_hash.hex(), record.id, record.app_id, repr(created_at),
                      _opt(record.expires_at)) != 1:
-            raise AdminError(f"no app with id {record.app_id}")
+            raise NotFound(f"no app with id {record.app_id}")
 
     def get_api_key(self, key_hash):
         h = self.r.hgetall(f"{self.p}apikey:{key_hash.hex()}")

@@ -12,12 +12,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .. import quota
-from ..errors import TOKEN_INVALID, AdminError, PlatformError
-from ..records import (Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, Outcome, Service,
+from ..errors import TOKEN_INVALID, AdminError, Conflict, NotFound, PlatformError
+from ..records import (Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, Outcome, Service, SessionRecord,
                        StoredSecrets, TokenRecord, UsageRow)
 from .base import TOKEN_GRACE_SECONDS, Store
 
-SCHEMA_VERSION = 2  # PRAGMA user_version; MIGRATIONS[v] brings a store of version v to this one
+SCHEMA_VERSION = 3  # PRAGMA user_version
+
+# The web console's sessions (under the SHA-256 of their token) and login attempts per client address.
+_CONSOLE = """
+CREATE TABLE console_sessions (hash BLOB PRIMARY KEY, key_id TEXT NOT NULL, expires_at INTEGER NOT NULL);
+CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
+CREATE TABLE login_attempts (address TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX login_attempts_by_address ON login_attempts (address, at);
+"""
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,12 +59,14 @@ CREATE TABLE usage (
 CREATE TABLE api_keys (
     id TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE, app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
     created_at REAL NOT NULL, expires_at INTEGER);
-"""
+""" + _CONSOLE
 
-# From the schema of the first release (user_version 0): RPM/TPM limits and their minute counters; usage
-# split into succeeded and failed calls. Old rows counted admitted requests without telling failures apart:
-# they become succeeded calls.
-MIGRATIONS = {0: """
+# MIGRATIONS[v] = (the version it brings a store of version v to, its script); a store runs them in turn up to
+# SCHEMA_VERSION, all in one transaction.
+# 0 -> 2, from the first release: RPM/TPM limits and their minute counters; usage split into succeeded and failed
+# calls. Old rows counted admitted requests without telling failures apart: they become succeeded calls.
+# 2 -> 3: the web console's tables (no existing row changes).
+MIGRATIONS: dict[int, tuple[int, str]] = {0: (2, """
 ALTER TABLE apps ADD COLUMN rpm_limit INTEGER;
 ALTER TABLE apps ADD COLUMN tpm_limit INTEGER;
 ALTER TABLE counters ADD COLUMN minute INTEGER NOT NULL DEFAULT 0;
@@ -69,7 +79,7 @@ ALTER TABLE usage DROP COLUMN requests;
 CREATE TABLE api_keys (
     id TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE, app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
     created_at REAL NOT NULL, expires_at INTEGER);
-"""}
+"""), 2: (3, _CONSOLE)}
 
 _APP = ("SELECT id, name, api_key, access_key, sk_hash, sk_salt, sak_enc, generation, qps_limit, daily_limit, "
         "total_limit, created_at, rpm_limit, tpm_limit FROM apps")
@@ -106,9 +116,9 @@ class SQLiteStore(Store):
                                  f"understands ({SCHEMA_VERSION}): upgrade neoxserve")
             if version < SCHEMA_VERSION:
                 empty = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'apps'").fetchone()[0] == 0
-                script = SCHEMA if empty else MIGRATIONS[version]
-                for statement in _statements(script):
-                    conn.execute(statement)
+                for script in [SCHEMA] if empty else _migrations_from(version):
+                    for statement in _statements(script):
+                        conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -150,6 +160,15 @@ class SQLiteStore(Store):
             c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
             return c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
 
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                      "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
     # apps
     def _app(self, c: sqlite3.Connection, row) -> App | None:
         if row is None:
@@ -169,10 +188,10 @@ class SQLiteStore(Store):
     def create_app(self, name, api_key, access_key, secrets, limits, services, created_at) -> App:
         with self._tx() as c:
             if c.execute("SELECT 1 FROM apps WHERE name = ?", (name,)).fetchone():
-                raise AdminError(f"an app named {name!r} already exists")
+                raise Conflict(f"an app named {name!r} already exists")
             for api_name in services:
                 if not c.execute("SELECT 1 FROM services WHERE api_name = ?", (api_name,)).fetchone():
-                    raise AdminError(f"no published service named {api_name!r}")
+                    raise NotFound(f"no published service named {api_name!r}")
             cur = c.execute(
                 "INSERT INTO apps (name, api_key, access_key, sk_hash, sk_salt, sak_enc, qps_limit, daily_limit, "
                 "total_limit, rpm_limit, tpm_limit, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -226,9 +245,9 @@ class SQLiteStore(Store):
     def grant(self, app_id, api_name) -> None:
         with self._tx() as c:
             if not c.execute("SELECT 1 FROM apps WHERE id = ?", (app_id,)).fetchone():
-                raise AdminError(f"no app with id {app_id}")
+                raise NotFound(f"no app with id {app_id}")
             if not c.execute("SELECT 1 FROM services WHERE api_name = ?", (api_name,)).fetchone():
-                raise AdminError(f"no published service named {api_name!r}")
+                raise NotFound(f"no published service named {api_name!r}")
             c.execute("INSERT OR IGNORE INTO permissions (app_id, api_name) VALUES (?, ?)", (app_id, api_name))
 
     def revoke(self, app_id, api_name) -> bool:
@@ -252,11 +271,37 @@ class SQLiteStore(Store):
         with self._tx() as c:
             return c.execute("DELETE FROM tokens WHERE hash = ?", (token_hash,)).rowcount == 1
 
+    # console sessions
+    def put_session(self, session_hash, record, now) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO console_sessions (hash, key_id, expires_at) VALUES (?, ?, ?)",
+                      (session_hash, record.key_id, record.expires_at))
+            c.execute("DELETE FROM console_sessions WHERE expires_at < ?", (now,))
+
+    def get_session(self, session_hash):
+        row = self._conn().execute("SELECT key_id, expires_at FROM console_sessions WHERE hash = ?",
+                                   (session_hash,)).fetchone()
+        return None if row is None else SessionRecord(*row)
+
+    def delete_session(self, session_hash) -> bool:
+        with self._tx() as c:
+            return c.execute("DELETE FROM console_sessions WHERE hash = ?", (session_hash,)).rowcount == 1
+
+    def take_login_attempt(self, address, now, window, limit):
+        with self._tx() as c:
+            c.execute("DELETE FROM login_attempts WHERE at <= ?", (now - window,))
+            count, oldest = c.execute("SELECT COUNT(*), MIN(at) FROM login_attempts WHERE address = ?",
+                                      (address,)).fetchone()
+            if count >= limit:
+                return oldest + window
+            c.execute("INSERT INTO login_attempts (address, at) VALUES (?, ?)", (address, now))
+            return None
+
     # services
     def create_service(self, service) -> None:
         with self._tx() as c:
             if c.execute("SELECT 1 FROM services WHERE api_name = ?", (service.api_name,)).fetchone():
-                raise AdminError(f"a service named {service.api_name!r} is already published")
+                raise Conflict(f"a service named {service.api_name!r} is already published")
             c.execute("INSERT INTO services (api_name, model, temperature, top_p, top_k, penalty_score, "
                       "max_output_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                       (service.api_name, service.model, service.temperature, service.top_p, service.top_k,
@@ -277,7 +322,7 @@ class SQLiteStore(Store):
     def create_api_key(self, key_hash, record, created_at) -> None:
         with self._tx() as c:
             if not c.execute("SELECT 1 FROM apps WHERE id = ?", (record.app_id,)).fetchone():
-                raise AdminError(f"no app with id {record.app_id}")
+                raise NotFound(f"no app with id {record.app_id}")
             c.execute("INSERT INTO api_keys (id, hash, app_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
                       (record.id, key_hash, record.app_id, created_at, record.expires_at))
 
@@ -366,6 +411,15 @@ class SQLiteStore(Store):
             "WHERE (?1 IS NULL OR app_name = ?1) AND (?2 IS NULL OR api_name = ?2) AND (?3 IS NULL OR day >= ?3) "
             "ORDER BY day, app_name, api_name", (app_name, api_name, since)).fetchall()
         return [UsageRow(*r) for r in rows]
+
+
+def _migrations_from(version: int) -> list[str]:
+    """The scripts that bring a store of `version` to SCHEMA_VERSION, in order."""
+    scripts = []
+    while version < SCHEMA_VERSION:
+        version, script = MIGRATIONS[version]
+        scripts.append(script)
+    return scripts
 
 
 def _statements(script: str) -> list[str]:
