@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -107,6 +107,10 @@ SAMPLING_RULES: dict[str, tuple[bool, str, Callable[[float], bool]]] = {
     "frequency_penalty": (False, "in [-2.0, 2.0]", lambda v: -2 <= v <= 2),
     "max_output_tokens": (True, "a positive integer", lambda v: v > 0),
 }
+
+# The sampling defaults a published service can carry: its fields that have a rule above (the penalties of the
+# OpenAI and v2 routes are per request only).
+SERVICE_DEFAULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Service) if f.name in SAMPLING_RULES)
 
 
 @dataclass(frozen=True)

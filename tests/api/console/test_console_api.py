@@ -197,7 +197,9 @@ def test_services_carry_the_platforms_rules(admin):
     from neoxserve.platform.records import SAMPLING_RULES
 
     listing = admin.get("/console/api/services").json()
-    assert listing["rules"] == {name: rule for name, (_, rule, _) in SAMPLING_RULES.items()}
+    assert listing["rules"] == {name: SAMPLING_RULES[name][1]
+                                for name in ("temperature", "top_p", "top_k", "penalty_score", "max_output_tokens")}
+    assert "presence_penalty" not in listing["rules"]    # per request only (OpenAI / v2), not a service default
     assert listing["rules"]["temperature"] == "in (0, 1.0]" and listing["default_max_output_tokens"] == 256
     demo = next(s for s in listing["services"] if s["api_name"] == "demo")
     assert demo["model"] == "demo" and "default" in demo["allowed_apps"]

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ...platform.records import SAMPLING_RULES
+from ...platform.records import SAMPLING_RULES, SERVICE_DEFAULT_FIELDS
 
 
 class ErrorDetail(BaseModel):
@@ -51,9 +51,9 @@ class ServiceName(Body):
     allow: list[str] = Field(default_factory=list, description="apps allowed to call it")
 
 
-# A service's sampling defaults are the fields of the platform's SAMPLING_RULES, each optional.
-_SAMPLING_FIELDS: dict[str, Any] = {name: (int | None if integer else float | None, None)
-                                    for name, (integer, _, _) in SAMPLING_RULES.items()}
+# A service's sampling defaults (SERVICE_DEFAULT_FIELDS, ruled by the platform's SAMPLING_RULES), each optional.
+_SAMPLING_FIELDS: dict[str, Any] = {name: (int | None if SAMPLING_RULES[name][0] else float | None, None)
+                                    for name in SERVICE_DEFAULT_FIELDS}
 if TYPE_CHECKING:
     NewService = ServiceName   # what the code reads by name; the sampling fields are read with model_dump
 else:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from ...platform.records import SAMPLING_RULES
+from ...platform.records import SAMPLING_RULES, SERVICE_DEFAULT_FIELDS
 from ...config import Settings
 from ...platform import Platform
 from .guard import console_router, run
@@ -24,7 +24,7 @@ def router(platform: Platform, settings: Settings) -> APIRouter:
     @r.get("", summary="every published service, its sampling defaults and the apps allowed to call it; the rules "
                        "of the sampling defaults")
     async def list_services() -> dict[str, Any]:
-        rules = {name: rule for name, (_, rule, _) in SAMPLING_RULES.items()}
+        rules = {name: SAMPLING_RULES[name][1] for name in SERVICE_DEFAULT_FIELDS}
         return {"services": await run(listing), "rules": rules,
                 "default_max_output_tokens": settings.default_max_output_tokens}
 
