@@ -76,8 +76,23 @@ def text_of(deltas: list[Delta]) -> str:
     return "".join(d.text for d in deltas)
 
 
+def fail_step(engine: LLMEngine, step: int, message: str) -> None:
+    """Make the runner's `step`-th call (1-based) raise RuntimeError(message); the other calls run normally."""
+    run = engine.runner.run
+    calls = {"n": 0}
+
+    def flaky(batch):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise RuntimeError(message)
+        return run(batch)
+
+    engine.runner.run = flaky
+
+
 class Helpers:
     run_all = staticmethod(run_all)
+    fail_step = staticmethod(fail_step)
     tokens_of = staticmethod(tokens_of)
     text_of = staticmethod(text_of)
     config = staticmethod(small_config)

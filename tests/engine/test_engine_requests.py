@@ -120,16 +120,7 @@ def test_impossible_requests_are_rejected_with_the_reason(make_engine, demo_load
 
 def test_batch_exception_fails_its_requests_and_the_engine_carries_on(h, make_engine):
     engine = make_engine()
-    run = engine.runner.run
-    calls = {"n": 0}
-
-    def flaky(batch):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated out of memory")
-        return run(batch)
-
-    engine.runner.run = flaky
+    h.fail_step(engine, 2, "simulated out of memory")
     engine.add_request("x", _prompt(10), GREEDY)
     engine.add_request("y", _prompt(12, 1), GREEDY)
     out = h.run_all(engine)

@@ -179,16 +179,7 @@ def test_more_samples_than_the_engine_can_ever_queue_are_rejected(make_engine):
 
 def test_a_failed_step_fails_every_sample_it_ran(h, make_engine):
     engine = make_engine()
-    run = engine.runner.run
-    calls = {"n": 0}
-
-    def flaky(batch):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated out of memory")
-        return run(batch)
-
-    engine.runner.run = flaky
+    h.fail_step(engine, 2, "simulated out of memory")
     engine.add_request("x", _prompt(10), SamplingParams(seed=1, max_new_tokens=8, ignore_eos=True, n=2))
     last = {d.index: d for d in h.run_all(engine)["x"] if d.finished}
     assert sorted(last) == [0, 1]
