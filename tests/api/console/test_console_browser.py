@@ -207,8 +207,10 @@ def test_playground_streams_text(console):
     output = c.page.inner_text("[data-testid=output]")
     stats = c.page.locator("[data-testid=stream-stats]")
     assert len(output) > 0 and int(stats.get_attribute("data-chunks")) >= 2
-    assert int(stats.get_attribute("data-tokens")) == 48
-    assert re.search(r"48 tokens in \d+ chunks · [0-9.]+ tokens/s · first chunk after \d+ ms", stats.inner_text())
+    tokens = int(stats.get_attribute("data-tokens"))   # 48, or fewer when the sampled text ends on end-of-text
+    assert 1 <= tokens <= 48
+    shown = stats.inner_text()
+    assert re.search(rf"{tokens} tokens in \d+ chunks · [0-9.]+ tokens/s · first chunk after \d+ ms", shown)
     c.shot("playground")
 
 
