@@ -95,15 +95,16 @@ def in_features(cfg: QuantConfig, parts: dict) -> int:
 
 def _native_reference(x: torch.Tensor, cfg: QuantConfig, parts: dict) -> torch.Tensor:
     """What the native kernel computes, in float64: activations quantized per block of 32 (round to nearest,
-    scale max|x| / 127) times the weight's levels; int4's zero term (w = (q - 8) s + z) takes the exact x."""
+    scale max|x| / 127) times the weight's levels; int4 (w = (q - 8) s + z = q s + (z - 8 s)) multiplies q s
+    with the quantized x and the constant z - 8 s of each group with the exact x."""
     blocks = x.double().view(x.shape[0], -1, 32)
     d = blocks.abs().amax(-1, keepdim=True) / 127
     xq = (torch.where(d > 0, torch.round(blocks / d), 0) * d).view_as(x)
     if cfg.method == "int8":
         return xq @ dequantize(cfg, parts).double().t()
-    no_zero = dequantize(cfg, parts | {"weight_zero": torch.zeros_like(parts["weight_zero"])}).double()
-    zeros = parts["weight_zero"].double().repeat_interleave(cfg.group_size, dim=1)
-    return xq @ no_zero.t() + x.double() @ zeros.t()
+    levels = dequantize(cfg, parts | {"weight_zero": 8 * parts["weight_scale"]}).double()      # q s
+    constant = (parts["weight_zero"] - 8 * parts["weight_scale"]).double().repeat_interleave(cfg.group_size, dim=1)
+    return xq @ levels.t() + x.double() @ constant.t()
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,7 @@ def test_native_kernel_is_exactly_the_block_quantized_product(cfg, rows, native)
     """To float32 rounding, not just within the tolerance of activation quantization: a wrong nibble order, group
     scale or zero term shows here."""
     g = torch.Generator().manual_seed(1)
-    w = torch.randn(37, 512, generator=g) + torch.linspace(-1, 1, 512)   # 37: a partial block of 4 rows
+    w = torch.randn(37, 512, generator=g) + torch.linspace(-1, 1, 512)   # 37: a partial tile of 8 rows
     x = torch.randn(rows, 512, generator=g) * torch.linspace(0.1, 4, 512)
     x[0, :32] = 0                                                       # an all-zero block
     parts = quantize(cfg, w)

@@ -5,8 +5,9 @@ whose float weights are already loaded (benchmarks, tests).
 
 Kernels, chosen once for the model by `choose_kernel` (docs/engine.md, "Quantized weights", has the figures):
 - "native":  the project's AVX2 kernels (kernels/wq_gemm.cpp): 8-bit dot products on activations quantized per
-             block of 32, as llama.cpp does; for many rows (prefill) the weight is expanded to float32 by a native
-             kernel and multiplied by PyTorch's float GEMM. The default on x86 CPUs where it builds.
+             block of 32, as llama.cpp does, over weights in tiles of 8 rows (weight_tiles.py); for many rows
+             (prefill) the weight is expanded to float32 by a native kernel and multiplied by PyTorch's float GEMM.
+             The default on x86 CPUs where it builds.
 - "aten":    PyTorch's own CPU kernels, `_weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu`: the fallback on
              CPUs where the native kernels cannot be built (fast with bfloat16 activations on CPUs with AVX-512).
 - "dequant": the weight is expanded to the activation dtype for each call and multiplied with `F.linear`. Every
@@ -20,10 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from neoxserve.model import weight_tiles
+from neoxserve.model.arith import cdiv
 from neoxserve.model.quant_format import (QuantConfig, QuantizationError, check_shape, dequantize, quantize,
                                           unpack_nibbles)
 
 log = logging.getLogger(__name__)
+TILE = weight_tiles.TILE
 KERNELS = ("native", "aten", "dequant")
 # Above this many rows the native path expands the weight to float32 and runs a float GEMM: the dot-product
 # kernel's cost grows with the rows, the expansion's does not (bench/profile_step.py, docs/engine.md).
@@ -42,7 +46,9 @@ class QuantLinear(nn.Module):
     """y = x W^T + b with W held as int8 (per-row scales) or int4 (per-group scales and zeros).
 
     Buffers (persistent, so `load_state_dict(assign=True)` fills them), by kernel:
-      "native", "dequant": quant_format's portable layout with float32 scales: int8 weight [out, in] +
+      "native":            weight_tiles.py's tiles: int8 weight [out/8, in/32, 8, 32] + weight_scale [out];
+                           int4 weight uint8 [out/8, in/64, 8, 32] + weight_scale, weight_zero [out/8, in/group, 8]
+      "dequant":           quant_format's portable layout with float32 scales: int8 weight [out, in] +
                            weight_scale [out]; int4 weight uint8 [out, in / 2] + weight_scale, weight_zero
                            [out, in / group]
       "aten":              int8 weight [out, in] + weight_scale [out] in the activation dtype; int4 weight in the
@@ -65,14 +71,22 @@ class QuantLinear(nn.Module):
             raise QuantizationError(f"unknown quantized kernel {self.kernel!r}")
         if self.kernel == "aten" and cfg.method == "int4" and out_features % 16:
             self.kernel = "dequant"      # PyTorch's int4 packing needs a multiple of 16 output rows
+        if self.kernel == "native" and cfg.method == "int4" and in_features % 64:
+            self.kernel = "dequant"      # the native int4 tiles hold two blocks of 32 columns per byte
+        tiles, groups = cdiv(out_features, TILE), in_features // cfg.group_size
         if cfg.method == "int8":
-            self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
+            shape = (tiles, in_features // 32, TILE, 32) if self.kernel == "native" else (out_features, in_features)
+            self.register_buffer("weight", torch.empty(shape, dtype=torch.int8, device=device))
             scale_dtype = dtype if self.kernel == "aten" else torch.float32
             self.register_buffer("weight_scale", torch.empty(out_features, dtype=scale_dtype, device=device))
+        elif self.kernel == "native":
+            self.register_buffer("weight", torch.empty(tiles, in_features // 64, TILE, 32, dtype=torch.uint8,
+                                                       device=device))
+            self.register_buffer("weight_scale", torch.empty(tiles, groups, TILE, device=device))
+            self.register_buffer("weight_zero", torch.empty(tiles, groups, TILE, device=device))
         else:
             self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8,
                                                        device=device))
-            groups = in_features // cfg.group_size
             if self.kernel == "aten":
                 self.register_buffer("weight_scale_zero", torch.empty(groups, out_features, 2, dtype=dtype,
                                                                       device=device))
@@ -87,6 +101,15 @@ class QuantLinear(nn.Module):
     def runtime_tensors(self, parts: dict[str, Tensor], dtype: torch.dtype,
                         device: torch.device) -> dict[str, Tensor]:
         """Portable parts (quant_format) -> this module's buffers on device."""
+        if self.kernel == "native":
+            if self.cfg.method == "int8":
+                tiled = {"weight": weight_tiles.int8_tiles(parts["weight"]), "weight_scale": parts["weight_scale"]}
+            else:
+                tiled = {"weight": weight_tiles.int4_tiles(parts["weight"]),
+                         "weight_scale": weight_tiles.group_tiles(parts["weight_scale"]),
+                         "weight_zero": weight_tiles.group_tiles(parts["weight_zero"])}
+            return {k: v.to(device=device, dtype=torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+                    for k, v in tiled.items()}
         if self.kernel != "aten":
             return {k: v.to(device=device, dtype=torch.float32 if v.is_floating_point() else v.dtype).contiguous()
                     for k, v in parts.items()}
@@ -101,6 +124,13 @@ class QuantLinear(nn.Module):
 
     def portable_parts(self) -> dict[str, Tensor]:
         """This module's weight in the portable layout (float32 scales): the inverse of runtime_tensors."""
+        n = self.out_features
+        if self.kernel == "native" and self.cfg.method == "int8":
+            return {"weight": weight_tiles.int8_untiled(self.weight, n), "weight_scale": self.weight_scale}
+        if self.kernel == "native":
+            return {"weight": weight_tiles.int4_untiled(self.weight, n),
+                    "weight_scale": weight_tiles.group_untiled(self.weight_scale, n),
+                    "weight_zero": weight_tiles.group_untiled(self.weight_zero, n)}
         if self.kernel != "aten":
             return {k: v for k, v in self.named_buffers() if k.startswith("weight")}
         if self.cfg.method == "int8":
@@ -138,12 +168,13 @@ class QuantLinear(nn.Module):
         int8 = self.cfg.method == "int8"
         zero = None if int8 else self.weight_zero
         if x32.shape[0] > NATIVE_GEMM_ROWS:
-            w = ops.dequantize(self.weight, self.weight_scale, zero, self.cfg.group_size, 8 if int8 else 4)
+            w = ops.dequantize(self.weight, self.weight_scale, zero, self.cfg.group_size, 8 if int8 else 4,
+                               self.out_features)
             out = F.linear(x32, w)
         elif int8:
             out = ops.int8_linear(x32, self.weight, self.weight_scale)
         else:
-            out = ops.int4_linear(x32, self.weight, self.weight_scale, zero, self.cfg.group_size)
+            out = ops.int4_linear(x32, self.weight, self.weight_scale, zero, self.cfg.group_size, self.out_features)
         return out if x.dtype == torch.float32 else out.to(x.dtype)
 
     def extra_repr(self) -> str:

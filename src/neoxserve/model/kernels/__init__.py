@@ -18,7 +18,9 @@ import torch
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("wq_gemm.cpp")
-CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c"]
+# -fopenmp: at::parallel_for is a header template that runs serially without it. The library then uses the libgomp
+# that torch ships (same soname, already loaded), not a second OpenMP runtime.
+CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
 
 
 def cpu_supports_avx2() -> bool:
@@ -35,8 +37,8 @@ def load() -> bool:
     try:
         _ensure_ninja_on_path()
         from torch.utils.cpp_extension import load as build
-        build(name="neoxserve_kernels", sources=[str(SOURCE)], extra_cflags=CFLAGS, is_python_module=False,
-              verbose=False)
+        build(name="neoxserve_kernels", sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
+              is_python_module=False, verbose=False)
     except Exception as e:   # no compiler, a failed build: many exception types, all mean "not available"
         log.warning("quantized kernels: building %s failed, using PyTorch's kernels instead (slower on AVX2 "
                     "CPUs): %s", SOURCE.name, str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)

@@ -1,21 +1,29 @@
-// CPU kernels for x86 with AVX2 (neoxserve/model/kernels/__init__.py builds this file): weight-only quantized
-// linears, and decode attention straight out of the paged KV cache.
+// CPU kernels for x86 with AVX2 (neoxserve/model/kernels/__init__.py builds this file): weight-only linears
+// (int8, int4, and bfloat16 weights with float32 arithmetic), and decode attention straight out of the paged KV
+// cache.
 //
-// Why: on AVX2 CPUs PyTorch's own weight-only kernels (_weight_int8pack_mm, _weight_int4pack_mm_for_cpu) run
-// several times slower than a plain float32 product of the same shape (docs/engine.md, "Quantized weights"), so
-// quantized weights were slower than float ones. These kernels read the weights once per call and multiply them
-// with integer dot products, as llama.cpp does on the same CPUs:
+// Why: on AVX2 CPUs PyTorch's own weight-only kernels (_weight_int8pack_mm, _weight_int4pack_mm_for_cpu) and its
+// bfloat16 products run several times slower than a plain float32 product of the same shape (docs/engine.md,
+// "Quantized weights"). A decode step is bound by reading the weights, so these kernels read each weight byte
+// once per call, in one sequential stream, and spend as few instructions per byte as they can:
 //
-//   1. the activations x [M, K] (float32) are quantized per block of 32 along K: xq = round(x / d), d = max|x| / 127;
-//   2. per block, an 8-bit dot product of the weight row with xq (vpmaddubsw + vpmaddwd: 32 products in two
-//      instructions), scaled by d and the weight's scale, accumulated in float32.
+//   * Tiles: the weights of 8 consecutive output rows are interleaved block by block ([N/8][K/blk][8][blk]), so a
+//     tile is one contiguous stream (the hardware prefetcher sees one stream instead of 8), each activation block
+//     is loaded once for 8 rows, and the 8 independent accumulators hide the FMA latency. The loader packs
+//     quant_format's portable layout into tiles (quant_linear.py); N is padded to a multiple of 8 with zero rows
+//     that are never written out.
+//   * int8 / int4: the activations x [M, K] (float32) are quantized per block of 32 along K (xq = round(x / d),
+//     d = max|x| / 127) and each block's product is an 8-bit dot product (vpmaddubsw + vpmaddwd: 32 products in
+//     two instructions) scaled by d and the weight's scale, as llama.cpp does on the same CPUs.
+//     int4 tiles hold two blocks per 32 bytes: block 2j in the low nibbles, block 2j + 1 in the high nibbles, so
+//     one load and two masks give 64 levels. With w = (q - 8) s + z (scale s and zero z per group of G columns),
+//     sum_k w_k x_k = sum_g s_g sum_(b in g) d_b (q_b . xq_b) + sum_g (z_g - 8 s_g) X_g, X_g the exact sum of x
+//     over group g.
+//   * bf16: a bfloat16 is the top half of a float32, so widening is a shift; products and sums are float32.
 //
-// Weights are in quant_format.py's portable layout: int8 [N, K] with one float32 scale per row; int4 as nibbles
-// [N, K / 2] (column 2j in the low nibble of byte j) with float32 scale and zero per group of G columns,
-// w = (q - 8) * scale + zero. K must be a multiple of 32 and G a multiple of 32.
-//
-// Work is split over output rows with at::parallel_for (PyTorch's own thread pool, so there is no second OpenMP
-// runtime competing for the cores).
+// Work is split over tiles with at::parallel_for. The file is compiled with -fopenmp (kernels/__init__.py) so that
+// at::parallel_for really runs in parallel, in PyTorch's own OpenMP runtime (torch ships libgomp.so.1, which is
+// already loaded when this library is, so no second runtime competes for the cores).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -31,21 +39,21 @@
 
 namespace {
 
-constexpr int64_t QK = 32;        // activation block
-constexpr int64_t ROWS = 4;       // output rows computed together (each weight block loaded once for them)
+constexpr int64_t QK = 32;        // activation block (int8 / int4)
+constexpr int64_t TILE = 8;       // output rows interleaved in one tile
+constexpr int64_t PREFETCH = 512; // bytes ahead of the current read position (measured: 512 ~ 2048 > none)
 
-// x [M, K] -> xq int8 [M, K], d [M, K/32] (scale of each block), bsum [M, K/32] (sum of the block's xq).
-// For int4 the 32 values of a block are stored as [even columns | odd columns], the order in which the nibbles of
-// 16 weight bytes unpack (low nibbles, then high nibbles).
-void quantize_activations(const float* x, int64_t M, int64_t K, bool interleave, int8_t* xq, float* d,
-                          int32_t* bsum) {
+inline int64_t ceil_tiles(int64_t n) { return (n + TILE - 1) / TILE; }
+
+// x [M, K] -> xq int8 [M, K] and d [M, K/32] (the scale of each block).
+void quantize_activations(const float* x, int64_t M, int64_t K, int8_t* xq, float* d) {
   const int64_t nb = K / QK;
-  at::parallel_for(0, M * nb, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, M * nb, 256, [&](int64_t begin, int64_t end) {
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
     for (int64_t i = begin; i < end; ++i) {
       const float* src = x + (i / nb) * K + (i % nb) * QK;
       __m256 v[4];
       __m256 amax = _mm256_setzero_ps();
-      const __m256 sign_bit = _mm256_set1_ps(-0.0f);
       for (int j = 0; j < 4; ++j) {
         v[j] = _mm256_loadu_ps(src + 8 * j);
         amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_bit, v[j]));
@@ -54,32 +62,27 @@ void quantize_activations(const float* x, int64_t M, int64_t K, bool interleave,
       m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
       m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
       const float maxabs = _mm_cvtss_f32(m4);
-      const float scale = maxabs / 127.0f;
-      d[i] = scale;
+      d[i] = maxabs / 127.0f;
       const __m256 inv = _mm256_set1_ps(maxabs > 0.0f ? 127.0f / maxabs : 0.0f);
-      int8_t q[QK];
-      int32_t sum = 0;
-      for (int j = 0; j < 4; ++j) {
-        __m256i r = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[j], inv), _MM_ROUND_NEAREST));
-        alignas(32) int32_t tmp[8];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), r);
-        for (int t = 0; t < 8; ++t) {
-          q[8 * j + t] = static_cast<int8_t>(tmp[t]);
-          sum += tmp[t];
-        }
-      }
-      int8_t* dst = xq + i * QK;
-      if (interleave) {
-        for (int t = 0; t < QK / 2; ++t) {
-          dst[t] = q[2 * t];
-          dst[QK / 2 + t] = q[2 * t + 1];
-        }
-      } else {
-        for (int t = 0; t < QK; ++t) dst[t] = q[t];
-      }
-      bsum[i] = sum;
+      __m256i r[4];
+      for (int j = 0; j < 4; ++j)
+        r[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[j], inv), _MM_FROUND_TO_NEAREST_INT |
+                                                  _MM_FROUND_NO_EXC));
+      // int32 x 32 -> int8 x 32 in order: packs interleave 128-bit lanes, the permute puts them back
+      const __m256i w01 = _mm256_packs_epi32(r[0], r[1]), w23 = _mm256_packs_epi32(r[2], r[3]);
+      const __m256i b = _mm256_packs_epi16(w01, w23);
+      const __m256i ordered = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq + i * QK), ordered);
     }
   });
+}
+
+// The 8 sums of 8 accumulators, lane r = sum of acc[r].
+inline __m256 reduce8(const __m256* acc) {
+  const __m256 s01 = _mm256_hadd_ps(acc[0], acc[1]), s23 = _mm256_hadd_ps(acc[2], acc[3]);
+  const __m256 s45 = _mm256_hadd_ps(acc[4], acc[5]), s67 = _mm256_hadd_ps(acc[6], acc[7]);
+  const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
+  return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
 }
 
 inline float hsum(__m256 v) {
@@ -89,169 +92,255 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// 32 signed 8-bit products summed in pairs of pairs: 8 int32 lanes (the sign trick: |x| is the unsigned operand).
-inline __m256i dot_i8(__m256i w, __m256i x) {
-  const __m256i ax = _mm256_sign_epi8(x, x);
-  const __m256i sw = _mm256_sign_epi8(w, x);
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sw), _mm256_set1_epi16(1));
+// Rows n0..n0+7 of one output row: all 8 when the tile is full, else only the real ones.
+inline void store_tile(float* out, int64_t n0, int64_t N, __m256 v) {
+  if (n0 + TILE <= N) {
+    _mm256_storeu_ps(out + n0, v);
+  } else {
+    alignas(32) float tmp[TILE];
+    _mm256_store_ps(tmp, v);
+    for (int64_t r = 0; n0 + r < N; ++r) out[n0 + r] = tmp[r];
+  }
 }
 
-// 32 unsigned 4-bit levels (0..15) times 32 signed 8-bit activations.
-inline __m256i dot_u4(__m256i q, __m256i x) {
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1));
-}
-
-inline __m256i unpack_nibbles(const uint8_t* p) {
-  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  const __m128i mask = _mm_set1_epi8(0x0F);
-  const __m128i lo = _mm_and_si128(bytes, mask);
-  const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-  return _mm256_set_m128i(hi, lo);
-}
-
-void check_activations(const at::Tensor& x, int64_t K) {
+void check_activations(const at::Tensor& x, int64_t K, int64_t multiple, const char* op) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
-              "wq_linear: x must be a contiguous float32 CPU matrix");
-  TORCH_CHECK(x.size(1) == K && K % QK == 0, "wq_linear: x has ", x.size(1), " columns, the weight ", K,
-              " (a multiple of 32 is needed)");
+              op, ": x must be a contiguous float32 CPU matrix");
+  TORCH_CHECK(x.size(1) == K && K % multiple == 0, op, ": x has ", x.size(1), " columns, the weight ", K,
+              " (a multiple of ", multiple, " is needed)");
 }
+
+void check_tiles(const at::Tensor& w, int64_t N, at::ScalarType type, const char* op) {
+  TORCH_CHECK(w.dim() == 4 && w.scalar_type() == type && w.is_contiguous() && w.size(0) == ceil_tiles(N) &&
+              w.size(2) == TILE, op, ": weight must be contiguous tiles [", ceil_tiles(N), ", blocks, 8, bytes] "
+              "of ", c10::toString(type));
+}
+
+// Tile grain: each thread takes a run of whole tiles (parallel_for splits [0, tiles) into at most one chunk per
+// thread when the grain is small enough).
+constexpr int64_t TILE_GRAIN = 4;
+
+// ---- int8: weight [N/8, K/32, 8, 32] int8, scale [N] float32 ---------------------------------------------------
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale) {
-  const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
-  check_activations(x, K);
-  TORCH_CHECK(w.scalar_type() == at::kChar && w.is_contiguous(), "int8_linear: weight must be contiguous int8");
-  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.numel() == N && scale.is_contiguous(),
-              "int8_linear: scale must be float32 [N]");
+  const int64_t N = scale.numel(), K = w.size(1) * QK, M = x.size(0);
+  check_activations(x, K, QK, "int8_linear");
+  check_tiles(w, N, at::kChar, "int8_linear");
+  TORCH_CHECK(w.size(3) == QK && scale.scalar_type() == at::kFloat && scale.is_contiguous(),
+              "int8_linear: blocks of 32 and a float32 scale [N] needed");
   const int64_t nb = K / QK;
   std::vector<int8_t> xq(M * K);
   std::vector<float> d(M * nb);
-  std::vector<int32_t> bsum(M * nb);
-  quantize_activations(x.data_ptr<float>(), M, K, false, xq.data(), d.data(), bsum.data());
+  quantize_activations(x.data_ptr<float>(), M, K, xq.data(), d.data());
   at::Tensor y = at::empty({M, N}, x.options());
   float* out = y.data_ptr<float>();
   const int8_t* W = w.data_ptr<int8_t>();
   const float* S = scale.data_ptr<float>();
-  at::parallel_for(0, (N + ROWS - 1) / ROWS, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t rb = begin; rb < end; ++rb) {
-      const int64_t n0 = rb * ROWS, rows = std::min<int64_t>(ROWS, N - n0);
+  at::parallel_for(0, ceil_tiles(N), TILE_GRAIN, [&](int64_t begin, int64_t end) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t t = begin; t < end; ++t) {
+      const int8_t* Wt = W + t * nb * TILE * QK;
+      const int64_t n0 = t * TILE;
+      alignas(32) float st[TILE] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+      for (int64_t r = 0; r < TILE && n0 + r < N; ++r) st[r] = S[n0 + r];
+      const __m256 s8 = _mm256_load_ps(st);
       for (int64_t m = 0; m < M; ++m) {
         const int8_t* xm = xq.data() + m * K;
         const float* dm = d.data() + m * nb;
-        __m256 acc[ROWS] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        __m256 acc[TILE];
+        for (auto& a : acc) a = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; ++b) {
+          const int8_t* wb = Wt + b * TILE * QK;
+          _mm_prefetch(reinterpret_cast<const char*>(wb + PREFETCH), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(wb + PREFETCH + 64), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(wb + PREFETCH + 128), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(wb + PREFETCH + 192), _MM_HINT_T0);
           const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xm + b * QK));
+          const __m256i ax = _mm256_sign_epi8(xv, xv);
           const __m256 db = _mm256_set1_ps(dm[b]);
-          for (int64_t r = 0; r < rows; ++r) {
-            const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + (n0 + r) * K + b * QK));
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8(wv, xv)), db, acc[r]);
+#pragma GCC unroll 8
+          for (int64_t r = 0; r < TILE; ++r) {
+            const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + r * QK));
+            const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv)), ones);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), db, acc[r]);
           }
         }
-        for (int64_t r = 0; r < rows; ++r) out[m * N + n0 + r] = hsum(acc[r]) * S[n0 + r];
+        store_tile(out + m * N, n0, N, _mm256_mul_ps(reduce8(acc), s8));
       }
     }
   });
   return y;
 }
 
+// ---- int4: weight [N/8, K/64, 8, 32] uint8, scale and zero [N/8, K/G, 8] float32 --------------------------------
+
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& zero,
-                       int64_t group) {
-  const int64_t M = x.size(0), N = w.size(0), K = w.size(1) * 2;
-  check_activations(x, K);
-  TORCH_CHECK(group % QK == 0 && K % group == 0, "int4_linear: group size ", group, " must be a multiple of 32 "
-              "dividing ", K);
-  const int64_t G = K / group, nb = K / QK, bpg = group / QK;
-  TORCH_CHECK(w.scalar_type() == at::kByte && w.is_contiguous(), "int4_linear: weight must be contiguous uint8");
+                       int64_t group, int64_t N) {
+  const int64_t K = w.size(1) * 2 * QK, M = x.size(0);
+  check_activations(x, K, 2 * QK, "int4_linear");
+  check_tiles(w, N, at::kByte, "int4_linear");
+  TORCH_CHECK(w.size(3) == QK && group % QK == 0 && K % group == 0, "int4_linear: group size ", group,
+              " must be a multiple of 32 dividing ", K);
+  const int64_t G = K / group, nb = K / QK;
   for (const at::Tensor* t : {&scale, &zero})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == N * G,
-                "int4_linear: scale and zero must be float32 [N, K / group]");
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 3 &&
+                t->size(0) == ceil_tiles(N) && t->size(1) == G && t->size(2) == TILE,
+                "int4_linear: scale and zero must be float32 [N/8, K / group, 8]");
   std::vector<int8_t> xq(M * K);
   std::vector<float> d(M * nb);
-  std::vector<int32_t> bsum(M * nb);
-  quantize_activations(x.data_ptr<float>(), M, K, true, xq.data(), d.data(), bsum.data());
-  // Per row of x and group: the terms that do not depend on the weight's levels. With w = (q - 8) s + z,
-  // sum_k w_k x_k = s * sum_b d_b (q . xq_b - 8 bsum_b) + z * sum_k x_k.
-  std::vector<float> offset(M * G), xsum(M * G);
   const float* X = x.data_ptr<float>();
+  quantize_activations(X, M, K, xq.data(), d.data());
+  std::vector<float> xsum(M * G);   // X_g: the exact sum of x over each group
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < G; ++g) {
-      float o = 0.0f, s = 0.0f;
-      for (int64_t b = g * bpg; b < (g + 1) * bpg; ++b) o += d[m * nb + b] * static_cast<float>(bsum[m * nb + b]);
-      for (int64_t k = g * group; k < (g + 1) * group; ++k) s += X[m * K + k];
-      offset[m * G + g] = -8.0f * o;
-      xsum[m * G + g] = s;
+      __m256 s = _mm256_setzero_ps();
+      for (int64_t k = g * group; k < (g + 1) * group; k += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(X + m * K + k));
+      xsum[m * G + g] = hsum(s);
     }
   at::Tensor y = at::empty({M, N}, x.options());
   float* out = y.data_ptr<float>();
   const uint8_t* W = w.data_ptr<uint8_t>();
   const float* S = scale.data_ptr<float>();
   const float* Z = zero.data_ptr<float>();
-  at::parallel_for(0, (N + ROWS - 1) / ROWS, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t rb = begin; rb < end; ++rb) {
-      const int64_t n0 = rb * ROWS, rows = std::min<int64_t>(ROWS, N - n0);
+  const int64_t pairs = nb / 2;
+  at::parallel_for(0, ceil_tiles(N), TILE_GRAIN, [&](int64_t begin, int64_t end) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    for (int64_t t = begin; t < end; ++t) {
+      const uint8_t* Wt = W + t * pairs * TILE * QK;
+      const float* St = S + t * G * TILE;
+      const float* Zt = Z + t * G * TILE;
       for (int64_t m = 0; m < M; ++m) {
         const int8_t* xm = xq.data() + m * K;
         const float* dm = d.data() + m * nb;
-        __m256 acc[ROWS] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-        float tail[ROWS] = {0.0f, 0.0f, 0.0f, 0.0f};
+        __m256 acc[TILE];
+        for (auto& a : acc) a = _mm256_setzero_ps();
+        __m256 tail = _mm256_setzero_ps();
         for (int64_t g = 0; g < G; ++g) {
-          for (int64_t r = 0; r < rows; ++r) {
-            const float s = S[(n0 + r) * G + g];
-            tail[r] += s * offset[m * G + g] + Z[(n0 + r) * G + g] * xsum[m * G + g];
-          }
-          for (int64_t b = g * bpg; b < (g + 1) * bpg; ++b) {
-            const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xm + b * QK));
-            for (int64_t r = 0; r < rows; ++r) {
-              const __m256i q = unpack_nibbles(W + (n0 + r) * (K / 2) + b * (QK / 2));
-              const __m256 f = _mm256_set1_ps(dm[b] * S[(n0 + r) * G + g]);
-              acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u4(q, xv)), f, acc[r]);
-            }
+          const float xg = xsum[m * G + g];
+          tail = _mm256_fmadd_ps(_mm256_loadu_ps(Zt + g * TILE), _mm256_set1_ps(xg), tail);
+          tail = _mm256_fmadd_ps(_mm256_loadu_ps(St + g * TILE), _mm256_set1_ps(-8.0f * xg), tail);
+        }
+        for (int64_t p = 0; p < pairs; ++p) {
+          const uint8_t* wb = Wt + p * TILE * QK;
+          _mm_prefetch(reinterpret_cast<const char*>(wb + PREFETCH), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(wb + PREFETCH + 64), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(wb + PREFETCH + 128), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(wb + PREFETCH + 192), _MM_HINT_T0);
+          const int64_t b0 = 2 * p, b1 = 2 * p + 1;
+          const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xm + b0 * QK));
+          const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xm + b1 * QK));
+          // per row: d_b * s_(row, group of b), for the two blocks
+          alignas(32) float f0[TILE], f1[TILE];
+          _mm256_store_ps(f0, _mm256_mul_ps(_mm256_loadu_ps(St + (b0 * QK / group) * TILE), _mm256_set1_ps(dm[b0])));
+          _mm256_store_ps(f1, _mm256_mul_ps(_mm256_loadu_ps(St + (b1 * QK / group) * TILE), _mm256_set1_ps(dm[b1])));
+#pragma GCC unroll 8
+          for (int64_t r = 0; r < TILE; ++r) {
+            const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + r * QK));
+            const __m256i q0 = _mm256_and_si256(bytes, low);
+            const __m256i q1 = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low);
+            const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q0, x0), ones);
+            const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, x1), ones);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(f0 + r), acc[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(f1 + r), acc[r]);
           }
         }
-        for (int64_t r = 0; r < rows; ++r) out[m * N + n0 + r] = hsum(acc[r]) + tail[r];
+        store_tile(out + m * N, t * TILE, N, _mm256_add_ps(reduce8(acc), tail));
       }
     }
   });
   return y;
 }
 
-// The float32 weight [N, K] that the quantized one stands for (for products with many rows, where a float GEMM
-// on the expanded weight is faster than dot products per row).
-at::Tensor dequantize(const at::Tensor& w, const at::Tensor& scale, const c10::optional<at::Tensor>& zero,
-                      int64_t group, int64_t bits) {
-  TORCH_CHECK(bits == 8 || bits == 4, "dequantize: bits must be 8 or 4");
-  const int64_t N = w.size(0), K = bits == 8 ? w.size(1) : w.size(1) * 2;
-  TORCH_CHECK(w.is_contiguous() && scale.is_contiguous() && scale.scalar_type() == at::kFloat,
-              "dequantize: contiguous weight and float32 scale needed");
-  at::Tensor out = at::empty({N, K}, scale.options());
+// ---- bf16: weight [N/8, K/8, 8, 8] bfloat16 ----------------------------------------------------------------------
+
+at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, int64_t N) {
+  const int64_t K = w.size(1) * 8, M = x.size(0);
+  check_activations(x, K, 8, "bf16_linear");
+  check_tiles(w, N, at::kBFloat16, "bf16_linear");
+  TORCH_CHECK(w.size(3) == 8, "bf16_linear: blocks of 8 needed");
+  const int64_t nc = K / 8;
+  at::Tensor y = at::empty({M, N}, x.options());
+  float* out = y.data_ptr<float>();
+  const float* X = x.data_ptr<float>();
+  const uint16_t* W = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  at::parallel_for(0, ceil_tiles(N), TILE_GRAIN, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const uint16_t* Wt = W + t * nc * TILE * 8;
+      for (int64_t m = 0; m < M; ++m) {
+        const float* xm = X + m * K;
+        __m256 acc[TILE];
+        for (auto& a : acc) a = _mm256_setzero_ps();
+        for (int64_t c = 0; c < nc; ++c) {
+          const uint16_t* wc = Wt + c * TILE * 8;
+          _mm_prefetch(reinterpret_cast<const char*>(wc) + PREFETCH, _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(wc) + PREFETCH + 64, _MM_HINT_T0);
+          const __m256 xv = _mm256_loadu_ps(xm + c * 8);
+#pragma GCC unroll 8
+          for (int64_t r = 0; r < TILE; ++r) {
+            const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wc + r * 8));
+            const __m256 wv = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+            acc[r] = _mm256_fmadd_ps(wv, xv, acc[r]);
+          }
+        }
+        store_tile(out + m * N, t * TILE, N, reduce8(acc));
+      }
+    }
+  });
+  return y;
+}
+
+// ---- the float32 weight [N, K] that tiles stand for -------------------------------------------------------------
+// For products with many rows (prefill), where a float GEMM on the expanded weight beats dot products per row.
+// bits 8: scale [N]; bits 4: scale, zero [N/8, G, 8]; bits 16: bfloat16 tiles, no scale.
+
+at::Tensor dequantize(const at::Tensor& w, const c10::optional<at::Tensor>& scale,
+                      const c10::optional<at::Tensor>& zero, int64_t group, int64_t bits, int64_t N) {
+  TORCH_CHECK(bits == 8 || bits == 4 || bits == 16, "dequantize: bits must be 8, 4 or 16");
+  TORCH_CHECK(w.dim() == 4 && w.is_contiguous() && w.size(0) == ceil_tiles(N) && w.size(2) == TILE,
+              "dequantize: weight must be contiguous tiles");
+  const int64_t per = bits == 16 ? 8 : (bits == 8 ? QK : 2 * QK);
+  const int64_t K = w.size(1) * per, nblk = w.size(1);
+  at::Tensor out = at::empty({N, K}, w.options().dtype(at::kFloat));
   float* O = out.data_ptr<float>();
-  const float* S = scale.data_ptr<float>();
-  if (bits == 8) {
-    const int8_t* W = w.data_ptr<int8_t>();
-    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) {
-        const __m256 s = _mm256_set1_ps(S[n]);
-        for (int64_t k = 0; k < K; k += 8) {
-          const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(W + n * K + k));
-          _mm256_storeu_ps(O + n * K + k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), s));
+  if (bits != 16)
+    TORCH_CHECK(scale.has_value() && scale->scalar_type() == at::kFloat && scale->is_contiguous(),
+                "dequantize: a float32 scale is needed");
+  if (bits == 4)
+    TORCH_CHECK(zero.has_value() && zero->scalar_type() == at::kFloat && zero->is_contiguous() && K % group == 0,
+                "dequantize: int4 needs a float32 zero and a group dividing K");
+  const uint8_t* W = static_cast<const uint8_t*>(w.data_ptr());
+  const float* S = bits == 16 ? nullptr : scale->data_ptr<float>();
+  const float* Z = bits == 4 ? zero->data_ptr<float>() : nullptr;
+  const int64_t G = bits == 4 ? K / group : 0;
+  const int64_t blk_bytes = bits == 16 ? 16 : QK;   // bytes of one row's block in a tile
+  at::parallel_for(0, ceil_tiles(N), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      for (int64_t r = 0; r < TILE && t * TILE + r < N; ++r) {
+        const int64_t n = t * TILE + r;
+        float* row = O + n * K;
+        for (int64_t b = 0; b < nblk; ++b) {
+          const uint8_t* src = W + ((t * nblk + b) * TILE + r) * blk_bytes;
+          if (bits == 16) {
+            const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+            _mm256_storeu_ps(row + b * 8, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+          } else if (bits == 8) {
+            const __m256 s = _mm256_set1_ps(S[n]);
+            for (int j = 0; j < QK; j += 8) {
+              const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + j));
+              _mm256_storeu_ps(row + b * QK + j, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), s));
+            }
+          } else {
+            for (int half = 0; half < 2; ++half) {
+              const int64_t k0 = b * 2 * QK + half * QK, g = k0 / group;
+              const float s = S[(t * G + g) * TILE + r], z = Z[(t * G + g) * TILE + r];
+              for (int j = 0; j < QK; ++j)
+                row[k0 + j] = (static_cast<float>(half ? src[j] >> 4 : src[j] & 15) - 8.0f) * s + z;
+            }
+          }
         }
       }
-    });
-  } else {
-    TORCH_CHECK(zero.has_value() && zero->is_contiguous() && zero->scalar_type() == at::kFloat,
-                "dequantize: int4 needs a float32 zero");
-    const uint8_t* W = w.data_ptr<uint8_t>();
-    const float* Z = zero->data_ptr<float>();
-    const int64_t G = K / group;
-    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n)
-        for (int64_t k = 0; k < K; k += 2) {
-          const uint8_t byte = W[n * (K / 2) + k / 2];
-          const float s = S[n * G + k / group], z = Z[n * G + k / group];
-          O[n * K + k] = (static_cast<float>(byte & 15) - 8.0f) * s + z;
-          O[n * K + k + 1] = (static_cast<float>(byte >> 4) - 8.0f) * s + z;
-        }
-    });
-  }
+  });
   return out;
 }
 
@@ -307,14 +396,27 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
       const int64_t s = i / nh, h = i % nh, n = L[s];
       TORCH_CHECK(n >= 1 && n <= width * bs, "paged_decode_attention: seq_len out of the block table's range");
       const float* qv = Q + (s * nh + h) * hd;
-      scores.resize(n);
+      scores.resize((n + 7) / 8 * 8);
+      // scores 8 positions at a time: 8 independent dot products, summed together by reduce8
+      __m256 vmax = _mm256_set1_ps(-INFINITY);
+      for (int64_t p0 = 0; p0 < n; p0 += 8) {
+        __m256 d[8];
+        for (int64_t i = 0; i < 8; ++i) {
+          d[i] = _mm256_setzero_ps();
+          const int64_t p = std::min(p0 + i, n - 1);     // past n: the last position again (padding, unused)
+          const float* kp = K + T[s * width + p / bs] * block_stride + (p % bs) * pos_stride + h * hd;
+          for (int64_t j = 0; j < hd; j += 8)
+            d[i] = _mm256_fmadd_ps(_mm256_loadu_ps(qv + j), _mm256_loadu_ps(kp + j), d[i]);
+        }
+        const __m256 sc8 = _mm256_mul_ps(reduce8(d), _mm256_set1_ps(sc));
+        _mm256_storeu_ps(scores.data() + p0, sc8);
+        vmax = _mm256_max_ps(vmax, sc8);
+      }
       float mx = -INFINITY;
-      for (int64_t p = 0; p < n; ++p) {
-        const float* kp = K + T[s * width + p / bs] * block_stride + (p % bs) * pos_stride + h * hd;
-        __m256 d = _mm256_setzero_ps();
-        for (int64_t j = 0; j < hd; j += 8) d = _mm256_fmadd_ps(_mm256_loadu_ps(qv + j), _mm256_loadu_ps(kp + j), d);
-        scores[p] = hsum(d) * sc;
-        mx = std::max(mx, scores[p]);
+      {
+        alignas(32) float tmp[8];
+        _mm256_store_ps(tmp, vmax);
+        for (float v : tmp) mx = std::max(mx, v);
       }
       const __m256 vmx = _mm256_set1_ps(mx);
       __m256 vsum = _mm256_setzero_ps();
@@ -349,8 +451,9 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
 
 TORCH_LIBRARY(neoxserve, m) {
   m.def("int8_linear(Tensor x, Tensor weight, Tensor scale) -> Tensor");
-  m.def("int4_linear(Tensor x, Tensor weight, Tensor scale, Tensor zero, int group) -> Tensor");
-  m.def("dequantize(Tensor weight, Tensor scale, Tensor? zero, int group, int bits) -> Tensor");
+  m.def("int4_linear(Tensor x, Tensor weight, Tensor scale, Tensor zero, int group, int n) -> Tensor");
+  m.def("bf16_linear(Tensor x, Tensor weight, int n) -> Tensor");
+  m.def("dequantize(Tensor weight, Tensor? scale, Tensor? zero, int group, int bits, int n) -> Tensor");
   m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor seq_lens, "
         "float scale) -> Tensor");
 }
@@ -358,6 +461,7 @@ TORCH_LIBRARY(neoxserve, m) {
 TORCH_LIBRARY_IMPL(neoxserve, CPU, m) {
   m.impl("int8_linear", &int8_linear);
   m.impl("int4_linear", &int4_linear);
+  m.impl("bf16_linear", &bf16_linear);
   m.impl("dequantize", &dequantize);
   m.impl("paged_decode_attention", &paged_decode_attention);
 }
