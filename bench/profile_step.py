@@ -42,16 +42,24 @@ BLOCK_SIZE = 16
 
 def build_model(shape: str, dtype: torch.dtype, quantization: str, group_size: int) -> GPTNeoX:
     """Random weights in the layout the loader gives that dtype (fp32 linears split across the threads)."""
-    from neoxserve.model.loader import linear_splits
+    from neoxserve.model import loader
     cfg = NeoXConfig(**SHAPES[shape])
     torch.manual_seed(0)
+    # bf16 on a CPU without bf16 units: bf16 linears with float32 arithmetic, as the loader builds it
+    bf16_linears = quantization == "none" and getattr(loader, "uses_bf16_weight_kernel", lambda *a: False)(
+        dtype, torch.device("cpu"), cfg)
+    if bf16_linears:
+        dtype = torch.float32
     with torch.device("meta"):
-        model = GPTNeoX(cfg, linear_splits=0 if quantization != "none" else linear_splits(dtype, torch.device("cpu")))
+        layout = dict(bf16_linears=True) if bf16_linears else dict(
+            linear_splits=0 if quantization != "none" else loader.linear_splits(dtype, torch.device("cpu")))
+        model = GPTNeoX(cfg, **layout)
     model = model.to_empty(device="cpu")
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02)
-    model = model.to(dtype)
+    if not bf16_linears:
+        model = model.to(dtype)
     model.init_rotary()
     model.eval().requires_grad_(False)
     if dtype == torch.float32 and hasattr(model, "use_native_attention"):   # as the loader does (older trees: no)

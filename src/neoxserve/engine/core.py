@@ -49,7 +49,7 @@ class LLMEngine:
         param = next(loaded.model.parameters())
         self.model_info = ModelInfo(name=config.model_name, path=str(loaded.path),
                                     max_context=cfg.max_position_embeddings, is_chat=self.tokenizer.is_chat,
-                                    device=str(param.device), dtype=str(param.dtype).removeprefix("torch."))
+                                    device=str(param.device), dtype=loaded.dtype)
         self.block_size = config.kv_block_size
         self.max_waiting_requests = config.max_waiting_requests
         self.max_queued_tokens = config.max_queued_tokens

@@ -49,6 +49,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     path: Path
     quantization: QuantConfig = QuantConfig()     # what the linears hold (none, or as requested / as stored)
+    dtype: str = "float32"     # the weights' dtype as asked for and resolved ("bfloat16" also for bf16 linears)
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype: str = "auto",
@@ -66,9 +67,15 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
     torch_dtype = resolve_dtype(dtype, config, device)
     stored = read_quantization(path)
     quant = resolve_quantization(path, quantization or QuantConfig(), stored)
+    bf16_linears = not quant.enabled and uses_bf16_weight_kernel(torch_dtype, device, config)
+    if bf16_linears:
+        log.info("bfloat16 on a CPU without bf16 units: the linears hold bfloat16 weights and multiply them in "
+                 "float32 (native kernel); the rest of the model is float32")
+        torch_dtype = torch.float32
 
     with torch.device("meta"):
-        model = GPTNeoX(config, linear_splits=0 if quant.enabled else linear_splits(torch_dtype, device))
+        model = GPTNeoX(config, linear_splits=0 if quant.enabled or bf16_linears else
+                        linear_splits(torch_dtype, device), bf16_linears=bf16_linears)
     if quant.enabled:
         try:
             kernel = swap_linears(model, quant, torch_dtype, device)
@@ -84,7 +91,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
         model.use_native_attention(kernels.load())
 
     return LoadedModel(model=model, config=config, tokenizer=Tokenizer.from_dir(path), path=path,
-                       quantization=quant)
+                       quantization=quant, dtype="bfloat16" if bf16_linears else str(torch_dtype).removeprefix("torch."))
 
 
 def log_quantization(quant: QuantConfig, kernel: str, device: torch.device) -> None:
@@ -144,6 +151,18 @@ def resolve_dtype(dtype: str, config: NeoXConfig, device: torch.device) -> torch
     if config.torch_dtype in ("bfloat16", "float16"):
         return DTYPES[config.torch_dtype]
     return torch.bfloat16
+
+
+def uses_bf16_weight_kernel(dtype: torch.dtype, device: torch.device, config: NeoXConfig) -> bool:
+    """bfloat16 on a CPU without bf16 units runs as bf16 weights with float32 arithmetic (neox.Linear's bf16 tiles)
+    where the native kernels build: PyTorch's own bf16 products there convert every operand in software, and took
+    4x (decode) to 5x (prefill) the time of float32 on the Pythia-160M shape (docs/benchmarks.md)."""
+    if dtype != torch.bfloat16 or device.type != "cpu" or cpu_has_native_bf16():
+        return False
+    if config.hidden_size % 8 or config.intermediate_size % 8:
+        return False
+    from neoxserve.model import kernels
+    return kernels.load()
 
 
 @functools.cache
@@ -331,6 +350,8 @@ def _convert(name: str, tensor: Tensor, config: NeoXConfig, dtype: torch.dtype, 
     tensor = _reorder_qkv(name, tensor, config)
     if isinstance(linear, Linear) and name.endswith(".weight"):
         tensor = linear.load_layout(tensor)
+        if linear.bf16_tiles:
+            dtype = torch.bfloat16
     out = tensor.to(device=device, dtype=dtype).contiguous()
     if out.data_ptr() == tensor.data_ptr():
         # Still the checkpoint's memory-mapped bytes (dtype and layout matched): copy them into memory of our own.

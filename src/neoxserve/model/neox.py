@@ -10,34 +10,52 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from neoxserve.model import kernels, weight_tiles
+from neoxserve.model.arith import cdiv
 from neoxserve.model.attention import AttentionMetadata, KVCache, paged_attention
 from neoxserve.model.config import NeoXConfig
 
 
 class Linear(nn.Module):
-    """y = x W^T + b. The weight is stored like nn.Linear ([out, in]), or, with splits=S >= 1, as S column blocks of
-    W^T: [S, in, out/S], multiplied by one batched matmul.
+    """y = x W^T + b. The weight is stored in one of three layouts:
 
-    The split layout is for float32 on CPU (S = torch threads). There MKL runs a one-row product on a single core;
-    as a batch of S blocks it runs on S cores: measured on the Pythia-160M shape with 2 threads
-    (bench/bench_decode.py, docs/benchmarks.md), the layer linears of one decode step take 9 ms instead of
-    16 ms, and no row count measured (1-128) is slower than nn.Linear. bf16 products are already multi-threaded in
-    the ordinary layout, so bf16 keeps it.
+    - like nn.Linear ([out, in]);
+    - splits=S >= 1: S column blocks of W^T, [S, in, out/S], multiplied by one batched matmul. For float32 on CPU
+      (S = torch threads): there MKL runs a one-row product on a single core; as a batch of S blocks it runs on S
+      cores: measured on the Pythia-160M shape with 2 threads (bench/bench_decode.py, docs/benchmarks.md), the layer
+      linears of one decode step take 9 ms instead of 16 ms, and no row count measured (1-128) is slower than
+      nn.Linear. bf16 products are already multi-threaded in the ordinary layout, so bf16 keeps it;
+    - bf16_tiles: bfloat16 weights in weight_tiles.py's tiles, float32 activations, multiplied by the native kernel
+      (kernels/wq_gemm.cpp). For `--dtype bfloat16` on CPUs without bf16 units (loader.py): half the bytes of float32
+      to read per token, float32 arithmetic.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, splits: int = 0):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, splits: int = 0,
+                 bf16_tiles: bool = False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.splits = splits if splits <= 1 or out_features % splits == 0 else 1
+        self.bf16_tiles = bf16_tiles
+        self.splits = 0 if bf16_tiles else splits if splits <= 1 or out_features % splits == 0 else 1
         shape: tuple[int, ...]
-        if self.splits:
+        if bf16_tiles:
+            shape = (cdiv(out_features, weight_tiles.TILE), in_features // 8, weight_tiles.TILE, 8)
+        elif self.splits:
             shape = (self.splits, in_features, out_features // self.splits)
         else:
             shape = (out_features, in_features)
-        self.weight = nn.Parameter(torch.empty(shape).normal_(std=0.02))  # the loader replaces these
+        weight = torch.empty(shape).normal_(std=0.02)               # the loader replaces these
+        self.weight = nn.Parameter(weight.to(torch.bfloat16) if bf16_tiles else weight)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.bf16_tiles:
+            ops = torch.ops.neoxserve
+            x = x.contiguous()
+            if x.shape[0] > kernels.GEMM_ROWS:
+                out = F.linear(x, ops.dequantize(self.weight, None, None, 0, 16, self.out_features))
+            else:
+                out = ops.bf16_linear(x, self.weight, self.out_features)
+            return out if self.bias is None else out.add_(self.bias)
         if not self.splits:
             # the bias added on its own: F.linear with a bias runs addmm, which in bf16 on CPU took 13.7 ms per token
             # for the 160M shape's layer linears against 6.0 ms without (issue 9's profile)
@@ -49,20 +67,22 @@ class Linear(nn.Module):
         return out if self.bias is None else out.add_(self.bias)
 
     def load_layout(self, weight: Tensor) -> Tensor:
-        """A checkpoint weight [out, in] in this module's layout."""
+        """A checkpoint weight [out, in] in this module's layout (bf16 tiles: in bfloat16 too)."""
+        if self.bf16_tiles:
+            return weight_tiles.bf16_tiles(weight)
         if not self.splits:
             return weight
         return weight.t().reshape(self.in_features, self.splits, -1).transpose(0, 1)
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: NeoXConfig, splits: int):
+    def __init__(self, cfg: NeoXConfig, splits: int, bf16_tiles: bool = False):
         super().__init__()
         self.nh, self.hd, self.rot = cfg.num_attention_heads, cfg.head_dim, cfg.rotary_dim
         self.scale = cfg.head_dim ** -0.5
         self.native = False   # paged_attention's native decode kernel (GPTNeoX.use_native_attention sets it)
-        self.query_key_value = Linear(cfg.hidden_size, 3 * cfg.hidden_size, splits=splits)
-        self.dense = Linear(cfg.hidden_size, cfg.hidden_size, splits=splits)
+        self.query_key_value = Linear(cfg.hidden_size, 3 * cfg.hidden_size, splits=splits, bf16_tiles=bf16_tiles)
+        self.dense = Linear(cfg.hidden_size, cfg.hidden_size, splits=splits, bf16_tiles=bf16_tiles)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, meta: AttentionMetadata, kv_cache: KVCache) -> Tensor:
         T = x.shape[0]
@@ -84,23 +104,23 @@ def _rotate_(x: Tensor, cos: Tensor, sin: Tensor) -> None:
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: NeoXConfig, splits: int):
+    def __init__(self, cfg: NeoXConfig, splits: int, bf16_tiles: bool = False):
         super().__init__()
-        self.dense_h_to_4h = Linear(cfg.hidden_size, cfg.intermediate_size, splits=splits)
-        self.dense_4h_to_h = Linear(cfg.intermediate_size, cfg.hidden_size, splits=splits)
+        self.dense_h_to_4h = Linear(cfg.hidden_size, cfg.intermediate_size, splits=splits, bf16_tiles=bf16_tiles)
+        self.dense_4h_to_h = Linear(cfg.intermediate_size, cfg.hidden_size, splits=splits, bf16_tiles=bf16_tiles)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x)))           # exact (erf) GELU
 
 
 class Layer(nn.Module):
-    def __init__(self, cfg: NeoXConfig, splits: int):
+    def __init__(self, cfg: NeoXConfig, splits: int, bf16_tiles: bool = False):
         super().__init__()
         self.parallel = cfg.use_parallel_residual
         self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.post_attention_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.attention = Attention(cfg, splits)
-        self.mlp = MLP(cfg, splits)
+        self.attention = Attention(cfg, splits, bf16_tiles)
+        self.mlp = MLP(cfg, splits, bf16_tiles)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, meta: AttentionMetadata, kv_cache: KVCache) -> Tensor:
         attn = self.attention(self.input_layernorm(x), cos, sin, meta, kv_cache)
@@ -111,14 +131,16 @@ class Layer(nn.Module):
 
 
 class GPTNeoX(nn.Module):
-    def __init__(self, cfg: NeoXConfig, linear_splits: int = 0):
-        """linear_splits: the weight layout of every Linear (0 = as nn.Linear; see Linear; the loader picks it)."""
+    def __init__(self, cfg: NeoXConfig, linear_splits: int = 0, bf16_linears: bool = False):
+        """linear_splits, bf16_linears: the weight layout of every Linear (0, False = as nn.Linear; see Linear; the
+        loader picks it)."""
         super().__init__()
         self.cfg = cfg
         self.embed_in = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Layer(cfg, linear_splits) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(Layer(cfg, linear_splits, bf16_linears) for _ in range(cfg.num_hidden_layers))
         self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.embed_out = Linear(cfg.hidden_size, cfg.vocab_size, bias=False, splits=linear_splits)
+        self.embed_out = Linear(cfg.hidden_size, cfg.vocab_size, bias=False, splits=linear_splits,
+                                bf16_tiles=bf16_linears)
         self.register_buffer("rotary_cos", torch.empty(0), persistent=False)
         self.register_buffer("rotary_sin", torch.empty(0), persistent=False)
         if self.embed_in.weight.device.type != "meta":

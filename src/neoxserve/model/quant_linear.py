@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from neoxserve.model import weight_tiles
+from neoxserve.model import kernels, weight_tiles
 from neoxserve.model.arith import cdiv
 from neoxserve.model.quant_format import (QuantConfig, QuantizationError, check_shape, dequantize, quantize,
                                           unpack_nibbles)
@@ -29,16 +29,13 @@ from neoxserve.model.quant_format import (QuantConfig, QuantizationError, check_
 log = logging.getLogger(__name__)
 TILE = weight_tiles.TILE
 KERNELS = ("native", "aten", "dequant")
-# Above this many rows the native path expands the weight to float32 and runs a float GEMM: the dot-product
-# kernel's cost grows with the rows, the expansion's does not (bench/profile_step.py, docs/engine.md).
-NATIVE_GEMM_ROWS = 16
+NATIVE_GEMM_ROWS = kernels.GEMM_ROWS
 
 
 def choose_kernel(device: torch.device) -> str:
     """"native" on CPUs where kernels/wq_gemm.cpp builds, else "aten" on CPU, "dequant" elsewhere."""
     if device.type != "cpu":
         return "dequant"
-    from neoxserve.model import kernels
     return "native" if kernels.load() else "aten"
 
 

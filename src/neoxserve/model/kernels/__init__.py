@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
+# Above this many rows a native linear expands its weight to float32 and runs PyTorch's float GEMM: the
+# dot-product kernels' cost grows with the rows, the expansion's does not (bench/profile_step.py, docs/engine.md).
+GEMM_ROWS = 16
 SOURCE = Path(__file__).with_name("wq_gemm.cpp")
 # -fopenmp: at::parallel_for is a header template that runs serially without it. The library then uses the libgomp
 # that torch ships (same soname, already loaded), not a second OpenMP runtime.

@@ -254,6 +254,15 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 
 // ---- bf16: weight [N/8, K/8, 8, 8] bfloat16 ----------------------------------------------------------------------
 
+inline __m256 widen_bf16(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(
+      reinterpret_cast<const __m128i*>(p))), 16));
+}
+
+// Columns of a tile widened at a time for several rows of x (8 KB of float32: stays in L1 while every row of x
+// is multiplied with it, so each weight is widened once per call instead of once per row of x).
+constexpr int64_t BF16_CHUNK = 32;
+
 at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, int64_t N) {
   const int64_t K = w.size(1) * 8, M = x.size(0);
   check_activations(x, K, 8, "bf16_linear");
@@ -265,26 +274,43 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, int64_t N) {
   const float* X = x.data_ptr<float>();
   const uint16_t* W = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
   at::parallel_for(0, ceil_tiles(N), TILE_GRAIN, [&](int64_t begin, int64_t end) {
+    std::vector<__m256> sums(M);
+    alignas(32) float scratch[BF16_CHUNK * TILE * 8];
     for (int64_t t = begin; t < end; ++t) {
       const uint16_t* Wt = W + t * nc * TILE * 8;
-      for (int64_t m = 0; m < M; ++m) {
-        const float* xm = X + m * K;
+      if (M == 1) {   // one row: widen straight into the products, one pass over the stream
         __m256 acc[TILE];
         for (auto& a : acc) a = _mm256_setzero_ps();
         for (int64_t c = 0; c < nc; ++c) {
           const uint16_t* wc = Wt + c * TILE * 8;
           _mm_prefetch(reinterpret_cast<const char*>(wc) + PREFETCH, _MM_HINT_T0);
           _mm_prefetch(reinterpret_cast<const char*>(wc) + PREFETCH + 64, _MM_HINT_T0);
-          const __m256 xv = _mm256_loadu_ps(xm + c * 8);
+          const __m256 xv = _mm256_loadu_ps(X + c * 8);
 #pragma GCC unroll 8
-          for (int64_t r = 0; r < TILE; ++r) {
-            const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wc + r * 8));
-            const __m256 wv = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-            acc[r] = _mm256_fmadd_ps(wv, xv, acc[r]);
-          }
+          for (int64_t r = 0; r < TILE; ++r) acc[r] = _mm256_fmadd_ps(widen_bf16(wc + r * 8), xv, acc[r]);
         }
-        store_tile(out + m * N, t * TILE, N, reduce8(acc));
+        store_tile(out, t * TILE, N, reduce8(acc));
+        continue;
       }
+      for (auto& v : sums) v = _mm256_setzero_ps();
+      for (int64_t c0 = 0; c0 < nc; c0 += BF16_CHUNK) {
+        const int64_t cn = std::min(BF16_CHUNK, nc - c0);
+        for (int64_t i = 0; i < cn * TILE; ++i)
+          _mm256_store_ps(scratch + i * 8, widen_bf16(Wt + (c0 * TILE + i) * 8));
+        for (int64_t m = 0; m < M; ++m) {
+          const float* xm = X + m * K + c0 * 8;
+          __m256 acc[TILE];
+          for (auto& a : acc) a = _mm256_setzero_ps();
+          for (int64_t c = 0; c < cn; ++c) {
+            const __m256 xv = _mm256_loadu_ps(xm + c * 8);
+#pragma GCC unroll 8
+            for (int64_t r = 0; r < TILE; ++r)
+              acc[r] = _mm256_fmadd_ps(_mm256_load_ps(scratch + (c * TILE + r) * 8), xv, acc[r]);
+          }
+          sums[m] = _mm256_add_ps(sums[m], reduce8(acc));
+        }
+      }
+      for (int64_t m = 0; m < M; ++m) store_tile(out + m * N, t * TILE, N, sums[m]);
     }
   });
   return y;
