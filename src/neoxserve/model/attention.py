@@ -113,8 +113,11 @@ def _gather(k_cache: Tensor, v_cache: Tensor, table: Tensor, n: int, block_size:
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float, q_len: int, n: int) -> Tensor:
-    """q [q_len, nh, hd] over k, v [n, nh, hd]; query i sits at position n - q_len + i (causal, end-aligned)."""
-    q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+    """q [q_len, nh, hd] over k, v [n, nh, hd]; query i sits at position n - q_len + i (causal, end-aligned).
+
+    Batched as [1, nh, len, hd]: PyTorch's CPU flash-attention kernel takes 4-D inputs only; 3-D ones run the
+    math path, which took 3x as long for a 512-token prompt (43 vs 14 ms per layer, 160M shape)."""
+    q, k, v = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
     if q_len == 1:
         out = F.scaled_dot_product_attention(q, k, v, scale=scale)
     elif q_len == n:
@@ -123,7 +126,7 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float, q_len: int, n: int) -> 
         rows = torch.arange(n - q_len, n, device=q.device)[:, None]
         mask = torch.arange(n, device=q.device)[None, :] <= rows
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    return out.transpose(0, 1)
+    return out[0].transpose(0, 1)
 
 
 def _decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, meta: AttentionMetadata,
@@ -147,8 +150,8 @@ def _decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, meta: Attenti
         n = meta.seq_lens_list[0]
         ks = k_cache[blocks].view(-1, nh, hd)[:n].transpose(0, 1)     # [nh, n, hd]
         vs = v_cache[blocks].view(-1, nh, hd)[:n].transpose(0, 1)
-        out = F.scaled_dot_product_attention(q.transpose(0, 1), ks, vs, scale=scale)  # [nh, 1, hd]
-        return out.transpose(0, 1)
+        out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], ks[None], vs[None], scale=scale)  # [1, nh, 1, hd]
+        return out[0].transpose(0, 1)
 
     ks = k_cache[blocks].view(num_seqs, -1, nh, hd).transpose(1, 2)   # [S, nh, L, hd]
     vs = v_cache[blocks].view(num_seqs, -1, nh, hd).transpose(1, 2)
