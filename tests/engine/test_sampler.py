@@ -221,6 +221,16 @@ def test_bad_logits_do_not_crash():
         assert tokens[3] not in (17, 18)
 
 
+def test_finite_logits_whose_sum_overflows_are_sampled_as_finite():
+    """The sampler's quick all-finite check sums each row; a row of huge finite logits overflows that sum and must
+    still be sampled from its own logits, not treated as a row with nothing finite."""
+    logits = torch.full((2, V), -3e38)
+    logits[:, :3] = torch.tensor([3e38, 3.3e38, 3.1e38])
+    logits[1, 7] = float("nan")
+    tokens = Sampler(0).sample(logits, [req(SamplingParams(greedy=True), [1])] * 2)
+    assert tokens == [1, 1]
+
+
 def test_rejects_mismatched_batches_and_handles_empty():
     assert Sampler(0).sample(torch.zeros(0, V), []) == []
     with pytest.raises(ValueError):
