@@ -38,7 +38,7 @@ class Linear(nn.Module):
         self.splits = 0 if bf16_tiles else splits if splits <= 1 or out_features % splits == 0 else 1
         shape: tuple[int, ...]
         if bf16_tiles:
-            shape = (cdiv(out_features, weight_tiles.TILE), in_features // 8, weight_tiles.TILE, 8)
+            shape = (cdiv(out_features, weight_tiles.TILE), in_features, weight_tiles.TILE)
         elif self.splits:
             shape = (self.splits, in_features, out_features // self.splits)
         else:

@@ -8,7 +8,8 @@ zero rows; the kernels never write them out.
 - int4:  quant_format's nibbles [N, K/2] -> uint8 [N/8, K/64, 8, 32], byte j of a row's 32 holding column j of
          block 2i in the low nibble and column j of block 2i + 1 in the high nibble; scale and zero
          [N, K/G] -> [N/8, K/G, 8].
-- bf16:  a float weight [N, K] -> bfloat16 [N/8, K/8, 8, 8].
+- bf16:  a float weight [N, K] -> bfloat16 [N/8, K, 8], k-major: the 8 rows' weights of column k side by side
+         (the kernel broadcasts x[m, k] against them; wq_gemm.cpp).
 """
 from __future__ import annotations
 
@@ -71,9 +72,10 @@ def group_untiled(tiles: Tensor, n: int) -> Tensor:
 
 
 def bf16_tiles(weight: Tensor) -> Tensor:
-    return _tile(weight.to(torch.bfloat16), 8)
+    rows = _pad_rows(weight.to(torch.bfloat16))
+    return rows.view(rows.shape[0] // TILE, TILE, rows.shape[1]).transpose(1, 2).contiguous()
 
 
 def bf16_untiled(tiles: Tensor, n: int) -> Tensor:
-    return _untile(tiles, n)
+    return tiles.transpose(1, 2).reshape(-1, tiles.shape[1])[:n].contiguous()
 

@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -148,7 +149,9 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
         const int8_t* xm = xq.data() + m * K;
         const float* dm = d.data() + m * nb;
         __m256 acc[TILE];
-        for (auto& a : acc) a = _mm256_setzero_ps();
+        #pragma GCC unroll 8  // an indexed, unrolled loop keeps acc in registers (a range-for spilled it
+                              // to the stack on every iteration: GCC 12, 3x slower)
+        for (size_t i = 0; i < sizeof(acc) / sizeof(acc[0]); ++i) acc[i] = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; ++b) {
           const int8_t* wb = Wt + b * TILE * QK;
           _mm_prefetch(reinterpret_cast<const char*>(wb + PREFETCH), _MM_HINT_T0);
@@ -214,7 +217,9 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
         const int8_t* xm = xq.data() + m * K;
         const float* dm = d.data() + m * nb;
         __m256 acc[TILE];
-        for (auto& a : acc) a = _mm256_setzero_ps();
+        #pragma GCC unroll 8  // an indexed, unrolled loop keeps acc in registers (a range-for spilled it
+                              // to the stack on every iteration: GCC 12, 3x slower)
+        for (size_t i = 0; i < sizeof(acc) / sizeof(acc[0]); ++i) acc[i] = _mm256_setzero_ps();
         __m256 tail = _mm256_setzero_ps();
         for (int64_t g = 0; g < G; ++g) {
           const float xg = xsum[m * G + g];
@@ -252,68 +257,98 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return y;
 }
 
-// ---- bf16: weight [N/8, K/8, 8, 8] bfloat16 ----------------------------------------------------------------------
+// ---- bf16: weight [N/8, K, 8] bfloat16 (k-major: the 8 rows' weights of column k side by side) -------------------
+// out[m, n0..n0+7] = sum_k x[m, k] * w[k, 0..7]: one widened weight vector per column k serves up to 8 rows of x
+// (broadcast x[m, k], one FMA each), with no horizontal sums; one row of x runs four columns at once instead.
 
 inline __m256 widen_bf16(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(
       reinterpret_cast<const __m128i*>(p))), 16));
 }
 
-// Columns of a tile widened at a time for several rows of x (8 KB of float32: stays in L1 while every row of x
-// is multiplied with it, so each weight is widened once per call instead of once per row of x).
-constexpr int64_t BF16_CHUNK = 32;
+template <int MB>
+inline void bf16_tile_rows(const uint16_t* Wt, const float* X, int64_t K, float* out, int64_t N, int64_t n0) {
+  if constexpr (MB == 1) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t k = 0; k < K; k += 4) {
+      _mm_prefetch(reinterpret_cast<const char*>(Wt + k * TILE) + PREFETCH, _MM_HINT_T0);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j)
+        acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(X + k + j), widen_bf16(Wt + (k + j) * TILE), acc[j]);
+    }
+    store_tile(out, n0, N, _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+  } else {
+    __m256 acc[MB];
+    #pragma GCC unroll 8  // an indexed, unrolled loop keeps acc in registers (a range-for spilled it
+                          // to the stack on every iteration: GCC 12, 3x slower)
+    for (size_t i = 0; i < sizeof(acc) / sizeof(acc[0]); ++i) acc[i] = _mm256_setzero_ps();
+    const float* xr[MB];
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) xr[m] = X + m * K;
+    for (int64_t k = 0; k < K; k += 4) {     // K is a multiple of 8
+      _mm_prefetch(reinterpret_cast<const char*>(Wt + k * TILE) + PREFETCH, _MM_HINT_T0);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        const __m256 w = widen_bf16(Wt + (k + j) * TILE);
+#pragma GCC unroll 8
+        for (int m = 0; m < MB; ++m) acc[m] = _mm256_fmadd_ps(_mm256_broadcast_ss(xr[m] + k + j), w, acc[m]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) store_tile(out + m * N, n0, N, acc[m]);
+  }
+}
 
 at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, int64_t N) {
-  const int64_t K = w.size(1) * 8, M = x.size(0);
+  const int64_t K = w.size(1), M = x.size(0);
   check_activations(x, K, 8, "bf16_linear");
-  check_tiles(w, N, at::kBFloat16, "bf16_linear");
-  TORCH_CHECK(w.size(3) == 8, "bf16_linear: blocks of 8 needed");
-  const int64_t nc = K / 8;
+  TORCH_CHECK(w.dim() == 3 && w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.size(0) == ceil_tiles(N) &&
+              w.size(2) == TILE, "bf16_linear: weight must be contiguous bfloat16 tiles [", ceil_tiles(N), ", K, 8]");
   at::Tensor y = at::empty({M, N}, x.options());
   float* out = y.data_ptr<float>();
   const float* X = x.data_ptr<float>();
   const uint16_t* W = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
   at::parallel_for(0, ceil_tiles(N), TILE_GRAIN, [&](int64_t begin, int64_t end) {
-    std::vector<__m256> sums(M);
-    alignas(32) float scratch[BF16_CHUNK * TILE * 8];
     for (int64_t t = begin; t < end; ++t) {
-      const uint16_t* Wt = W + t * nc * TILE * 8;
-      if (M == 1) {   // one row: widen straight into the products, one pass over the stream
-        __m256 acc[TILE];
-        for (auto& a : acc) a = _mm256_setzero_ps();
-        for (int64_t c = 0; c < nc; ++c) {
-          const uint16_t* wc = Wt + c * TILE * 8;
-          _mm_prefetch(reinterpret_cast<const char*>(wc) + PREFETCH, _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(wc) + PREFETCH + 64, _MM_HINT_T0);
-          const __m256 xv = _mm256_loadu_ps(X + c * 8);
-#pragma GCC unroll 8
-          for (int64_t r = 0; r < TILE; ++r) acc[r] = _mm256_fmadd_ps(widen_bf16(wc + r * 8), xv, acc[r]);
-        }
-        store_tile(out, t * TILE, N, reduce8(acc));
-        continue;
-      }
-      for (auto& v : sums) v = _mm256_setzero_ps();
-      for (int64_t c0 = 0; c0 < nc; c0 += BF16_CHUNK) {
-        const int64_t cn = std::min(BF16_CHUNK, nc - c0);
-        for (int64_t i = 0; i < cn * TILE; ++i)
-          _mm256_store_ps(scratch + i * 8, widen_bf16(Wt + (c0 * TILE + i) * 8));
-        for (int64_t m = 0; m < M; ++m) {
-          const float* xm = X + m * K + c0 * 8;
-          __m256 acc[TILE];
-          for (auto& a : acc) a = _mm256_setzero_ps();
-          for (int64_t c = 0; c < cn; ++c) {
-            const __m256 xv = _mm256_loadu_ps(xm + c * 8);
-#pragma GCC unroll 8
-            for (int64_t r = 0; r < TILE; ++r)
-              acc[r] = _mm256_fmadd_ps(_mm256_load_ps(scratch + (c * TILE + r) * 8), xv, acc[r]);
-          }
-          sums[m] = _mm256_add_ps(sums[m], reduce8(acc));
+      const uint16_t* Wt = W + t * K * TILE;
+      for (int64_t m0 = 0; m0 < M; m0 += 8) {
+        const float* Xm = X + m0 * K;
+        float* Om = out + m0 * N;
+        switch (std::min<int64_t>(8, M - m0)) {
+          case 1: bf16_tile_rows<1>(Wt, Xm, K, Om, N, t * TILE); break;
+          case 2: bf16_tile_rows<2>(Wt, Xm, K, Om, N, t * TILE); break;
+          case 3: bf16_tile_rows<3>(Wt, Xm, K, Om, N, t * TILE); break;
+          case 4: bf16_tile_rows<4>(Wt, Xm, K, Om, N, t * TILE); break;
+          case 5: bf16_tile_rows<5>(Wt, Xm, K, Om, N, t * TILE); break;
+          case 6: bf16_tile_rows<6>(Wt, Xm, K, Om, N, t * TILE); break;
+          case 7: bf16_tile_rows<7>(Wt, Xm, K, Om, N, t * TILE); break;
+          default: bf16_tile_rows<8>(Wt, Xm, K, Om, N, t * TILE); break;
         }
       }
-      for (int64_t m = 0; m < M; ++m) store_tile(out + m * N, t * TILE, N, sums[m]);
     }
   });
   return y;
+}
+
+// The rows of one k-major bf16 tile as float32: 8 columns at a time, an 8 x 8 transpose of widened vectors.
+inline void bf16_tile_rows_out(const uint16_t* Wt, int64_t K, float* O, int64_t N, int64_t n0) {
+  for (int64_t k = 0; k < K; k += 8) {
+    __m256 c[8];
+    for (int j = 0; j < 8; ++j) c[j] = widen_bf16(Wt + (k + j) * TILE);   // c[j] lane r = w[r][k + j]
+    const __m256 t0 = _mm256_unpacklo_ps(c[0], c[1]), t1 = _mm256_unpackhi_ps(c[0], c[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(c[2], c[3]), t3 = _mm256_unpackhi_ps(c[2], c[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(c[4], c[5]), t5 = _mm256_unpackhi_ps(c[4], c[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(c[6], c[7]), t7 = _mm256_unpackhi_ps(c[6], c[7]);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    const __m256 rows[8] = {_mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
+                            _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
+                            _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
+                            _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+    for (int64_t r = 0; r < TILE && n0 + r < N; ++r) _mm256_storeu_ps(O + (n0 + r) * K + k, rows[r]);
+  }
 }
 
 // ---- the float32 weight [N, K] that tiles stand for -------------------------------------------------------------
@@ -323,9 +358,9 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, int64_t N) {
 at::Tensor dequantize(const at::Tensor& w, const c10::optional<at::Tensor>& scale,
                       const c10::optional<at::Tensor>& zero, int64_t group, int64_t bits, int64_t N) {
   TORCH_CHECK(bits == 8 || bits == 4 || bits == 16, "dequantize: bits must be 8, 4 or 16");
-  TORCH_CHECK(w.dim() == 4 && w.is_contiguous() && w.size(0) == ceil_tiles(N) && w.size(2) == TILE,
-              "dequantize: weight must be contiguous tiles");
-  const int64_t per = bits == 16 ? 8 : (bits == 8 ? QK : 2 * QK);
+  TORCH_CHECK(w.dim() == (bits == 16 ? 3 : 4) && w.is_contiguous() && w.size(0) == ceil_tiles(N) &&
+              w.size(bits == 16 ? 2 : 2) == TILE, "dequantize: weight must be contiguous tiles");
+  const int64_t per = bits == 16 ? 1 : (bits == 8 ? QK : 2 * QK);
   const int64_t K = w.size(1) * per, nblk = w.size(1);
   at::Tensor out = at::empty({N, K}, w.options().dtype(at::kFloat));
   float* O = out.data_ptr<float>();
@@ -339,18 +374,19 @@ at::Tensor dequantize(const at::Tensor& w, const c10::optional<at::Tensor>& scal
   const float* S = bits == 16 ? nullptr : scale->data_ptr<float>();
   const float* Z = bits == 4 ? zero->data_ptr<float>() : nullptr;
   const int64_t G = bits == 4 ? K / group : 0;
-  const int64_t blk_bytes = bits == 16 ? 16 : QK;   // bytes of one row's block in a tile
+  const int64_t blk_bytes = QK;   // bytes of one row's block in an int8 / int4 tile
   at::parallel_for(0, ceil_tiles(N), 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t)
       for (int64_t r = 0; r < TILE && t * TILE + r < N; ++r) {
         const int64_t n = t * TILE + r;
         float* row = O + n * K;
+        if (bits == 16) {   // k-major tiles: whole tiles at once below
+          if (r == 0) bf16_tile_rows_out(reinterpret_cast<const uint16_t*>(W) + t * K * TILE, K, O, N, t * TILE);
+          continue;
+        }
         for (int64_t b = 0; b < nblk; ++b) {
           const uint8_t* src = W + ((t * nblk + b) * TILE + r) * blk_bytes;
-          if (bits == 16) {
-            const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
-            _mm256_storeu_ps(row + b * 8, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
-          } else if (bits == 8) {
+          if (bits == 8) {
             const __m256 s = _mm256_set1_ps(S[n]);
             for (int j = 0; j < QK; j += 8) {
               const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + j));
@@ -415,59 +451,79 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   float* O = out.data_ptr<float>();
   const int64_t pos_stride = nh * hd, block_stride = bs * nh * hd;
   const float sc = static_cast<float>(scale);
-  at::parallel_for(0, S * nh, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores;
-    std::vector<__m256> acc(hd / 8);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t s = i / nh, h = i % nh, n = L[s];
+  // Work items: (sequence, group of G adjacent heads). A group's K (then V) of one position are G * hd contiguous
+  // floats, so positions are read in runs instead of one head's 256 strided bytes at a time; groups are as wide
+  // as they can be while leaving at least two items per thread.
+  int64_t G = 1;
+  for (int64_t g : {4, 2})
+    if (nh % g == 0 && S * (nh / g) >= 2 * at::get_num_threads()) { G = g; break; }
+  const int64_t groups = nh / G;
+  at::parallel_for(0, S * groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores, acc;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t s = item / groups, h0 = (item % groups) * G, n = L[s];
       TORCH_CHECK(n >= 1 && n <= width * bs, "paged_decode_attention: seq_len out of the block table's range");
-      const float* qv = Q + (s * nh + h) * hd;
-      scores.resize((n + 7) / 8 * 8);
-      // scores 8 positions at a time: 8 independent dot products, summed together by reduce8
-      __m256 vmax = _mm256_set1_ps(-INFINITY);
+      const int64_t npad = (n + 7) / 8 * 8;
+      scores.resize(G * npad);
+      auto slot = [&](const float* base, int64_t p) {    // position p of head h0 in a cache
+        return base + T[s * width + p / bs] * block_stride + (p % bs) * pos_stride + h0 * hd;
+      };
+      // scores, 8 positions at a time: 8 independent dot products, summed together by reduce8
       for (int64_t p0 = 0; p0 < n; p0 += 8) {
-        __m256 d[8];
-        for (int64_t i = 0; i < 8; ++i) {
-          d[i] = _mm256_setzero_ps();
-          const int64_t p = std::min(p0 + i, n - 1);     // past n: the last position again (padding, unused)
-          const float* kp = K + T[s * width + p / bs] * block_stride + (p % bs) * pos_stride + h * hd;
-          for (int64_t j = 0; j < hd; j += 8)
-            d[i] = _mm256_fmadd_ps(_mm256_loadu_ps(qv + j), _mm256_loadu_ps(kp + j), d[i]);
+        const float* kp[8];
+        for (int64_t i = 0; i < 8; ++i) kp[i] = slot(K, std::min(p0 + i, n - 1));   // past n: padding, unused
+        for (int64_t g = 0; g < G; ++g) {
+          const float* qv = Q + (s * nh + h0 + g) * hd;
+          __m256 d[8];
+#pragma GCC unroll 8
+          for (int64_t i = 0; i < 8; ++i) {
+            d[i] = _mm256_setzero_ps();
+            for (int64_t j = 0; j < hd; j += 8)
+              d[i] = _mm256_fmadd_ps(_mm256_loadu_ps(qv + j), _mm256_loadu_ps(kp[i] + g * hd + j), d[i]);
+          }
+          _mm256_storeu_ps(scores.data() + g * npad + p0, _mm256_mul_ps(reduce8(d), _mm256_set1_ps(sc)));
         }
-        const __m256 sc8 = _mm256_mul_ps(reduce8(d), _mm256_set1_ps(sc));
-        _mm256_storeu_ps(scores.data() + p0, sc8);
-        vmax = _mm256_max_ps(vmax, sc8);
       }
-      float mx = -INFINITY;
-      {
-        alignas(32) float tmp[8];
-        _mm256_store_ps(tmp, vmax);
-        for (float v : tmp) mx = std::max(mx, v);
+      // softmax of each head's scores (in place), with 1 / sum kept for the end
+      float inv[4];
+      for (int64_t g = 0; g < G; ++g) {
+        float* sg = scores.data() + g * npad;
+        float mx = -INFINITY;
+        for (int64_t p = 0; p < n; ++p) mx = std::max(mx, sg[p]);
+        const __m256 vmx = _mm256_set1_ps(mx);
+        __m256 vsum = _mm256_setzero_ps();
+        int64_t p = 0;
+        for (; p + 8 <= n; p += 8) {
+          const __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(sg + p), vmx));
+          _mm256_storeu_ps(sg + p, e);
+          vsum = _mm256_add_ps(vsum, e);
+        }
+        float sum = hsum(vsum);
+        for (; p < n; ++p) {
+          alignas(32) float tmp[8];
+          _mm256_store_ps(tmp, exp_neg(_mm256_set1_ps(sg[p] - mx)));
+          sg[p] = tmp[0];
+          sum += tmp[0];
+        }
+        inv[g] = 1.0f / sum;
       }
-      const __m256 vmx = _mm256_set1_ps(mx);
-      __m256 vsum = _mm256_setzero_ps();
-      int64_t p = 0;
-      for (; p + 8 <= n; p += 8) {
-        const __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(scores.data() + p), vmx));
-        _mm256_storeu_ps(scores.data() + p, e);
-        vsum = _mm256_add_ps(vsum, e);
+      // weighted sum of V, position by position (each position's G heads are one contiguous run)
+      acc.assign(G * hd, 0.0f);
+      for (int64_t p = 0; p < n; ++p) {
+        const float* vp = slot(V, p);
+        for (int64_t g = 0; g < G; ++g) {
+          const __m256 w = _mm256_set1_ps(scores[g * npad + p]);
+          float* a = acc.data() + g * hd;
+          for (int64_t j = 0; j < hd; j += 8)
+            _mm256_storeu_ps(a + j, _mm256_fmadd_ps(w, _mm256_loadu_ps(vp + g * hd + j), _mm256_loadu_ps(a + j)));
+        }
       }
-      float sum = hsum(vsum);
-      for (; p < n; ++p) {
-        alignas(32) float tmp[8];
-        _mm256_store_ps(tmp, exp_neg(_mm256_set1_ps(scores[p] - mx)));
-        scores[p] = tmp[0];
-        sum += tmp[0];
+      for (int64_t g = 0; g < G; ++g) {
+        const __m256 vinv = _mm256_set1_ps(inv[g]);
+        float* ov = O + (s * nh + h0 + g) * hd;
+        for (int64_t j = 0; j < hd; j += 8)
+          _mm256_storeu_ps(ov + j, _mm256_mul_ps(_mm256_loadu_ps(acc.data() + g * hd + j), vinv));
       }
-      for (auto& a : acc) a = _mm256_setzero_ps();
-      for (int64_t p2 = 0; p2 < n; ++p2) {
-        const float* vp = V + T[s * width + p2 / bs] * block_stride + (p2 % bs) * pos_stride + h * hd;
-        const __m256 w = _mm256_set1_ps(scores[p2]);
-        for (int64_t j = 0; j < hd / 8; ++j) acc[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vp + 8 * j), acc[j]);
-      }
-      const __m256 inv = _mm256_set1_ps(1.0f / sum);
-      float* ov = O + (s * nh + h) * hd;
-      for (int64_t j = 0; j < hd / 8; ++j) _mm256_storeu_ps(ov + 8 * j, _mm256_mul_ps(acc[j], inv));
     }
   });
   return out;
