@@ -116,6 +116,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rows", type=int, default=25)
     ap.add_argument("--wall-only", action="store_true", help="time the steps, skip the profiler")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile (Inductor, dynamic shapes) each layer's MLP and layer norms (the parts "
+                         "without the paged cache): issue 9's trial, not kept (docs/benchmarks.md)")
     ap.add_argument("--src", help="the neoxserve source directory to import (default: this checkout's src)")
     args = ap.parse_args()
 
@@ -123,6 +126,10 @@ def main() -> None:
     model = build_model(args.shape, dtype, args.quantization, args.group_size)
     batch, nblocks = make_batch(model, args.batch, args.context, args.prefill)
     runner = ModelRunner(model, model.cfg, nblocks, BLOCK_SIZE)
+    if args.compile:
+        for layer in model.layers:
+            for name in ("mlp", "input_layernorm", "post_attention_layernorm"):
+                setattr(layer, name, torch.compile(getattr(layer, name), dynamic=True))
 
     def step() -> None:
         runner.run(batch)

@@ -40,23 +40,30 @@ def native_kernels() -> None:
         pytest.fail("the native kernels did not build on this machine (a C++ compiler and AVX2 are expected)")
 
 
-@pytest.mark.parametrize("native", [False, True], ids=["torch", "native"])
+@pytest.mark.parametrize(("native", "cache_dtype"), [(False, torch.float32), (True, torch.float32),
+                                                     (True, torch.bfloat16)],
+                         ids=["torch", "native", "native-bf16-cache"])
 @settings(max_examples=60, deadline=None)
 @given(batch=batches())
-def test_paged_attention_matches_dense(native, batch, native_kernels):
+def test_paged_attention_matches_dense(native, cache_dtype, batch, native_kernels):
+    """A bfloat16 cache (bf16 linears, GPTNeoX.kv_dtype) holds K/V rounded to bf16: the reference uses them
+    rounded the same way, so the kernel's result must match it as closely as a float32 cache's."""
     seqs, rng = batch
     torch.manual_seed(rng.randrange(2**31))
     free = list(range(NUM_BLOCKS))
     rng.shuffle(free)
-    k_cache = torch.randn(NUM_BLOCKS, BLOCK, NH, HD)  # garbage outside the written slots must never be read
-    v_cache = torch.randn(NUM_BLOCKS, BLOCK, NH, HD)
+    # garbage outside the written slots must never be read
+    k_cache = torch.randn(NUM_BLOCKS, BLOCK, NH, HD).to(cache_dtype)
+    v_cache = torch.randn(NUM_BLOCKS, BLOCK, NH, HD).to(cache_dtype)
     tables, full_k, full_v = [], [], []
     for cached, new in seqs:
         n = cached + new
         table = [free.pop() for _ in range(-(-n // BLOCK))]
         k, v = torch.randn(n, NH, HD), torch.randn(n, NH, HD)
+        k, v = k.to(cache_dtype).float(), v.to(cache_dtype).float()        # what the cache can hold
         for p in range(cached):  # what earlier steps wrote
-            k_cache[table[p // BLOCK], p % BLOCK], v_cache[table[p // BLOCK], p % BLOCK] = k[p], v[p]
+            k_cache[table[p // BLOCK], p % BLOCK] = k[p].to(cache_dtype)
+            v_cache[table[p // BLOCK], p % BLOCK] = v[p].to(cache_dtype)
         tables.append(table)
         full_k.append(k)
         full_v.append(v)

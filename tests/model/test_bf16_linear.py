@@ -57,8 +57,8 @@ def test_tiles_invert():
 
 
 def test_bfloat16_on_this_cpu_loads_bf16_linears_close_to_float32(demo_model_dir, native):
-    """On a CPU without bf16 units `--dtype bfloat16` holds the linears as bf16 tiles and computes in float32; the
-    logits stay within bf16 weight rounding of the float32 model's and the model reports bfloat16."""
+    """On a CPU without bf16 units `--dtype bfloat16` holds the linears as bf16 tiles and the K/V cache as bf16, and
+    computes in float32; the logits stay within bf16 rounding of the float32 model's; the model reports bfloat16."""
     from neoxserve.model.attention import AttentionMetadata, allocate_kv_cache
     if not uses_bf16_weight_kernel(torch.bfloat16, torch.device("cpu"), load_model(demo_model_dir).config):
         pytest.skip("this CPU has bf16 units: bfloat16 runs PyTorch's own bf16 products there")
@@ -70,8 +70,9 @@ def test_bfloat16_on_this_cpu_loads_bf16_linears_close_to_float32(demo_model_dir
         linears = [mod for mod in m.modules() if isinstance(mod, Linear)]
         assert all(mod.bf16_tiles == (dtype == "bfloat16") for mod in linears)
         assert m.embed_in.weight.dtype == torch.float32
+        assert m.cache_dtype() == (torch.bfloat16 if dtype == "bfloat16" else torch.float32)
         ids = torch.arange(10, 30)
-        kv = allocate_kv_cache(loaded.config, 4, 16, torch.float32, "cpu")
+        kv = allocate_kv_cache(loaded.config, 4, 16, m.cache_dtype(), "cpu")
         meta = AttentionMetadata.build([20], [20], [[0, 1, 2, 3]], 16)
         with torch.inference_mode():
             logits[dtype] = m.compute_logits(m(ids, torch.arange(20), meta, kv))

@@ -55,7 +55,7 @@ class LLMEngine:
         self.max_queued_tokens = config.max_queued_tokens
         self.queue_timeout = config.queue_timeout_seconds
 
-        num_blocks = num_kv_blocks(cfg, config, param.element_size(), param.device)
+        num_blocks = num_kv_blocks(cfg, config, loaded.model.cache_dtype().itemsize, param.device)
         self.block_manager = BlockManager(num_blocks, self.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = ModelRunner(loaded.model, cfg, num_blocks, self.block_size, self.tokenizer.vocab_size)

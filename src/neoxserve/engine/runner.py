@@ -36,7 +36,7 @@ class ModelRunner:
         self.block_size = block_size
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        self.kv_caches = allocate_kv_cache(config, num_blocks, block_size, self.dtype, self.device)
+        self.kv_caches = allocate_kv_cache(config, num_blocks, block_size, model.cache_dtype(), self.device)
         self.sampler = Sampler()
 
     def warm_up(self, prompt_tokens: int = 32) -> None:

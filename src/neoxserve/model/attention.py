@@ -70,15 +70,17 @@ def paged_attention(q: Tensor, k: Tensor, v: Tensor, kv_cache: KVCache, meta: At
                     scale: float, native: bool = False) -> Tensor:
     """q, k, v: [T, nh, hd] for the new tokens -> attention output [T, nh, hd]. Writes k, v into the cache.
 
-    native: decode steps run kernels/wq_gemm.cpp's paged_decode_attention (float32 on CPU; the caller checks),
-    which reads each sequence's context where it lies in the cache instead of gathering a copy per layer."""
+    native: decode steps run kernels/wq_gemm.cpp's paged_decode_attention (float32 q on CPU, a float32 or bfloat16
+    cache; the caller checks), which reads each sequence's context where it lies in the cache instead of gathering
+    a copy per layer. The cache may hold a narrower dtype than q (GPTNeoX.kv_dtype): K/V are rounded to it when
+    written and widened back when read."""
     k_cache, v_cache = kv_cache
     _, block_size, nh, hd = k_cache.shape
     if native:
         # Every read below is of the sequence's own first seq_len positions, so nothing another request wrote
         # (padding, stale tails of reused blocks) is ever read and no finite-value guard is needed.
-        k_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, k)
-        v_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, v)
+        k_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
+        v_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
         if meta.is_decode:
             return torch.ops.neoxserve.paged_decode_attention(q, k_cache, v_cache, meta.block_tables,
                                                               meta.seq_lens, scale)
@@ -100,7 +102,7 @@ def paged_attention(q: Tensor, k: Tensor, v: Tensor, kv_cache: KVCache, meta: At
             ks, vs = k[start:end], v[start:end]
         else:
             ks, vs = _gather(k_cache, v_cache, meta.block_tables[s], n, block_size)
-        out[start:end] = _sdpa(q[start:end], ks, vs, scale, q_len, n)
+        out[start:end] = _sdpa(q[start:end], _widen(ks, q.dtype), _widen(vs, q.dtype), scale, q_len, n)
         start = end
     return out
 
@@ -110,6 +112,10 @@ def _gather(k_cache: Tensor, v_cache: Tensor, table: Tensor, n: int, block_size:
     blocks = table[: cdiv(n, block_size)]
     nh, hd = k_cache.shape[2:]
     return k_cache[blocks].view(-1, nh, hd)[:n], v_cache[blocks].view(-1, nh, hd)[:n]
+
+
+def _widen(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float, q_len: int, n: int) -> Tensor:

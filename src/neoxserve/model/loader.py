@@ -69,8 +69,8 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
     quant = resolve_quantization(path, quantization or QuantConfig(), stored)
     bf16_linears = not quant.enabled and uses_bf16_weight_kernel(torch_dtype, device, config)
     if bf16_linears:
-        log.info("bfloat16 on a CPU without bf16 units: the linears hold bfloat16 weights and multiply them in "
-                 "float32 (native kernel); the rest of the model is float32")
+        log.info("bfloat16 on a CPU without bf16 units: the linears hold bfloat16 weights and the K/V cache is "
+                 "bfloat16, both widened to float32 by the native kernels; the arithmetic is float32")
         torch_dtype = torch.float32
 
     with torch.device("meta"):
@@ -89,6 +89,8 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
     if device.type == "cpu" and torch_dtype == torch.float32:
         from neoxserve.model import kernels
         model.use_native_attention(kernels.load())
+    if bf16_linears:
+        model.kv_dtype = torch.bfloat16     # read by the native decode kernel, widened to float32 like the weights
 
     return LoadedModel(model=model, config=config, tokenizer=Tokenizer.from_dir(path), path=path,
                        quantization=quant, dtype="bfloat16" if bf16_linears else str(torch_dtype).removeprefix("torch."))

@@ -141,6 +141,9 @@ class GPTNeoX(nn.Module):
         self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.embed_out = Linear(cfg.hidden_size, cfg.vocab_size, bias=False, splits=linear_splits,
                                 bf16_tiles=bf16_linears)
+        # the K/V cache's dtype when it is not the parameters' (bf16 linears: bfloat16 K/V, half the bytes to read
+        # per decode step; the loader sets it)
+        self.kv_dtype: torch.dtype | None = None
         self.register_buffer("rotary_cos", torch.empty(0), persistent=False)
         self.register_buffer("rotary_sin", torch.empty(0), persistent=False)
         if self.embed_in.weight.device.type != "meta":
@@ -158,6 +161,10 @@ class GPTNeoX(nn.Module):
         freqs = torch.outer(torch.arange(cfg.max_position_embeddings, dtype=torch.int64).float(), inv_freq)
         self.rotary_cos = freqs.cos().to(device=weight.device, dtype=weight.dtype)
         self.rotary_sin = freqs.sin().to(device=weight.device, dtype=weight.dtype)
+
+    def cache_dtype(self) -> torch.dtype:
+        """The dtype of the K/V cache this model writes."""
+        return self.kv_dtype or self.embed_in.weight.dtype
 
     def use_native_attention(self, enabled: bool) -> None:
         """Decode attention through kernels/wq_gemm.cpp (float32 on CPU, kernels loaded: the loader checks)."""

@@ -430,22 +430,43 @@ inline __m256 exp_neg(__m256 x) {
 // positions, read where they lie in the blocks (no gathered copy of the context, nothing past seq_len read: padding
 // and stale slots of other requests are never touched). q [S, nh, hd]; caches [blocks, block_size, nh, hd];
 // block_tables [S, max_blocks] int64; seq_lens [S] int64. float32 throughout; hd a multiple of 8.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) { return widen_bf16(p); }
+
+template <typename C>   // the caches' element: float, or uint16_t holding bfloat16 bits; k_cache gives the shape
+void paged_decode_attention_impl(const at::Tensor& q, const C* K, const C* V, const at::Tensor& k_cache,
+                                 const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale,
+                                 at::Tensor& out);
+
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                   const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale) {
-  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && k_cache.scalar_type() == at::kFloat &&
-              v_cache.scalar_type() == at::kFloat, "paged_decode_attention: float32 q and caches needed");
-  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && block_tables.is_contiguous() &&
-              seq_lens.is_contiguous() && block_tables.scalar_type() == at::kLong &&
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && k_cache.scalar_type() == v_cache.scalar_type() &&
+              (k_cache.scalar_type() == at::kFloat || k_cache.scalar_type() == at::kBFloat16),
+              "paged_decode_attention: float32 q and float32 or bfloat16 caches needed");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.sizes() == v_cache.sizes() &&
+              block_tables.is_contiguous() && seq_lens.is_contiguous() && block_tables.scalar_type() == at::kLong &&
               seq_lens.scalar_type() == at::kLong, "paged_decode_attention: contiguous caches, int64 tables");
+  at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
+  if (k_cache.scalar_type() == at::kFloat)
+    paged_decode_attention_impl<float>(q, k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), k_cache,
+                                       block_tables, seq_lens, scale, out);
+  else
+    paged_decode_attention_impl<uint16_t>(q, reinterpret_cast<const uint16_t*>(k_cache.data_ptr<at::BFloat16>()),
+                                          reinterpret_cast<const uint16_t*>(v_cache.data_ptr<at::BFloat16>()),
+                                          k_cache, block_tables, seq_lens, scale, out);
+  return out;
+}
+
+template <typename C>
+void paged_decode_attention_impl(const at::Tensor& q, const C* K, const C* V, const at::Tensor& k_cache,
+                                 const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale,
+                                 at::Tensor& out) {
   const int64_t S = q.size(0), nh = q.size(1), hd = q.size(2);
   const int64_t bs = k_cache.size(1), width = block_tables.size(1);
   TORCH_CHECK(k_cache.size(2) == nh && k_cache.size(3) == hd && hd % 8 == 0,
               "paged_decode_attention: cache shape does not match q (head dim must be a multiple of 8)");
   const at::Tensor qc = q.contiguous();
-  at::Tensor out = at::empty({S, nh, hd}, q.options());
   const float* Q = qc.data_ptr<float>();
-  const float* K = k_cache.data_ptr<float>();
-  const float* V = v_cache.data_ptr<float>();
   const int64_t* T = block_tables.data_ptr<int64_t>();
   const int64_t* L = seq_lens.data_ptr<int64_t>();
   float* O = out.data_ptr<float>();
@@ -465,12 +486,12 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
       TORCH_CHECK(n >= 1 && n <= width * bs, "paged_decode_attention: seq_len out of the block table's range");
       const int64_t npad = (n + 7) / 8 * 8;
       scores.resize(G * npad);
-      auto slot = [&](const float* base, int64_t p) {    // position p of head h0 in a cache
+      auto slot = [&](const C* base, int64_t p) {    // position p of head h0 in a cache
         return base + T[s * width + p / bs] * block_stride + (p % bs) * pos_stride + h0 * hd;
       };
       // scores, 8 positions at a time: 8 independent dot products, summed together by reduce8
       for (int64_t p0 = 0; p0 < n; p0 += 8) {
-        const float* kp[8];
+        const C* kp[8];
         for (int64_t i = 0; i < 8; ++i) kp[i] = slot(K, std::min(p0 + i, n - 1));   // past n: padding, unused
         for (int64_t g = 0; g < G; ++g) {
           const float* qv = Q + (s * nh + h0 + g) * hd;
@@ -479,7 +500,7 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
           for (int64_t i = 0; i < 8; ++i) {
             d[i] = _mm256_setzero_ps();
             for (int64_t j = 0; j < hd; j += 8)
-              d[i] = _mm256_fmadd_ps(_mm256_loadu_ps(qv + j), _mm256_loadu_ps(kp[i] + g * hd + j), d[i]);
+              d[i] = _mm256_fmadd_ps(_mm256_loadu_ps(qv + j), load8(kp[i] + g * hd + j), d[i]);
           }
           _mm256_storeu_ps(scores.data() + g * npad + p0, _mm256_mul_ps(reduce8(d), _mm256_set1_ps(sc)));
         }
@@ -510,12 +531,12 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
       // weighted sum of V, position by position (each position's G heads are one contiguous run)
       acc.assign(G * hd, 0.0f);
       for (int64_t p = 0; p < n; ++p) {
-        const float* vp = slot(V, p);
+        const C* vp = slot(V, p);
         for (int64_t g = 0; g < G; ++g) {
           const __m256 w = _mm256_set1_ps(scores[g * npad + p]);
           float* a = acc.data() + g * hd;
           for (int64_t j = 0; j < hd; j += 8)
-            _mm256_storeu_ps(a + j, _mm256_fmadd_ps(w, _mm256_loadu_ps(vp + g * hd + j), _mm256_loadu_ps(a + j)));
+            _mm256_storeu_ps(a + j, _mm256_fmadd_ps(w, load8(vp + g * hd + j), _mm256_loadu_ps(a + j)));
         }
       }
       for (int64_t g = 0; g < G; ++g) {
@@ -526,7 +547,6 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
       }
     }
   });
-  return out;
 }
 
 }  // namespace
