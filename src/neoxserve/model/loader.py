@@ -92,8 +92,9 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
     if bf16_linears:
         model.kv_dtype = torch.bfloat16     # read by the native decode kernel, widened to float32 like the weights
 
+    dtype_name = "bfloat16" if bf16_linears else str(torch_dtype).removeprefix("torch.")
     return LoadedModel(model=model, config=config, tokenizer=Tokenizer.from_dir(path), path=path,
-                       quantization=quant, dtype="bfloat16" if bf16_linears else str(torch_dtype).removeprefix("torch."))
+                       quantization=quant, dtype=dtype_name)
 
 
 def log_quantization(quant: QuantConfig, kernel: str, device: torch.device) -> None:
