@@ -121,14 +121,23 @@ def test_loaded_model_fields(reference):
     assert not any(p.requires_grad for p in loaded.model.parameters())
 
 
-def test_bfloat16_load(reference, runner_cls):
+@pytest.mark.parametrize("bf16_linears", [False, True], ids=["torch-bf16", "bf16-linears"])
+def test_bfloat16_load(bf16_linears, reference, runner_cls, monkeypatch):
+    """bfloat16 as PyTorch computes it (CPUs with bf16 units, CUDA; forced here) and as bf16 linears with float32
+    arithmetic (CPUs without bf16 units, where the native kernels build: this machine's default for bfloat16)."""
+    from neoxserve.model import loader
+    if not bf16_linears:
+        monkeypatch.setattr(loader, "uses_bf16_weight_kernel", lambda *a: False)
+    elif not loader.uses_bf16_weight_kernel(torch.bfloat16, torch.device("cpu"), reference[0].config):
+        pytest.skip("this CPU has bf16 units or no native kernels: bfloat16 runs PyTorch's own products here")
     _, path, ref = reference
     model = load_model(path, dtype="bfloat16").model
     for name, p in model.named_parameters():
-        assert p.dtype == torch.bfloat16, name
-        # the storage holds exactly this bf16 tensor: no fp32 buffer kept alive behind a view
-        assert p.untyped_storage().nbytes() == p.numel() * 2, name
-    logits = runner_cls(model, len(PROMPT), dtype=torch.bfloat16).step(PROMPT)
+        linear_weight = name.endswith("weight") and p.dim() >= 2 and "embed_in" not in name
+        assert p.dtype == (torch.bfloat16 if linear_weight or not bf16_linears else torch.float32), name
+        # the storage holds exactly this tensor: no fp32 buffer kept alive behind a view
+        assert p.untyped_storage().nbytes() == p.numel() * p.element_size(), name
+    logits = runner_cls(model, len(PROMPT), dtype=model.cache_dtype()).step(PROMPT)
     assert logits.dtype == torch.float32
     # bf16 keeps ~3 significant digits; through a few layers the logits drift by a few percent of their scale
     assert (logits - ref).abs().max() < 0.05 * ref.abs().max()

@@ -242,6 +242,9 @@ def load_state_dict(path: Path, config: NeoXConfig, model: GPTNeoX, dtype: torch
         module = linears.get(lname)
         if not isinstance(module, QuantLinear) or part == "bias":
             state[name] = _convert(name, tensor, config, dtype, device, module)
+            if isinstance(module, Linear) and module.bf16_tiles and part == "weight":
+                del tensor
+                _release_freed_memory()     # the float weight and the tiling's temporaries (see below)
             continue
         want = PART_DTYPES.get(part, {}).get(quant.method) if prequantized else None
         if want is not None and tensor.dtype != want:
@@ -350,13 +353,14 @@ def _reorder_qkv(name: str, tensor: Tensor, config: NeoXConfig) -> Tensor:
 
 def _convert(name: str, tensor: Tensor, config: NeoXConfig, dtype: torch.dtype, device: torch.device,
              linear: Linear | QuantLinear | None) -> Tensor:
+    source = tensor
     tensor = _reorder_qkv(name, tensor, config)
     if isinstance(linear, Linear) and name.endswith(".weight"):
         tensor = linear.load_layout(tensor)
         if linear.bf16_tiles:
             dtype = torch.bfloat16
     out = tensor.to(device=device, dtype=dtype).contiguous()
-    if out.data_ptr() == tensor.data_ptr():
+    if out.untyped_storage().data_ptr() == source.untyped_storage().data_ptr():
         # Still the checkpoint's memory-mapped bytes (dtype and layout matched): copy them into memory of our own.
         # Mapped pages are read from disk on first use, so the first request would pay for paging the weights in
         # (8.6 s before the first token of a 3B bf16 model, issue 9), and the kernel may drop them again later.
