@@ -78,3 +78,17 @@ def test_bfloat16_on_this_cpu_loads_bf16_linears_close_to_float32(demo_model_dir
             logits[dtype] = m.compute_logits(m(ids, torch.arange(20), meta, kv))
     cos = torch.nn.functional.cosine_similarity(logits["float32"], logits["bfloat16"], dim=-1)
     assert float(cos.min()) > 0.999
+
+
+@pytest.mark.parametrize("tiles_per_slice", [1, 3])
+def test_many_rows_expand_the_weight_slice_by_slice(tiles_per_slice, monkeypatch, native):
+    """Past GEMM_ROWS the weight is expanded a slice of tiles at a time (kernels.expanded_linear); slices of 1 and 3
+    tiles over 37 rows (the last slice partial) give the product of the whole weight."""
+    g = torch.Generator().manual_seed(5)
+    w, b = torch.randn(37, 64, generator=g), torch.randn(37, generator=g)
+    x = torch.randn(kernels.GEMM_ROWS + 3, 64, generator=g)
+    lin = _linear(w, b)
+    whole = lin(x)
+    monkeypatch.setattr(kernels, "EXPAND_FLOATS", tiles_per_slice * 8 * 64)
+    torch.testing.assert_close(lin(x), whole, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(whole, x @ w.to(torch.bfloat16).float().t() + b, rtol=1e-5, atol=1e-4)

@@ -148,6 +148,22 @@ def test_native_kernel_is_exactly_the_block_quantized_product(cfg, rows, native)
     assert float((out.double() - ref).abs().max()) < 1e-4 * float(ref.abs().max())
 
 
+@pytest.mark.parametrize("cfg", [INT8, INT4, QuantConfig("int4", 32)], ids=lambda c: c.describe())
+def test_many_rows_expand_the_weight_slice_by_slice(cfg, monkeypatch, native):
+    """Past NATIVE_GEMM_ROWS the native path expands the weight a slice of tiles at a time
+    (kernels.expanded_linear): slices of 2 tiles over 37 rows (the last one partial) give the whole product."""
+    from neoxserve.model import kernels
+    g = torch.Generator().manual_seed(2)
+    w, b = torch.randn(37, 128, generator=g), torch.randn(37, generator=g)
+    x = torch.randn(NATIVE_GEMM_ROWS + 5, 128, generator=g)
+    parts = quantize(cfg, w)
+    m = _module(cfg, "native", torch.float32, parts, b)
+    whole = m(x)
+    monkeypatch.setattr(kernels, "EXPAND_FLOATS", 2 * 8 * 128)
+    torch.testing.assert_close(m(x), whole, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(whole, x @ dequantize(cfg, parts).t() + b, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("cfg", [INT8, INT4], ids=lambda c: c.describe())
 @pytest.mark.parametrize("kernel", ["native", "aten", "dequant"])
 def test_portable_parts_invert_the_kernel_layout(cfg, kernel, native):

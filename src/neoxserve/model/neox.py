@@ -52,7 +52,9 @@ class Linear(nn.Module):
             ops = torch.ops.neoxserve
             x = x.contiguous()
             if x.shape[0] > kernels.GEMM_ROWS:
-                out = F.linear(x, ops.dequantize(self.weight, None, None, 0, 16, self.out_features))
+                w = self.weight
+                out = kernels.expanded_linear(x, w, self.out_features,
+                                              lambda t0, t1, n: ops.dequantize(w[t0:t1], None, None, 0, 16, n))
             else:
                 out = ops.bf16_linear(x, self.weight, self.out_features)
             return out if self.bias is None else out.add_(self.bias)

@@ -165,9 +165,14 @@ class QuantLinear(nn.Module):
         int8 = self.cfg.method == "int8"
         zero = None if int8 else self.weight_zero
         if x32.shape[0] > NATIVE_GEMM_ROWS:
-            w = ops.dequantize(self.weight, self.weight_scale, zero, self.cfg.group_size, 8 if int8 else 4,
-                               self.out_features)
-            out = F.linear(x32, w)
+            w, scale, group, bits = self.weight, self.weight_scale, self.cfg.group_size, 8 if int8 else 4
+
+            def expand(t0: int, t1: int, n: int) -> Tensor:
+                if int8:
+                    return ops.dequantize(w[t0:t1], scale[t0 * TILE:t0 * TILE + n], None, group, bits, n)
+                assert zero is not None
+                return ops.dequantize(w[t0:t1], scale[t0:t1], zero[t0:t1], group, bits, n)
+            out = kernels.expanded_linear(x32, w, self.out_features, expand)
         elif int8:
             out = ops.int8_linear(x32, self.weight, self.weight_scale)
         else:

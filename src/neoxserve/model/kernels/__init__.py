@@ -20,6 +20,22 @@ log = logging.getLogger(__name__)
 # Above this many rows a native linear expands its weight to float32 and runs PyTorch's float GEMM: the
 # dot-product kernels' cost grows with the rows, the expansion's does not (bench/profile_step.py, docs/engine.md).
 GEMM_ROWS = 16
+# The expansion for a float GEMM goes a slice of about this many float32 weights at a time (4 MB, in cache when
+# the GEMM reads it back): expanding a whole 3B-shape MLP weight (268 MB) per call cost more than the GEMM.
+EXPAND_FLOATS = 1 << 20
+
+
+def expanded_linear(x: torch.Tensor, tiles: torch.Tensor, out_features: int, expand) -> torch.Tensor:
+    """x [M, K] float32 times a tiled weight, for many rows: `expand(t0, t1, n)` gives the float32 weight [n, K] of
+    tiles t0..t1 (n of their rows are real), which `F.linear` multiplies; slice by slice (EXPAND_FLOATS)."""
+    K = x.shape[1]
+    tiles_per_slice = max(1, EXPAND_FLOATS // (8 * K))
+    parts = []
+    for t0 in range(0, tiles.shape[0], tiles_per_slice):
+        t1 = min(t0 + tiles_per_slice, tiles.shape[0])
+        n = min(t1 * 8, out_features) - t0 * 8
+        parts.append(torch.nn.functional.linear(x, expand(t0, t1, n)))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 SOURCE = Path(__file__).with_name("wq_gemm.cpp")
 # -fopenmp: at::parallel_for is a header template that runs serially without it. The library then uses the libgomp
 # that torch ships (same soname, already loaded), not a second OpenMP runtime.
