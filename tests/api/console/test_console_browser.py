@@ -206,9 +206,11 @@ def test_playground_streams_text(console):
     c.page.wait_for_selector("[data-testid=output][data-done=true]", timeout=60_000)
     output = c.page.inner_text("[data-testid=output]")
     stats = c.page.locator("[data-testid=stream-stats]")
-    assert len(output) > 0 and int(stats.get_attribute("data-chunks")) >= 2
     tokens = int(stats.get_attribute("data-tokens"))   # 48, or fewer when the sampled text ends on end-of-text
-    assert 1 <= tokens <= 48
+    assert len(output) > 0 and 1 <= tokens <= 48
+    # a chunk closes after stream_chunk_tokens (16) tokens at most, so the page counted at least this many frames
+    # (the unseeded demo model may end after a few tokens: then one frame is right)
+    assert int(stats.get_attribute("data-chunks")) >= -(-tokens // 16)
     shown = stats.inner_text()
     assert re.search(rf"{tokens} tokens in \d+ chunks · [0-9.]+ tokens/s · first chunk after \d+ ms", shown)
     c.shot("playground")
