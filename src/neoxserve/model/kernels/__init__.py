@@ -1,4 +1,5 @@
-"""The project's own CPU kernels (wq_gemm.cpp: quantized linears for AVX2), compiled on first use.
+"""The project's own CPU kernels (wq_gemm.cpp, for AVX2: int8 / int4 / bf16-weight linears over weight_tiles.py's
+tiles, decode attention over the paged cache), compiled on first use.
 
 `load()` builds the extension with PyTorch's cpp_extension (the machine's C++ compiler and ninja; the result is
 cached by PyTorch under ~/.cache/torch_extensions, keyed by the source, so a later start loads it in well under a
@@ -12,9 +13,12 @@ import functools
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from neoxserve.model.weight_tiles import TILE
 
 log = logging.getLogger(__name__)
 # Above this many rows a native linear expands its weight to float32 and runs PyTorch's float GEMM: the
@@ -24,18 +28,6 @@ GEMM_ROWS = 16
 # the GEMM reads it back): expanding a whole 3B-shape MLP weight (268 MB) per call cost more than the GEMM.
 EXPAND_FLOATS = 1 << 20
 
-
-def expanded_linear(x: torch.Tensor, tiles: torch.Tensor, out_features: int, expand) -> torch.Tensor:
-    """x [M, K] float32 times a tiled weight, for many rows: `expand(t0, t1, n)` gives the float32 weight [n, K] of
-    tiles t0..t1 (n of their rows are real), which `F.linear` multiplies; slice by slice (EXPAND_FLOATS)."""
-    K = x.shape[1]
-    tiles_per_slice = max(1, EXPAND_FLOATS // (8 * K))
-    parts = []
-    for t0 in range(0, tiles.shape[0], tiles_per_slice):
-        t1 = min(t0 + tiles_per_slice, tiles.shape[0])
-        n = min(t1 * 8, out_features) - t0 * 8
-        parts.append(torch.nn.functional.linear(x, expand(t0, t1, n)))
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 SOURCE = Path(__file__).with_name("wq_gemm.cpp")
 # -fopenmp: at::parallel_for is a header template that runs serially without it. The library then uses the libgomp
 # that torch ships (same soname, already loaded), not a second OpenMP runtime.
@@ -75,3 +67,17 @@ def _ensure_ninja_on_path() -> None:
     except ImportError:
         return
     os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+def expanded_linear(x: torch.Tensor, tiles: torch.Tensor, out_features: int,
+                    expand: Callable[[int, int, int], torch.Tensor]) -> torch.Tensor:
+    """x [M, K] float32 times a tiled weight, for many rows: `expand(t0, t1, n)` gives the float32 weight [n, K] of
+    tiles t0..t1 (n of their rows are real), which `F.linear` multiplies; slice by slice (EXPAND_FLOATS)."""
+    K = x.shape[1]
+    tiles_per_slice = max(1, EXPAND_FLOATS // (TILE * K))
+    parts = []
+    for t0 in range(0, tiles.shape[0], tiles_per_slice):
+        t1 = min(t0 + tiles_per_slice, tiles.shape[0])
+        n = min(t1 * TILE, out_features) - t0 * TILE
+        parts.append(torch.nn.functional.linear(x, expand(t0, t1, n)))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

@@ -359,7 +359,7 @@ at::Tensor dequantize(const at::Tensor& w, const c10::optional<at::Tensor>& scal
                       const c10::optional<at::Tensor>& zero, int64_t group, int64_t bits, int64_t N) {
   TORCH_CHECK(bits == 8 || bits == 4 || bits == 16, "dequantize: bits must be 8, 4 or 16");
   TORCH_CHECK(w.dim() == (bits == 16 ? 3 : 4) && w.is_contiguous() && w.size(0) == ceil_tiles(N) &&
-              w.size(bits == 16 ? 2 : 2) == TILE, "dequantize: weight must be contiguous tiles");
+              w.size(2) == TILE, "dequantize: weight must be contiguous tiles");
   const int64_t per = bits == 16 ? 1 : (bits == 8 ? QK : 2 * QK);
   const int64_t K = w.size(1) * per, nblk = w.size(1);
   at::Tensor out = at::empty({N, K}, w.options().dtype(at::kFloat));
