@@ -63,14 +63,14 @@ def _idle_after_aborts(client, aborts: int):
     return check
 
 
-def test_stream_matches_the_in_process_engine(loop, client, make_engine, h):
+def test_stream_matches_the_in_process_engine(loop, client, make_engine, h, cpu_auto_dtype, demo_model_dir):
     info = client.model_info
     assert info.max_context == 4096 and info.is_chat
     import torch
     if torch.cuda.is_available():
         assert info.device.startswith("cuda") and info.dtype in ("bfloat16", "float16")
     else:
-        assert (info.device, info.dtype) == ("cpu", "float32")   # "auto" resolved
+        assert (info.device, info.dtype) == ("cpu", cpu_auto_dtype)   # "auto" resolved by the machine's rule
     prompt = client.tokenizer.encode("The city of Beijing is the capital of China.")
     params = SamplingParams(seed=3, temperature=0.8, max_new_tokens=12, ignore_eos=True)
 
@@ -81,7 +81,8 @@ def test_stream_matches_the_in_process_engine(loop, client, make_engine, h):
     assert deltas[-1].finished and deltas[-1].finish_reason == "length"
     assert deltas[-1].prompt_tokens == len(prompt) and deltas[-1].completion_tokens == 12
 
-    engine = make_engine()
+    from neoxserve.model.loader import load_model
+    engine = make_engine(load_model(demo_model_dir, info.device, info.dtype))   # the dtype the process resolved
     engine.add_request("s1", prompt, params)
     local = h.run_all(engine)["s1"]
     assert h.tokens_of(deltas) == h.tokens_of(local)

@@ -13,8 +13,9 @@ BLOCK_SIZE = 8
 class Runner:
     """Drives one sequence through a model with a contiguous block table: prefill, then one token per step."""
 
-    def __init__(self, model, max_tokens: int, dtype=torch.float32):
+    def __init__(self, model, max_tokens: int, dtype: torch.dtype | None = None):
         cfg = model.cfg
+        dtype = dtype or model.cache_dtype()   # the model's own: bfloat16 where `auto` picked it
         self.model = model
         self.num_blocks = -(-max_tokens // BLOCK_SIZE)
         self.kv = allocate_kv_cache(cfg, self.num_blocks, BLOCK_SIZE, dtype, "cpu")

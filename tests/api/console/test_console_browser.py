@@ -60,7 +60,7 @@ def close_keys(c: Console) -> None:
     c.page.wait_for_selector("[data-testid=keys-dialog]", state="detached")
 
 
-def test_login_overview_logout(console):
+def test_login_overview_logout(console, cpu_auto_dtype):
     c = console
     c.page.wait_for_selector("[data-testid=login-form]")
     c.shot("login")
@@ -68,7 +68,7 @@ def test_login_overview_logout(console):
     expect(c.page.locator("[role=alert]")).to_have_text("wrong admin key")
     c.logged_in()
     cards = {k: c.page.inner_text(f"[data-testid={k}] .value") for k in ("model", "device", "dtype", "engine")}
-    assert cards == {"model": "demo", "device": "cpu", "dtype": "float32", "engine": "ready"}
+    assert cards == {"model": "demo", "device": "cpu", "dtype": cpu_auto_dtype, "engine": "ready"}
     c.page.wait_for_function("document.querySelector('[data-testid=tokens-per-second] .value').textContent != '—'")
     c.page.wait_for_selector("[data-testid=tokens-chart] canvas")
     c.shot("overview")
