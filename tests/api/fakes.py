@@ -45,13 +45,14 @@ def fake_logprob(token_id: int, position: int, k: int) -> TokenLogprob:
 
 class FakeEngine:
     def __init__(self, text: str = "Hello world. 你好！ end", delay: float = 0.0, fail: Exception | None = None,
-                 fail_after: int | None = None) -> None:
+                 fail_after: int | None = None, close_delay: float = 0.0) -> None:
         self.tokenizer = CharTokenizer()
         self.model_info = ModelInfo(name="fake", path="", max_context=64, is_chat=True)
         self.text = text
         self.delay = delay
         self.fail = fail
         self.fail_after = fail_after
+        self.close_delay = close_delay   # closing a generation waits this long (the real client's abort round trip)
         self.running = 0
         self.calls: list[tuple[str, list[int], SamplingParams]] = []
         self.alive = True
@@ -96,6 +97,8 @@ class FakeEngine:
                                 prompt_logprobs=prompt_logprobs if i == 0 and j == 0 else None)
         finally:
             self.running -= 1
+            if self.close_delay:
+                await asyncio.sleep(self.close_delay)
 
 
 def _is_an_engine_client(engine: FakeEngine) -> EngineClient:

@@ -197,38 +197,40 @@ class Call:
             await items.aclose()
             raise
 
-        item, code, complete, finished = first, 0, False, False
+        # `pending` is the item whose frames are being written; `delivered` the last one handed to the server
+        pending, delivered, code, finished = first, None, 0, False
+
+        def sent() -> None:
+            nonlocal delivered
+            if code == 0:            # not the error frames
+                delivered = pending
 
         async def finish() -> None:
-            """Close the generation and record the call, once: from the end of `frames`, or from the response
-            if the client left before `frames` started (then its body never runs)."""
+            """Close the generation and record the call, once, with the tokens of the last item the client was
+            sent: answered in full if that item ended the generation."""
             nonlocal finished
             if finished:
                 return
             finished = True
             await items.aclose()
-            # `item` is the last one sent: its tokens reached the client
-            if complete:
-                await self.ledger.succeeded(item.completion_tokens)
+            tokens = delivered.completion_tokens if delivered is not None else 0
+            if code == 0 and delivered is not None and delivered.is_end:
+                await self.ledger.succeeded(tokens)
             else:
-                await self.ledger.ended_early(item.completion_tokens)
-            self._observe(code, item.completion_tokens)
+                await self.ledger.ended_early(tokens)
+            self._observe(code, tokens)
 
         async def frames() -> AsyncGenerator[bytes, None]:
-            nonlocal item, code, complete
+            nonlocal pending, code
             try:
                 while True:
-                    yield render(item)
-                    if item.is_end:
-                        complete = True
-                        break
-                    item = await items.__anext__()
+                    yield render(pending)
+                    if pending.is_end:
+                        return
+                    pending = await items.__anext__()
             except Exception as e:
                 error = engine_error(e, self.rid)
                 code = error.code
                 yield error_frames(error)
-            finally:
-                await finish()
 
-        return StreamResponse(frames(), headers=self.headers, on_close=finish)
-
+        return StreamResponse(frames(), headers=self.headers, on_sent=sent, on_close=finish)

@@ -43,14 +43,20 @@ async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
 
 
 class StreamResponse(StreamingResponse):
-    """Writes the byte frames of `frames` as they come; stops and closes `frames` when the client leaves, then
-    awaits `on_close` (closing a generator that never started does not run its `finally`)."""
+    """Writes the byte frames of `frames` as they come; stops and closes `frames` when the client leaves.
+
+    `on_sent` is called after each frame has been handed to the server, which is how the caller knows what the
+    client was sent: the generator behind `frames` is not resumed after its last frame when the client leaves
+    right then (and a generator that never started does not run its `finally`). `on_close` is awaited once,
+    however the response ends, shielded from cancellation so that what it records is recorded."""
 
     def __init__(self, frames: AsyncGenerator[bytes, None], media_type: str = "text/event-stream",
                  headers: dict[str, str] | None = None,
+                 on_sent: Callable[[], None] | None = None,
                  on_close: Callable[[], Awaitable[None]] | None = None) -> None:
         super().__init__(frames, media_type=media_type, headers=headers)
         self.frames = frames
+        self.on_sent = on_sent
         self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -58,6 +64,8 @@ class StreamResponse(StreamingResponse):
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for data in self.frames:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
+                if self.on_sent is not None:
+                    self.on_sent()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
         try:
@@ -67,5 +75,4 @@ class StreamResponse(StreamingResponse):
         finally:
             await self.frames.aclose()
             if self.on_close is not None:
-                await self.on_close()
-
+                await asyncio.shield(self.on_close())
