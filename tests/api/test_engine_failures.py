@@ -172,7 +172,7 @@ def test_rejection_without_a_reason_336003(setup):
     assert (body["error_code"], body["error_msg"]) == (336003, "request rejected by the engine")
 
 
-def test_unhandled_error_outside_a_model_call_is_336000(setup):
+def test_unhandled_error_outside_a_model_call_is_a_500_in_the_routes_shape(setup):
     client, _, platform = setup(FakeEngine())
 
     def store_down(*args):
@@ -182,14 +182,13 @@ def test_unhandled_error_outside_a_model_call_is_336000(setup):
     client = TestClient(client.app, raise_server_exceptions=False)
     r = client.get("/oauth/2.0/token", params={"grant_type": "client_credentials", "client_id": "a",
                                                "client_secret": "b"})
-    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
-    body = r.json()
-    assert list(body) == ["id", "error_code", "error_msg"]
-    assert (body["error_code"], body["error_msg"]) == (336000, "Internal error")
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert r.json() == {"error": "server_error", "error_description": "internal error: the server's log has the cause"}
+    assert r.headers["x-baidu-request-id"]
 
 
 def test_a_failing_stats_source_is_an_error_not_missing_metrics(setup):
-    """stats() failing is a bug: /metrics answers 336000 (and the server logs it) instead of silently dropping
+    """stats() failing is a bug: /metrics answers 500 (and the server logs it) instead of silently dropping
     the engine's metrics."""
     class BrokenStats(FakeEngine):
         def stats(self) -> dict:
@@ -197,4 +196,4 @@ def test_a_failing_stats_source_is_an_error_not_missing_metrics(setup):
 
     client, _, _ = setup(BrokenStats())
     r = TestClient(client.app, raise_server_exceptions=False).get("/metrics")
-    assert (r.json()["error_code"], r.json()["error_msg"]) == (336000, "Internal error")
+    assert (r.status_code, r.json()["error"]) == (500, "server_error")

@@ -77,7 +77,9 @@ def test_head_on_the_probes(server, path):
 @pytest.mark.parametrize("path", ["/health", "/ready", "/metrics"])
 def test_probes_refuse_other_methods_with_405(server, path):
     r = httpx.post(server.base_url + path)
-    assert (r.status_code, r.json()) == (405, {"detail": "Method Not Allowed"})
+    assert (r.status_code, r.headers["allow"]) == (405, "GET, HEAD")
+    assert r.json() == {"error": "invalid_request",
+                        "error_description": f"method POST is not allowed on {path}; use GET, HEAD"}
 
 
 @pytest.mark.parametrize("method,target", [

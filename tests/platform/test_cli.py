@@ -197,3 +197,17 @@ def test_admin_rotate_key(store_flags, settings):
         with pytest.raises(AdminAuthError, match="not logged in"):
             p.admin.check_session(session.token)
         p.admin.check_session(p.admin.login(again, "127.0.0.1").token)
+
+
+def test_an_argument_that_is_not_utf8_is_one_line_and_exit_2(store_flags, settings):
+    result = subprocess.run([os.fsencode(NEOXSERVE), b"services", b"publish", b"demo2", b"--model", b"\xff\xfe",
+                             *(os.fsencode(f) for f in store_flags)], capture_output=True, timeout=60,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("NEOXSERVE_")})
+    assert result.returncode == 2
+    assert result.stderr == b"neoxserve: error: the argument b'\\xff\\xfe' is not valid UTF-8 text\n"
+    with Platform.open(settings) as p:
+        assert "demo2" not in [s.api_name for s in p.list_services()]
+
+
+def test_a_model_name_that_is_not_printable_is_refused(store_flags):
+    bad("services", "publish", "demo3", "--model", "a\tb", *store_flags, message="invalid model name 'a\\tb'")

@@ -7,8 +7,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Settings
@@ -17,8 +19,9 @@ from ..platform import Platform
 from .bce_bearer import bearer_token
 from .completions import Completions
 from .console import mount_console
-from .errors import INTERNAL, INVALID_HTTP_METHOD, UNSUPPORTED_METHOD, ApiError, error_response
+from .errors import INVALID_HTTP_METHOD, UNSUPPORTED_METHOD, ApiError, error_response
 from .limits import BodyLimitMiddleware
+from .route_family import InternalErrorMiddleware, family_error_response, validation_message
 from .metrics import Metrics
 from .model_call import ModelCalls
 from .moderation import Moderator
@@ -28,6 +31,7 @@ from .openai_routes import OPENAI_CHAT, OPENAI_COMPLETION, QIANFAN_V2_CHAT, Open
 
 log = logging.getLogger("neoxserve.api")
 
+ALLOW_CANDIDATES = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MODEL_ROUTE = "/rpc/2.0/ai_custom/v1/wenxinworkshop/{kind}/{api_name}"
 COMPLETIONS_ROUTE = MODEL_ROUTE.format(kind="completions", api_name="{api_name}")
@@ -81,6 +85,7 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     openai = OpenAIRoutes(calls)
     app.state.metrics = metrics
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(RequestIdMiddleware)   # added last: outermost, so that refusals carry the id too
 
     add = app.add_api_route   # one route per method: each is one documented operation (api/openapi.py)
@@ -189,9 +194,24 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
         add("/openapi.json", document, methods=[method], **openapi.probe("openapi", method))
     openapi.install(app)
 
-    @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(ApiError(INTERNAL))
+    @app.exception_handler(StarletteHTTPException)
+    async def http_refusal(request: Request, exc: StarletteHTTPException) -> Response:
+        """The router's 404 and 405, and FastAPI's 400 for a body it cannot parse, in the family's shape."""
+        path, method = request.url.path, request.method
+        if exc.status_code == 404:
+            message = f"no route {path}: see /openapi.json for the routes this server has"
+        elif exc.status_code == 405:
+            # every route of this path (the router's own Allow names the first matching route's methods only)
+            allowed = ", ".join(m for m in ALLOW_CANDIDATES if any(
+                r.matches({**request.scope, "method": m})[0] is Match.FULL for r in app.router.routes))
+            message = f"method {method} is not allowed on {path}" + (f"; use {allowed}" if allowed else "")
+            return family_error_response(path, 405, message, {"Allow": allowed} if allowed else None)
+        else:
+            message = f"{exc.detail}" if exc.detail else f"HTTP {exc.status_code}"
+        return family_error_response(path, exc.status_code, message, dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
+        return family_error_response(request.url.path, 400, validation_message(exc))
 
     return app

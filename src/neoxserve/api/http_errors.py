@@ -19,7 +19,7 @@ from fastapi.responses import Response
 
 from ..platform import errors as platform
 from . import errors as api
-from .errors import ApiError, compact, new_id
+from .errors import ApiError, compact
 
 
 class HttpError(NamedTuple):
@@ -95,15 +95,3 @@ def openai_error_response(error: ApiError) -> Response:
 def v2_error_response(error: ApiError, response_id: str) -> Response:
     return Response(compact(v2_error_body(error, response_id)), status_code=http_error(error).status,
                     media_type="application/json", headers=_headers(error))
-
-
-def too_large_response(message: str, qianfan: bool) -> Response:
-    """A body over max_body_bytes, refused before any handler (api/limits.py): 413 in the route's shape."""
-    body: dict[str, object]
-    if qianfan:
-        body = {"error": {"code": "request_too_large", "message": message, "type": "invalid_request_error"},
-                "id": new_id()}
-    else:
-        body = {"error": {"message": message, "type": "invalid_request_error", "param": None,
-                          "code": "request_too_large"}}
-    return Response(compact(body), status_code=413, media_type="application/json")

@@ -7,31 +7,25 @@ passes the limit. Either way the rest is never read: the answer says `Connection
 connection after it. A body within the limit is read here and handed on whole, then `receive` is the server's
 again (handlers watch it for disconnects).
 
-The answer depends on the route family (docs/api.md, "Limits"), in that family's error shape:
-- `/rpc/...` (the Qianfan routes): business error 336003 at HTTP 200, since the SDK treats any other status as a
-  transport failure;
-- `/v1/BCE-BEARER/...` (the IAM bearer-token route): HTTP 413 in BCE's shape, code `EntityTooLarge`;
-- the OpenAI and Qianfan v2 model routes: HTTP 413 in their error shapes, code `request_too_large`;
-- every other path (the OAuth token route, /health, ...): HTTP 413 with the OAuth error shape the token route uses.
+The answer is HTTP 413 in the route family's shape (api/route_family.py; docs/api.md, "Limits"): on the Qianfan
+`/rpc/` routes business error 336003 at HTTP 200, since the SDK treats any other status as a transport failure;
+BCE's `EntityTooLarge` on `/v1/BCE-BEARER/`; `request_too_large` on the OpenAI and v2 routes and the console;
+OAuth's `invalid_request` elsewhere.
 
 A refusal here comes before authentication: no app is known, so the call ledger records nothing.
 """
 from __future__ import annotations
 
-import uuid
-
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..platform.errors import BceError, OAuthError
-from .errors import bce_error_response, error_response, oauth_error_response, out_of_range
-from .http_errors import too_large_response
+from .errors import OUT_OF_RANGE
 from .metrics import Metrics
 from .openai_routes import ROUTES
+from .route_family import BCE_CODES, BCE_PREFIX, Family, family_error_response, family_of
 
-QIANFAN_PREFIX = "/rpc/"
-BCE_PREFIX = "/v1/BCE-BEARER/"
-BCE_TOO_LARGE = "EntityTooLarge"
+BCE_TOO_LARGE = BCE_CODES[413]
+# the metrics outcome of a 413, per family: the code its answer carries
+_OUTCOMES = {Family.V1: str(OUT_OF_RANGE), Family.BCE: BCE_TOO_LARGE, Family.OAUTH: "invalid_request"}
 
 
 def body_too_large_message(limit: int) -> str:
@@ -94,21 +88,8 @@ class BodyLimitMiddleware:
         await self.app(scope, receive_rest, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = body_too_large_message(self.limit)
         path = scope["path"]
-        response: Response
-        outcome: str
-        if path.startswith(QIANFAN_PREFIX):
-            error = out_of_range(message)
-            response, outcome = error_response(error), str(error.code)
-        elif path in ROUTES:
-            response, outcome = too_large_response(message, ROUTES[path].qianfan), "413"
-        elif path.startswith(BCE_PREFIX):
-            response = bce_error_response(BceError(413, BCE_TOO_LARGE, message), str(uuid.uuid4()))
-            outcome = BCE_TOO_LARGE
-        else:
-            response = oauth_error_response(OAuthError(413, "invalid_request", message))
-            outcome = "invalid_request"
-        response.headers["Connection"] = "close"   # the rest of the body is never read
-        self.metrics.observe(route_label(path), outcome, 0.0)
+        response = family_error_response(path, 413, body_too_large_message(self.limit),
+                                         {"Connection": "close"})   # the rest of the body is never read
+        self.metrics.observe(route_label(path), _OUTCOMES.get(family_of(path), "413"), 0.0)
         await response(scope, receive, send)

@@ -23,7 +23,7 @@ from .admin_access import AdminAccess
 from .quota import Window
 from .records import (SAMPLING_RULES, Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, NewApiKey, NewKeys,
                       Outcome, Service, StoredSecrets, TokenRecord, UsageRow)
-from .names import check_api_name, check_app_name
+from .names import check_api_name, check_app_name, check_model_name
 from .store import Store, open_store
 
 if TYPE_CHECKING:
@@ -360,8 +360,7 @@ class Platform:
                 top_k: int | None = None, penalty_score: float | None = None,
                 max_output_tokens: int | None = None, allow: Iterable[str] = ()) -> Service:
         check_api_name(api_name)
-        if not model:
-            raise AdminError("a service needs a model name")
+        check_model_name(model)
         service = Service(api_name, model, temperature, top_p, top_k, penalty_score, max_output_tokens,
                           self.clock())
         _check_defaults(service)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import calendar
+import re
 import hashlib
 import hmac
 import time
@@ -12,6 +13,7 @@ from urllib.parse import quote
 from .errors import IAM_FAILED, PlatformError
 
 PREFIX = "bce-auth-v1"
+EXPIRATION = re.compile(r"[0-9]{1,10}")
 # What the SDK signs when it is given no header list (its _get_canonical_headers default), plus every x-bce-*.
 _DEFAULT_SIGNED = frozenset({"host", "content-md5", "content-length", "content-type"})
 
@@ -40,7 +42,9 @@ def parse_authorization(value: str) -> ParsedAuthorization:
     _, ak, timestamp, expiration, signed, signature = parts
     if not ak or not signature:
         raise fail("Authorization has an empty access key or signature")
-    if not expiration.isdigit() or int(expiration) <= 0:
+    # ASCII digits only (str.isdigit also takes "²", which int() refuses) and at most 10 of them: a signature
+    # valid for more than 300 years is as wrong as a malformed one, and int() refuses over 4300 digits
+    if not EXPIRATION.fullmatch(expiration) or int(expiration) <= 0:
         raise fail(f"Authorization has a bad expiration {expiration!r}")
     names = tuple(n.strip().lower() for n in signed.split(";") if n.strip())
     return ParsedAuthorization(ak, timestamp, int(expiration), names, signature)

@@ -82,6 +82,19 @@ def test_state_changes_need_this_servers_origin(admin, console_server):
     assert admin.delete("/console/api/apps/csrf-ok").status_code == 204
 
 
+def test_a_dns_rebinding_page_is_cross_site_whatever_its_host_header(console_server):
+    """A page at http://evil.example:PORT whose name now resolves to 127.0.0.1: its requests carry its own origin
+    and Host. The origin check compares with the address the server is bound to, not with Host."""
+    evil = f"http://evil.example:{console_server.port}"
+    r = httpx.post(console_server.base_url + "/console/api/login", json={"key": console_server.keys["admin_key"]},
+                   headers={"Origin": evil, "Host": f"evil.example:{console_server.port}"})
+    assert (r.status_code, r.json()) == (403, {"error": {"code": "cross_site",
+                                                         "message": f"refused: cross-site request from {evil}"}})
+    r = httpx.post(console_server.base_url + "/console/api/login", json={"key": "nxa-wrong"},
+                   headers={"Origin": f"http://localhost:{console_server.port}"})
+    assert r.status_code == 401          # localhost is the same server as 127.0.0.1: not cross-site
+
+
 def test_login_attempts_are_limited_exactly_per_address(console_server):
     """Everything here comes from 127.0.0.2 (the rest of the tests log in from 127.0.0.1)."""
     transport = httpx.HTTPTransport(local_address="127.0.0.2")

@@ -21,7 +21,7 @@ class SupervisedEngine(FakeEngine):
 
 
 def console(tmp_path, engine: FakeEngine) -> Iterator[tuple[TestClient, Platform]]:
-    settings = Settings(data_dir=tmp_path)
+    settings = Settings(data_dir=tmp_path, console_origins=[ORIGIN["Origin"]])
     with Platform.open(settings, clock=lambda: 1_760_000_030.0) as platform:
         key = platform.admin.create_key()
         client = TestClient(create_app(settings, engine, platform))

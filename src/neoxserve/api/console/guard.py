@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute, APIRouter
 
 from ...config import Settings
 from ...platform import AdminAuthError, AdminError, Conflict, NotFound, Platform
+from ..route_family import validation_message
 from .schemas import ErrorBody
 
 log = logging.getLogger("neoxserve.console")
@@ -53,8 +54,19 @@ async def run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
-def own_origin(request: Request) -> str:
-    return f"{request.url.scheme}://{request.headers.get('host', '')}".lower()
+LOOPBACK_OR_ANY = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::", ""}
+
+
+def served_origins(settings: Settings) -> frozenset[str]:
+    """The origins the console's own pages are loaded from: the address the server binds, as a browser names it,
+    plus `console_origins`. Never the request's Host header, which a DNS-rebinding page controls."""
+    port = settings.port
+    if settings.host in LOOPBACK_OR_ANY:
+        hosts = ["127.0.0.1", "localhost", "[::1]"]
+    else:
+        hosts = [f"[{settings.host}]" if ":" in settings.host else settings.host]
+    own = {f"http://{host}:{port}" for host in hosts}
+    return frozenset(own | {o.rstrip("/").lower() for o in settings.console_origins})
 
 
 def request_origin(request: Request) -> str | None:
@@ -72,26 +84,16 @@ def check_origin(request: Request, allowed: frozenset[str]) -> None:
     if origin is None:
         raise ConsoleError(403, "cross_site", "refused: a state-changing console call needs an Origin or Referer "
                                               "header naming this server")
-    if origin != own_origin(request) and origin not in allowed:
+    if origin not in allowed:
         log.warning("refused a cross-site %s %s from origin %s", request.method, request.url.path, origin)
         raise ConsoleError(403, "cross_site", f"refused: cross-site request from {origin}")
-
-
-def _validation_message(e: RequestValidationError) -> str:
-    err = e.errors()[0]
-    if err.get("type") == "json_invalid":
-        return "the body is not valid JSON"
-    loc = [str(part) for part in err.get("loc", ()) if part != "body"]
-    if not loc:
-        return "the body must be a JSON object"
-    return f"{'.'.join(loc)}: {err.get('msg', 'invalid')}"
 
 
 def error_for(e: Exception) -> ConsoleError | None:
     if isinstance(e, ConsoleError):
         return e
     if isinstance(e, RequestValidationError):
-        return ConsoleError(400, "bad_request", _validation_message(e))
+        return ConsoleError(400, "bad_request", validation_message(e))
     if isinstance(e, AdminAuthError):
         headers = {"Retry-After": str(e.retry_after)} if e.reason == "throttled" else {}
         return ConsoleError(AUTH_STATUS[e.reason], e.reason, e.message, headers)
@@ -125,7 +127,7 @@ def console_router(platform: Platform, settings: Settings, prefix: str = "", nee
 
 
 def route_class(platform: Platform, settings: Settings, needs_session: bool = True) -> type[APIRoute]:
-    allowed = frozenset(o.rstrip("/").lower() for o in settings.console_origins)
+    allowed = served_origins(settings)
 
     class ConsoleRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
