@@ -46,7 +46,13 @@ class Settings(BaseSettings):
     console_login_attempts_per_minute: int = Field(10, gt=0, description="console login attempts allowed per "
                                                    "client address in any 60 seconds")
     console_origins: list[str] = Field([], description="origins (scheme://host[:port]) allowed to change state "
-                                       "through the console API besides the server's own, e.g. behind a proxy")
+                                       "through the console API besides the server's own address "
+                                       "(http://host:port as bound; for a loopback or wildcard host also "
+                                       "127.0.0.1, localhost and [::1]), e.g. https://console.example.com "
+                                       "behind a proxy")
+    trusted_proxies: list[str] = Field([], description="addresses or networks (CIDR) of proxies whose "
+                                       "X-Forwarded-For and X-Forwarded-Proto are believed; none by default, so "
+                                       "the client address is the connection's")
 
     # engine
     kv_cache_memory_mb: int = Field(0, ge=0, description="memory budget for the paged KV cache; 0 = auto: room "
@@ -73,6 +79,15 @@ class Settings(BaseSettings):
     # requests
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="larger request bodies are refused unread; the "
                                 "default holds the longest prompt a 4096-token context can take, with room to spare")
+    max_header_bytes: int = Field(32 * 1024, ge=1024, description="request line and headers larger than this are "
+                                  "refused with 431, the rest unread")
+    max_header_count: int = Field(100, ge=8, description="requests with more header fields are refused with 431")
+    header_timeout_seconds: float = Field(30.0, gt=0, description="a request's line and headers must arrive within "
+                                          "this long of the connection or of the previous response (else 408)")
+    body_timeout_seconds: float = Field(60.0, gt=0, description="a request body must keep coming: at most this long "
+                                        "between two reads (else 408)")
+    keep_alive_timeout_seconds: int = Field(5, ge=1, description="an idle keep-alive connection is closed after "
+                                              "this long")
 
     # responses
     stream_chunk_tokens: int = Field(16, gt=0, description="a stream chunk closes after this many tokens at most")

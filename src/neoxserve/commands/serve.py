@@ -111,6 +111,7 @@ class _Server(uvicorn.Server):
 
 async def serve(settings: Settings) -> int:
     from ..api.app import create_app
+    from ..api.http_server import connection_limits, guarded_protocol
     from ..engine.supervisor import EngineSupervisor
     from ..platform import Platform
 
@@ -130,7 +131,11 @@ async def serve(settings: Settings) -> int:
             print(console_banner(settings, admin_key), flush=True)
         app = create_app(settings, engine, platform)
         server = _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
-                                        access_log=False))
+                                        access_log=False, http=guarded_protocol(connection_limits(settings)),
+                                        timeout_keep_alive=settings.keep_alive_timeout_seconds,
+                                        # X-Forwarded-* only from the proxies named (uvicorn trusts 127.0.0.1's)
+                                        proxy_headers=bool(settings.trusted_proxies),
+                                        forwarded_allow_ips=settings.trusted_proxies or None))
         loop = asyncio.get_running_loop()
 
         def stop() -> None:
