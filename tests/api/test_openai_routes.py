@@ -289,12 +289,14 @@ def test_completion_logprobs_with_echo(setup):
     assert [f["choices"][0]["logprobs"]["text_offset"] for f in frames] == [[0], [1]]
 
 
-def test_overload_is_503(setup):
+def test_overload_is_503_with_retry_after(setup):
     s = setup(FakeEngine(fail=EngineOverloaded()))
-    r = s.chat()
-    assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+    for r in (s.chat(), s.completion(stream=True)):
+        assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+        assert r.headers["retry-after"] == "1"
     r = s.v2()
     assert r.status_code == 503 and r.json()["error"]["code"] == "server_high_load"
+    assert r.headers["retry-after"] == "1"
 
 
 def test_rpm_refusal_is_429_with_retry_after(setup):

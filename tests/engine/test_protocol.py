@@ -119,6 +119,22 @@ def test_an_unexpected_message_from_the_engine_fails_every_request():
     asyncio.run(scenario())
 
 
+def test_a_message_that_cannot_be_read_fails_every_request():
+    """Any exception in the reader thread (here: bytes that do not unpickle) stops the engine and fails what is
+    pending, rather than ending the thread silently with requests waiting on an engine that looks alive."""
+
+    async def scenario():
+        client = _client_without_process()
+        stream = client.generate("r", [1], SamplingParams())
+        client._engine_ends[1].send_bytes(b"not a pickle")
+        with pytest.raises(EngineDead, match="the engine's messages cannot be read: UnpicklingError"):
+            await asyncio.wait_for(stream.__anext__(), 10)
+        assert not client.is_alive()
+        await client.shutdown(timeout=0)
+
+    asyncio.run(scenario())
+
+
 class _NoProcess:
     """A stand-in for the engine process that never exits on its own."""
 

@@ -38,6 +38,9 @@ from .validation import CompletionRequest
 log = logging.getLogger("neoxserve.api")
 
 T = TypeVar("T")
+# What the HTTP-status routes' 503 for an overloaded engine says in Retry-After: a queue drains in about a second
+# (v1 answers at HTTP 200, where the SDK retries 336100 by itself)
+OVERLOADED_RETRY_AFTER = 1
 
 
 def engine_error(e: BaseException, request_id: str) -> ApiError:
@@ -46,7 +49,7 @@ def engine_error(e: BaseException, request_id: str) -> ApiError:
     if isinstance(e, ApiError):
         return e
     if isinstance(e, (EngineOverloaded, QueueTimeout)):
-        return ApiError(OVERLOADED)
+        return ApiError(OVERLOADED, retry_after=OVERLOADED_RETRY_AFTER)
     if isinstance(e, RequestRejected):
         return out_of_range(str(e) or "request rejected by the engine")
     if isinstance(e, EngineDead):   # the engine client logged the death once; /ready says why it is down

@@ -320,6 +320,11 @@ class AsyncEngineClient:
             return
         except RuntimeError:   # the event loop is closed
             return
+        except Exception as e:   # a message that cannot be read (unpickling failed, no memory): as a bug above
+            log.exception("the engine client cannot read the engine's messages; stopping the engine")
+            self._died(f"the engine's messages cannot be read: {type(e).__name__}: {e}")
+            _stop_process(self._process)
+            return
         self._process.join(0.5)
         self._died(_exit_reason(self._process.exitcode))
 
