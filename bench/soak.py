@@ -277,8 +277,11 @@ async def soak(args: argparse.Namespace, url: str, api_name: str, token: str, pi
                   + ", ".join(f"{n} {rss[n][label]:.1f}" if rss[n][label] else f"{n} ?" for n in pids),
                   flush=True)
 
-        samplers = [asyncio.create_task(sample(label, at)) for label, at in
-                    (("start", warmup), ("middle", duration / 2), ("end", duration - 1.0))]
+        marks = [("start", warmup), ("middle", duration / 2), ("end", duration - 1.0)]
+        if args.sample_every:   # a time series besides the three marks, to tell growth from levelling off
+            marks += [(f"t{int(at)}", at) for at in range(int(args.sample_every), int(duration - 1),
+                                                          int(args.sample_every))]
+        samplers = [asyncio.create_task(sample(label, at)) for label, at in marks]
         await asyncio.gather(*samplers)
         await asyncio.gather(*workers)
     return tally, rss, time.monotonic() - start
@@ -332,6 +335,8 @@ def main() -> int:
     parser.add_argument("--warmup-seconds", type=float, default=60.0,
                         help="load before the 'start' RSS sample (at most a quarter of the run)")
     parser.add_argument("--max-drift-pct", type=float, default=5.0)
+    parser.add_argument("--sample-every", type=float, default=0.0,
+                        help="also print the RSS every this many seconds (0: only at start, middle and end)")
     parser.add_argument("--request-timeout", type=float, default=300.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", help="model directory for the server this script starts (default: demo)")
