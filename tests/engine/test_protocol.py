@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from multiprocessing import Pipe
@@ -170,3 +171,49 @@ def _client_without_process() -> AsyncEngineClient:
                                asyncio.get_running_loop())
     client._engine_ends = (requests_read, outputs_write)   # kept open: the stand-in engine's side of the pipes
     return client
+
+
+_GEMM_CACHE_PROBE = """
+import os, random, sys
+from neoxserve.engine.process import GEMM_CACHE_VARIABLES, bound_gemm_caches
+bound_gemm_caches()
+print([os.environ[name] for name in GEMM_CACHE_VARIABLES])
+import torch, torch.nn.functional as F
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+torch.set_num_threads(1)
+w = torch.randn(1536, 512, dtype=torch.bfloat16)
+token_counts = random.Random(0).sample(range(1, 1500), 600)
+for m in token_counts[:200]:
+    F.linear(torch.randn(m, 512, dtype=torch.bfloat16), w)
+filled = rss_mb()
+for m in token_counts[200:]:
+    F.linear(torch.randn(m, 512, dtype=torch.bfloat16), w)
+print(round(rss_mb() - filled, 1))
+"""
+
+
+def _run_gemm_cache_probe(env_overrides: dict[str, str]) -> tuple[str, float]:
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
+    # a fixed mmap threshold: glibc's heap fragmentation under activations of every size is not what is measured
+    env.update(env_overrides, MALLOC_MMAP_THRESHOLD_="65536")
+    result = subprocess.run([sys.executable, "-c", _GEMM_CACHE_PROBE], capture_output=True, text=True, timeout=300,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    values, growth = result.stdout.strip().splitlines()
+    return values, float(growth)
+
+
+def test_the_engine_bounds_the_per_shape_gemm_caches():
+    # 400 bf16 GEMMs of token counts not seen before, once 200 have filled the caches: bounded caches evict
+    values, growth = _run_gemm_cache_probe({})
+    assert values == "['128', '128']"
+    assert growth < 20, f"RSS grew {growth} MB over 400 new GEMM shapes with the caches bounded"
+
+
+def test_an_operators_gemm_cache_capacity_wins():
+    # oneDNN's and ideep's defaults (1024 entries each): the same 400 shapes keep the memory they were given
+    values, growth = _run_gemm_cache_probe({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "LRU_CACHE_CAPACITY": "1024"})
+    assert values == "['1024', '1024']"
+    assert growth > 100, f"RSS grew only {growth} MB with unbounded caches: the probe no longer shows the growth"

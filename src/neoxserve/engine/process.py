@@ -7,6 +7,7 @@ imports torch and the engine core only inside `engine_main`, in the child.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 import traceback
@@ -23,6 +24,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# oneDNN (its primitive cache) and ideep (its LRU cache) keep one entry per GEMM shape, 1024 each by default, and
+# an entry of a bf16 linear holds about 0.4 MB. Prefill batches have a new token count almost every step, so with
+# the defaults a bf16 engine grows by hundreds of MB over hours of varied traffic (docs/operations.md, "Memory").
+# 128 entries keep every decode batch size of the recent past cached. Read once, when torch loads; an operator's
+# own value wins.
+GEMM_CACHE_CAPACITY = "128"
+GEMM_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+
 
 def engine_main(config: EngineConfig, requests: Connection, outputs: Connection) -> None:
     """Entry point of the spawned process."""
@@ -30,6 +39,7 @@ def engine_main(config: EngineConfig, requests: Connection, outputs: Connection)
     # (it sends Shutdown; if it dies instead, the pipe closes and this loop ends)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
+    bound_gemm_caches()
     try:
         from neoxserve.engine.core import LLMEngine
 
@@ -45,6 +55,13 @@ def engine_main(config: EngineConfig, requests: Connection, outputs: Connection)
     except BaseException:
         log.exception("engine loop crashed")   # the client sees the process exit and fails pending requests
         raise
+
+
+def bound_gemm_caches() -> None:
+    """Cap oneDNN's and ideep's per-shape caches (GEMM_CACHE_CAPACITY) unless the environment sets them. Must run
+    before torch is imported: both read their variable once."""
+    for name in GEMM_CACHE_VARIABLES:
+        os.environ.setdefault(name, GEMM_CACHE_CAPACITY)
 
 
 def _add(engine: LLMEngine, msg: AddRequest) -> Ack:
