@@ -9,7 +9,7 @@ api/console/guard.py).
 |------------|-----------------------|--------------------------------------------------------------|
 | v1         | /rpc/...              | `{"id", "error_code", "error_msg"}` at HTTP 200               |
 | bce        | /v1/BCE-BEARER/...    | BCE's `{"requestId", "code", "message"}` with a status        |
-| openai     | other /v1/...         | `{"error": {"message", "type", "param", "code"}}` with a status |
+| openai     | other /v1/..., /tokenize, /detokenize | `{"error": {"message", "type", "param", "code"}}` with a status |
 | v2         | /v2/...               | `{"error": {"code", "message", "type"}, "id"}` with a status   |
 | console    | /console...           | `{"error": {"code", "message"}}` with a status                |
 | oauth      | /oauth/... and the rest   | `{"error", "error_description"}` with a status                |
@@ -34,6 +34,7 @@ from .http_errors import openai_error_response, v2_error_response
 log = logging.getLogger("neoxserve.api")
 
 BCE_PREFIX = "/v1/BCE-BEARER/"
+VLLM_PATHS = ("/tokenize", "/detokenize")   # vLLM's token counting routes: OpenAI's error shape, as vLLM answers
 
 
 class Family(enum.Enum):
@@ -50,7 +51,7 @@ def family_of(path: str) -> Family:
         return Family.V1
     if path.startswith(BCE_PREFIX):
         return Family.BCE
-    if path.startswith("/v1/") or path == "/v1":
+    if path.startswith("/v1/") or path in ("/v1", *VLLM_PATHS):
         return Family.OPENAI
     if path.startswith("/v2/") or path == "/v2":
         return Family.V2

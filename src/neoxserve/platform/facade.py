@@ -248,6 +248,20 @@ class Platform:
             raise PlatformError(API_NAME_NOT_EXIST, detail=f"no service named {api_name!r}")
         return service
 
+    def find_service(self, app: App, name: str) -> Service:
+        """The service `name` stands for: the published api_name, else a service with that model name (what
+        Qianfan's SDK and docs call a model, `services publish NAME --model MODEL`) that the app may call (the first
+        by api_name), else the first service of that model. PlatformError 336005 when no service has the name or
+        the model; the caller checks the permission."""
+        service = self.store.get_service(name)
+        if service is not None:
+            return service
+        candidates = [s for s in self.store.list_services() if s.model == name]
+        allowed = [s for s in candidates if s.api_name in app.services]
+        if allowed or candidates:
+            return (allowed or candidates)[0]
+        raise PlatformError(API_NAME_NOT_EXIST, detail=f"no service named {name!r} and none of the model {name!r}")
+
     def check_permission(self, app: App, service: Service) -> None:
         if service.api_name not in app.services:
             raise PlatformError(NO_PERMISSION, f"app '{app.name}' (id {app.id}) has no permission to call "
