@@ -29,6 +29,7 @@ from .oauth import issue_token
 from . import openai_openapi, openapi
 from .openai_routes import OPENAI_CHAT, OPENAI_COMPLETION, QIANFAN_V2_CHAT, OpenAIRoutes
 from .token_counts import TOKENIZER_ROUTE, TokenCounts
+from .console_api import V1_DETAILS, V1_LIST, V2_SERVICE, ConsoleApi
 
 log = logging.getLogger("neoxserve.api")
 
@@ -85,6 +86,7 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     completions = Completions(calls)
     openai = OpenAIRoutes(calls)
     counts = TokenCounts(calls)
+    console_api = ConsoleApi(platform, engine_client, metrics)
     app.state.metrics = metrics
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(InternalErrorMiddleware)
@@ -131,6 +133,17 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     add(TOKENIZER_ROUTE, erniebot_tokens, methods=["POST"], include_in_schema=False)
     add("/tokenize", tokenize, methods=["POST"], include_in_schema=False)
     add("/detokenize", detokenize, methods=["POST"], include_in_schema=False)
+
+    # The console API the SDK calls with IAM keys (api/console_api.py).
+    async def console_v1(request: Request) -> Response:
+        return await console_api.v1(request)
+
+    async def console_v2(request: Request) -> Response:
+        return await console_api.v2(request)
+
+    for path in (V1_LIST, *V1_DETAILS):
+        add(path, console_v1, methods=["POST"], include_in_schema=False)
+    add(V2_SERVICE, console_v2, methods=["POST"], include_in_schema=False)
 
     # The OpenAI and Qianfan v2 routes (api/openai_routes.py).
     async def models(request: Request) -> Response:
