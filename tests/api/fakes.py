@@ -36,6 +36,14 @@ class CharTokenizer:
     def token_bytes(self, token_id: int, skip_special_tokens: bool = True) -> bytes:
         return chr(token_id).encode()
 
+    vocab_size = 0x110000
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return "".join(map(chr, ids))
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return chr(token_id)
+
 
 def fake_logprob(token_id: int, position: int, k: int) -> TokenLogprob:
     """A made-up but well-formed entry: the token is the most likely, alternatives follow in order."""

@@ -107,9 +107,53 @@ def v2_calls() -> dict:
     return {"full": full, "chunks": chunks}
 
 
+def private_calls() -> dict:
+    """QIANFAN_ENABLE_PRIVATE=true (an access code, or IAM keys as QIANFAN_AK/SK): completions and chat, whole and
+    streamed, with endpoint= (the private mode never asks the console for models)."""
+    import qianfan
+
+    completion, chat = qianfan.Completion(), qianfan.ChatCompletion()
+    messages = [{"role": "user", "content": PROMPT}]
+    return {"full": body(completion.do(endpoint=ENDPOINT, prompt=PROMPT, **KW)),
+            "chunks": [body(r) for r in completion.do(endpoint=ENDPOINT, prompt=PROMPT, stream=True, **KW)],
+            "chat": body(chat.do(endpoint=ENDPOINT, messages=messages, **KW)),
+            "chat_chunks": [body(r) for r in chat.do(endpoint=ENDPOINT, messages=messages, stream=True, **KW)]}
+
+
+def by_model() -> dict:
+    """Completion(model=...) and ChatCompletion(model=...) with no endpoint: the SDK finds the service by its
+    model name in the console's service list (IAM keys, QIANFAN_CONSOLE_API_BASE_URL)."""
+    import qianfan
+
+    model = os.environ["TEST_MODEL"]
+    messages = [{"role": "user", "content": PROMPT}]
+    return {"full": body(qianfan.Completion(model=model).do(prompt=PROMPT, **KW)),
+            "chunks": [body(r) for r in qianfan.Completion().do(model=model, prompt=PROMPT, stream=True, **KW)],
+            "chat": body(qianfan.ChatCompletion().do(model=model, messages=messages, **KW))}
+
+
+def count_tokens() -> dict:
+    from qianfan import Tokenizer
+
+    text = os.environ["TEST_TEXT"]
+    return {"count": Tokenizer.count_tokens(text, mode="remote", model=os.environ["TEST_MODEL"])}
+
+
+def console_calls() -> dict:
+    """The SDK's console resources, IAM-signed against QIANFAN_CONSOLE_API_BASE_URL."""
+    from qianfan.resources.console.service import Service
+
+    service_id = os.environ["TEST_SERVICE_ID"]
+    return {"list": Service.list().body, "get": Service.get(id=service_id).body,
+            "v2_list": Service.V2.service_list().body, "v2_detail": Service.V2.service_detail(service_id).body,
+            "v2_metric": Service.V2.service_metric(start_time=os.environ["TEST_START"],
+                                                   end_time=os.environ["TEST_END"]).body}
+
+
 SCENARIOS = {"sync": sync_calls, "async": lambda: asyncio.run(async_calls()), "one": one_call,
              "stream": stream_call, "concurrent": lambda: asyncio.run(concurrent_calls()), "error": sdk_error,
-             "langchain": langchain_calls, "bearer": bearer_token, "v2": v2_calls}
+             "langchain": langchain_calls, "bearer": bearer_token, "v2": v2_calls,
+             "private": private_calls, "by_model": by_model, "count_tokens": count_tokens, "console": console_calls}
 
 if __name__ == "__main__":
     result = SCENARIOS[sys.argv[1]]()

@@ -81,8 +81,9 @@ def test_models_lists_the_services_the_app_may_call(setup):
     openai_error(s.client.get("/v1/models/private", headers=auth), 404,
                  "the model 'private' does not exist or this key's app may not call it", "invalid_request_error",
                  "model", "model_not_found")
-    openai_error(s.client.get("/v1/models"), 401, "the Authorization header must be 'Bearer <API key>'",
-                 "invalid_request_error", None, "invalid_api_key")
+    openai_error(s.client.get("/v1/models"), 401,
+                 "the Authorization header must be 'Bearer <API key>' or 'ACCESSCODE <code>'", "invalid_request_error",
+                 None, "invalid_api_key")
     openai_error(s.client.get("/v1/models", headers={"Authorization": "Bearer sk-123"}), 401,
                  "the bearer token is malformed: expected an API key (bce-v3/ALTAK-...)", "invalid_request_error",
                  None, "invalid_api_key")
@@ -360,7 +361,7 @@ def test_v2_appid_header_must_name_the_keys_app(setup):
     r = s.post("/v2/chat/completions", {"model": "svc", "messages": CHAT}, headers={"appid": "999"})
     assert r.status_code == 401 and r.json()["error"] == {
         "code": "invalid_iam_token", "type": "access_denied",
-        "message": f"the appid header is '999', but the key belongs to the app with id {app_id}"}
+        "message": f"the appid header is '999', but the credential belongs to the app with id {app_id}"}
 
 
 def test_one_apps_usage_counts_calls_from_every_route(setup):

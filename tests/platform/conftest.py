@@ -120,3 +120,29 @@ def served(platform):
     platform.publish("demo", "demo-model")
     keys = platform.create_app("alice", services=["demo"])
     return platform, keys, platform.get_service("demo")
+
+
+@pytest.fixture
+def stored_bytes(settings):
+    """A function returning everything the store holds, to check that no secret is kept in plain text."""
+
+    def read() -> bytes:
+        if not settings.store_url:
+            p = settings.data_dir / "neoxserve.db"
+            return b"".join(f.read_bytes() for f in (p, p.with_name(p.name + "-wal")) if f.exists())
+        import redis
+
+        with redis.Redis.from_url(settings.store_url) as r:
+            out = []
+            for key in r.keys("*"):
+                kind = r.type(key)
+                out.append(key)
+                if kind == b"hash":
+                    out += [x for kv in r.hgetall(key).items() for x in kv]
+                elif kind == b"set":
+                    out += list(r.smembers(key))
+                elif kind == b"string":
+                    out.append(r.get(key))
+            return b"|".join(out)
+
+    return read

@@ -211,3 +211,38 @@ def test_an_argument_that_is_not_utf8_is_one_line_and_exit_2(store_flags, settin
 
 def test_a_model_name_that_is_not_printable_is_refused(store_flags):
     bad("services", "publish", "demo3", "--model", "a\tb", *store_flags, message="invalid model name 'a\\tb'")
+
+
+def test_accesscodes_create_list_revoke(store_flags, settings):
+    ok("apps", "create", "alice", *store_flags)
+    created = json.loads(ok("accesscodes", "create", "--app", "alice", "--json", *store_flags))
+    assert set(created) == {"id", "code", "app_id", "app_name", "created_at"}
+    assert created["code"].startswith(created["id"] + "-") and created["app_name"] == "alice"
+    text = run("accesscodes", "create", "--app", "alice", *store_flags)
+    assert text.returncode == 0 and "shown only now" in text.stderr
+    second = text.stdout.split("Access code:")[1].split()[0]
+    second_id = second.rsplit("-", 1)[0]
+    listed = json.loads(ok("accesscodes", "list", "--json", *store_flags))
+    assert [(c["id"], c["app_name"]) for c in listed] == [(created["id"], "alice"), (second_id, "alice")]
+    for out in (json.dumps(listed), ok("accesscodes", "list", "--app", "alice", *store_flags)):
+        assert created["code"] not in out and second not in out and created["id"] in out
+    with Platform.open(settings) as p:
+        assert p.authenticate_access_code(created["code"]).name == "alice"
+        assert p.authenticate_access_code(second).name == "alice"
+    assert f"revoked access code {created['id']}" in ok("accesscodes", "revoke", created["id"], *store_flags)
+    with Platform.open(settings) as p:
+        with pytest.raises(PlatformError) as e:
+            p.authenticate_access_code(created["code"])
+        assert (e.value.code, e.value.message) == (14, "IAM Certification failed")
+    assert [c["id"] for c in json.loads(ok("accesscodes", "list", "--json", *store_flags))] == [second_id]
+    assert "(no access codes)" not in ok("accesscodes", "list", *store_flags)
+    ok("accesscodes", "revoke", second_id, *store_flags)
+    assert "(no access codes)" in ok("accesscodes", "list", *store_flags)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_accesscodes_bad_input(store_flags):
+    ok("apps", "create", "alice", *store_flags)
+    bad("accesscodes", "create", "--app", "ghost", *store_flags, message="no app named 'ghost'")
+    bad("accesscodes", "revoke", "ac-nope", *store_flags, message="no access code with id 'ac-nope'")
+    bad("accesscodes", "list", "--app", "ghost", *store_flags, message="no app named 'ghost'")

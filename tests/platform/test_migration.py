@@ -68,6 +68,13 @@ def check_console_works(p: Platform) -> None:
         p.admin.check_session(session.token)
 
 
+def check_access_codes_work(p: Platform) -> None:
+    """Access codes (schema 4) on a migrated store."""
+    code = p.create_access_code("alice")
+    assert p.authenticate_access_code(code.code).name == "alice"
+    assert [c.id for c in p.list_access_codes("alice")] == [code.id]
+
+
 def test_a_first_release_store_keeps_working(backend, v1_settings):
     keys = json.loads((V1 / "keys.json").read_text())[backend]
     clock = lambda: V1_CLOCK + 60  # noqa: E731
@@ -93,6 +100,7 @@ def test_a_first_release_store_keeps_working(backend, v1_settings):
         key = p.create_api_key("alice")
         assert p.authenticate_bearer(key.key).name == "alice"
         check_console_works(p)
+        check_access_codes_work(p)
     with Platform.open(v1_settings, clock=clock) as again:   # migrated once: opening again changes nothing
         [row] = again.usage()
         assert (row.succeeded, row.failed, row.prompt_tokens, row.completion_tokens) == (4, 0, 9, 12)
@@ -123,6 +131,7 @@ def test_a_schema_2_store_keeps_working(backend, v2_settings):
         assert (counters.day_count, counters.total_count) == (2, 2)
         p.settle(p.admit(alice, demo, 10), Outcome.SUCCEEDED, 2, 3)
         check_console_works(p)
+        check_access_codes_work(p)
     with Platform.open(v2_settings, clock=clock) as again:   # migrated once: opening again changes nothing
         [row] = again.usage()
         assert (row.calls, row.succeeded, row.failed, row.prompt_tokens, row.completion_tokens) == (4, 2, 2, 10, 8)
@@ -132,7 +141,7 @@ def test_a_schema_2_store_keeps_working(backend, v2_settings):
         import redis
 
         with redis.Redis.from_url(v2_settings.store_url) as r:
-            assert r.hget("neoxserve:meta", "schema_version") == b"3"
+            assert r.hget("neoxserve:meta", "schema_version") == b"4"
 
 
 def _schema(path: Path) -> dict[str, set]:
@@ -155,7 +164,7 @@ def test_sqlite_migrated_schema_is_a_new_stores(source, backend, tmp_path, reque
     migrated, new = settings.data_dir / "neoxserve.db", tmp_path / "new" / "neoxserve.db"
     for path in (migrated, new):
         with sqlite3.connect(path) as c:
-            assert c.execute("PRAGMA user_version").fetchone()[0] == sqlite_store.SCHEMA_VERSION == 3
+            assert c.execute("PRAGMA user_version").fetchone()[0] == sqlite_store.SCHEMA_VERSION == 4
     assert _schema(migrated) == _schema(new)
     assert {"console_sessions", "login_attempts"} <= set(_schema(migrated))
 
@@ -174,5 +183,5 @@ def test_a_newer_store_is_refused(backend, settings):
         where = "the Redis store"
     with pytest.raises(AdminError) as e:
         Platform.open(settings)
-    assert str(e.value) == (f"{where} has schema version 99, newer than this neoxserve understands (3): "
+    assert str(e.value) == (f"{where} has schema version 99, newer than this neoxserve understands (4): "
                             "upgrade neoxserve")

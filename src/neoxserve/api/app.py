@@ -28,6 +28,8 @@ from .moderation import Moderator
 from .oauth import issue_token
 from . import openai_openapi, openapi
 from .openai_routes import OPENAI_CHAT, OPENAI_COMPLETION, QIANFAN_V2_CHAT, OpenAIRoutes
+from .token_counts import TOKENIZER_ROUTE, TokenCounts
+from .console_api import V1_DETAILS, V1_LIST, V2_SERVICE, ConsoleApi
 
 log = logging.getLogger("neoxserve.api")
 
@@ -83,6 +85,8 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     calls = ModelCalls(settings, engine_client, platform, Moderator.from_file(settings.moderation_file), metrics)
     completions = Completions(calls)
     openai = OpenAIRoutes(calls)
+    counts = TokenCounts(calls)
+    console_api = ConsoleApi(platform, engine_client, metrics)
     app.state.metrics = metrics
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(InternalErrorMiddleware)
@@ -115,6 +119,31 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
 
     add(COMPLETIONS_ROUTE, completion, methods=["POST"], **openapi.model_call(chat=False))
     add(CHAT_ROUTE, chat, methods=["POST"], **openapi.model_call(chat=True))
+
+    # Token counting (api/token_counts.py): Qianfan's tokenizer route and vLLM's /tokenize and /detokenize.
+    async def erniebot_tokens(request: Request) -> Response:
+        return await counts.erniebot(request)
+
+    async def tokenize(request: Request) -> Response:
+        return await counts.tokenize(request)
+
+    async def detokenize(request: Request) -> Response:
+        return await counts.detokenize(request)
+
+    add(TOKENIZER_ROUTE, erniebot_tokens, methods=["POST"], include_in_schema=False)
+    add("/tokenize", tokenize, methods=["POST"], include_in_schema=False)
+    add("/detokenize", detokenize, methods=["POST"], include_in_schema=False)
+
+    # The console API the SDK calls with IAM keys (api/console_api.py).
+    async def console_v1(request: Request) -> Response:
+        return await console_api.v1(request)
+
+    async def console_v2(request: Request) -> Response:
+        return await console_api.v2(request)
+
+    for path in (V1_LIST, *V1_DETAILS):
+        add(path, console_v1, methods=["POST"], include_in_schema=False)
+    add(V2_SERVICE, console_v2, methods=["POST"], include_in_schema=False)
 
     # The OpenAI and Qianfan v2 routes (api/openai_routes.py).
     async def models(request: Request) -> Response:
@@ -162,6 +191,7 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
         for method in openapi.OTHER_METHODS:
             add(path, documented_wrong_method, methods=[method], **openapi.wrong_method(kind, method))
         app.router.routes.append(Route(path, AnyMethod(wrong_method), methods=None, include_in_schema=False))
+    app.router.routes.append(Route(TOKENIZER_ROUTE, AnyMethod(wrong_method), methods=None, include_in_schema=False))
     for method in openapi.METHODS:
         add("/rpc/{rest:path}", documented_unknown_route, methods=[method], **openapi.unknown_route(method))
     app.router.routes.append(Route("/rpc/{rest:path}", AnyMethod(unknown_route), methods=None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import string
+import uuid
 
 from fastapi.responses import Response
 
@@ -98,3 +99,10 @@ def bce_error_response(error: BceError, request_id: str) -> Response:
                     status_code=error.status, media_type="application/json",
                     headers={"X-Bce-Request-Id": request_id, "X-Bce-Error-Code": error.code,
                              "X-Bce-Error-Message": error.message})
+
+
+def console_v1_error(code: int, message: str, log_id: str | None = None) -> Response:
+    """The Qianfan console API's error shape (`/wenxinworkshop/...`), at HTTP 200: the SDK raises APIError on
+    `error_code`."""
+    return Response(compact({"log_id": log_id or uuid.uuid4().hex, "error_code": code, "error_msg": message}),
+                    media_type="application/json")

@@ -36,6 +36,8 @@ HTTP_ERRORS: dict[int, HttpError] = {
     api.INVALID_JSON: HttpError(400, "invalid_request_error", None, "malformed_json", "invalid_request_error"),
     api.INVALID_ARGUMENT: _INVALID,
     api.OUT_OF_RANGE: _INVALID,
+    platform.IAM_FAILED: HttpError(401, "invalid_request_error", "invalid_api_key", "invalid_iam_token",
+                                   "access_denied"),
     platform.INVALID_PARAMETER: HttpError(401, "invalid_request_error", "invalid_api_key", "invalid_iam_token",
                                           "access_denied"),
     platform.TOKEN_INVALID: HttpError(401, "invalid_request_error", "invalid_api_key", "invalid_iam_token",

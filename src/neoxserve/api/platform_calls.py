@@ -8,7 +8,9 @@ from typing import ParamSpec, TypeVar
 from fastapi import Request
 
 from ..platform import App, Platform
-from ..platform.errors import INVALID_PARAMETER, MESSAGES, TOKEN_EXPIRED, TOKEN_INVALID, PlatformError, QuotaError
+from ..platform.access_codes import SCHEME as ACCESS_CODE_SCHEME
+from ..platform.errors import (IAM_FAILED, INVALID_PARAMETER, MESSAGES, TOKEN_EXPIRED, TOKEN_INVALID, PlatformError,
+                               QuotaError)
 from .errors import ApiError
 
 P = ParamSpec("P")
@@ -27,8 +29,18 @@ async def call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         raise ApiError(e.code, e.message) from e
 
 
+def access_code(request: Request) -> str | None:
+    """The code of `Authorization: ACCESSCODE <code>` (the qianfan SDK's private mode), else None."""
+    scheme, _, code = request.headers.get("authorization", "").partition(" ")
+    return code.strip() if scheme.upper() == ACCESS_CODE_SCHEME else None
+
+
 async def authenticate(platform: Platform, request: Request) -> App:
-    """The calling app: from an IAM signature (`Authorization: bce-auth-v1/...`) or `?access_token=`."""
+    """The calling app: from an access code (`Authorization: ACCESSCODE <code>`), an IAM signature
+    (`Authorization: bce-auth-v1/...`) or `?access_token=`."""
+    code = access_code(request)
+    if code is not None:
+        return await call(platform.authenticate_access_code, code)
     authorization = request.headers.get("authorization", "")
     if authorization.lower().startswith("bce-auth-v1/"):
         return await call(platform.authenticate_iam, request.method, request.url.path,
@@ -37,8 +49,9 @@ async def authenticate(platform: Platform, request: Request) -> App:
     return await call(platform.authenticate_token, request.query_params.get("access_token"))
 
 
-# What the HTTP-status routes say about a refused bearer credential (v1 sends Qianfan's fixed text).
+# What the HTTP-status routes say about a refused bearer credential or access code (v1 sends Qianfan's fixed text).
 BEARER_REFUSALS = {
+    IAM_FAILED: "the access code is unknown, revoked or malformed",
     INVALID_PARAMETER: "the bearer token is malformed: expected an API key (bce-v3/ALTAK-...)",
     TOKEN_INVALID: "the API key or bearer token is unknown or revoked",
     TOKEN_EXPIRED: "the API key or bearer token has expired",
@@ -46,20 +59,25 @@ BEARER_REFUSALS = {
 
 
 async def authenticate_bearer(platform: Platform, request: Request) -> App:
-    """The calling app of the OpenAI and v2 routes: `Authorization: Bearer <API key or bearer token>`. A key
-    belongs to one app; an `appid` header (Qianfan v2: the app that usage goes to) must name that app."""
+    """The calling app of the OpenAI and v2 routes: `Authorization: Bearer <API key or bearer token>`, or
+    `Authorization: ACCESSCODE <code>`. A key belongs to one app; an `appid` header (Qianfan v2: the app that usage
+    goes to) must name that app."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    code = access_code(request)
+    if code is None and (scheme.lower() != "bearer" or not token.strip()):
         raise ApiError(INVALID_PARAMETER, MESSAGES[INVALID_PARAMETER],
-                       detail="the Authorization header must be 'Bearer <API key>'")
+                       detail="the Authorization header must be 'Bearer <API key>' or 'ACCESSCODE <code>'")
     try:
-        app = await call(platform.authenticate_bearer, token.strip())
+        if code is not None:
+            app = await call(platform.authenticate_access_code, code)
+        else:
+            app = await call(platform.authenticate_bearer, token.strip())
     except ApiError as e:
         e.detail = BEARER_REFUSALS.get(e.code, e.detail)
         raise
     appid = request.headers.get("appid")
     if appid is not None and appid.strip() != str(app.id):
         raise ApiError(TOKEN_INVALID, MESSAGES[TOKEN_INVALID],
-                       detail=f"the appid header is {appid.strip()[:32]!r}, but the key belongs to the app with id "
-                              f"{app.id}")
+                       detail=f"the appid header is {appid.strip()[:32]!r}, but the credential belongs to the app "
+                              f"with id {app.id}")
     return app

@@ -8,8 +8,9 @@ api/console/guard.py).
 | family     | paths                 | shape                                                        |
 |------------|-----------------------|--------------------------------------------------------------|
 | v1         | /rpc/...              | `{"id", "error_code", "error_msg"}` at HTTP 200               |
-| bce        | /v1/BCE-BEARER/...    | BCE's `{"requestId", "code", "message"}` with a status        |
-| openai     | other /v1/...         | `{"error": {"message", "type", "param", "code"}}` with a status |
+| console_v1 | /wenxinworkshop/...   | `{"log_id", "error_code", "error_msg"}` at HTTP 200           |
+| bce        | /v1/BCE-BEARER/..., /v2/service | BCE's `{"requestId", "code", "message"}` with a status        |
+| openai     | other /v1/..., /tokenize, /detokenize | `{"error": {"message", "type", "param", "code"}}` with a status |
 | v2         | /v2/...               | `{"error": {"code", "message", "type"}, "id"}` with a status   |
 | console    | /console...           | `{"error": {"code", "message"}}` with a status                |
 | oauth      | /oauth/... and the rest   | `{"error", "error_description"}` with a status                |
@@ -27,17 +28,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..platform.errors import BceError, OAuthError
-from .errors import (INTERNAL, INVALID_HTTP_METHOD, UNSUPPORTED_METHOD, ApiError, bce_error_response, compact,
-                     error_response, new_id, oauth_error_response, out_of_range)
+from .errors import (INTERNAL, INVALID_HTTP_METHOD, MESSAGES, OUT_OF_RANGE, UNSUPPORTED_METHOD, ApiError,
+                     bce_error_response, compact, console_v1_error, error_response, new_id, oauth_error_response,
+                     out_of_range)
 from .http_errors import openai_error_response, v2_error_response
 
 log = logging.getLogger("neoxserve.api")
 
 BCE_PREFIX = "/v1/BCE-BEARER/"
+CONSOLE_V1_PREFIX = "/wenxinworkshop/"   # the Qianfan console API the SDK calls (api/console_api.py)
+V2_CONSOLE_PATHS = ("/v2/service",)      # its v2 actions: BCE's error shape
+VLLM_PATHS = ("/tokenize", "/detokenize")   # vLLM's token counting routes: OpenAI's error shape, as vLLM answers
 
 
 class Family(enum.Enum):
     V1 = "v1"
+    CONSOLE_V1 = "console_v1"
     BCE = "bce"
     OPENAI = "openai"
     V2 = "v2"
@@ -48,9 +54,11 @@ class Family(enum.Enum):
 def family_of(path: str) -> Family:
     if path.startswith("/rpc/"):
         return Family.V1
-    if path.startswith(BCE_PREFIX):
+    if path.startswith(CONSOLE_V1_PREFIX):
+        return Family.CONSOLE_V1
+    if path.startswith(BCE_PREFIX) or path in V2_CONSOLE_PATHS:
         return Family.BCE
-    if path.startswith("/v1/") or path == "/v1":
+    if path.startswith("/v1/") or path in ("/v1", *VLLM_PATHS):
         return Family.OPENAI
     if path.startswith("/v2/") or path == "/v2":
         return Family.V2
@@ -81,6 +89,10 @@ def family_error_response(path: str, status: int, message: str, headers: dict[st
             response = error_response(ApiError(INTERNAL))
         else:
             response = error_response(out_of_range(message))
+    elif family is Family.CONSOLE_V1:
+        number = {404: UNSUPPORTED_METHOD, 405: INVALID_HTTP_METHOD}.get(status, INTERNAL if status >= 500 else
+                                                                          OUT_OF_RANGE)
+        response = console_v1_error(number, MESSAGES.get(number, message))
     elif family is Family.BCE:
         response = bce_error_response(BceError(status, BCE_CODES.get(status, "InvalidHTTPRequest"), message),
                                       str(uuid.uuid4()))

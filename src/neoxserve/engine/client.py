@@ -73,6 +73,17 @@ class PromptTokenizer(Protocol):
         """The bytes one token stands for (to show the tokens of logprobs)."""
         ...
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids are 0 to vocab_size - 1."""
+        ...
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+
+    def id_to_token(self, token_id: int) -> str | None:
+        """The vocabulary's string for a token id (byte-level BPE spelling), as `POST /tokenize` shows it."""
+        ...
+
 
 class DeltaStream(Protocol):
     """One request's deltas (an async iterator); closing it early aborts the request in the engine."""

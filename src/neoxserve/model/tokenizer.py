@@ -143,6 +143,9 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._hf.token_to_id(token)
 
+    def id_to_token(self, token_id: int) -> str | None:
+        return self._hf.id_to_token(token_id)
+
     def encode_plain(self, text: str) -> list[int]:
         """Token ids of `text` with every added token's text (`<|USER|>`, `<|endoftext|>`, ...) read as plain
         text: for user-supplied content that must not smuggle control tokens into a prompt."""

@@ -14,15 +14,15 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from . import bearer_keys, iam, tokens
+from . import access_codes, bearer_keys, iam, tokens
 from . import credentials as cred
-from .errors import (API_NAME_NOT_EXIST, INVALID_PARAMETER, NO_PERMISSION, TOKEN_EXPIRED, TOKEN_INVALID,
+from .errors import (API_NAME_NOT_EXIST, IAM_FAILED, INVALID_PARAMETER, NO_PERMISSION, TOKEN_EXPIRED, TOKEN_INVALID,
                      AdminError, BceError, NotFound, PlatformError, bad_client_secret, missing_parameter,
                      unknown_client, unsupported_grant)
 from .admin_access import AdminAccess
 from .quota import Window
-from .records import (SAMPLING_RULES, Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, NewApiKey, NewKeys,
-                      Outcome, Service, StoredSecrets, TokenRecord, UsageRow)
+from .records import (SAMPLING_RULES, AccessCode, AccessCodeRecord, Admission, ApiKey, ApiKeyRecord, App, Counters,
+                      Limits, NewAccessCode, NewApiKey, NewKeys, Outcome, Service, StoredSecrets, TokenRecord, UsageRow)
 from .names import check_api_name, check_app_name, check_model_name
 from .store import Store, open_store
 
@@ -171,6 +171,23 @@ class Platform:
             raise PlatformError(TOKEN_INVALID, detail=f"API key {key.id} belongs to a deleted app")
         return app
 
+    def authenticate_access_code(self, code: str | None) -> App:
+        """The app owning an access code (the value after `Authorization: ACCESSCODE `, the qianfan SDK's private
+        mode). PlatformError 14 for a missing, malformed, unknown or revoked code, or one whose app was deleted
+        (the SDK treats it like a failed IAM signature: no retry, no token refresh); the reason only in `detail`."""
+        code_id = access_codes.code_id(code or "")
+        if code_id is None:
+            raise PlatformError(IAM_FAILED, detail="the access code is missing or malformed")
+        record = self.store.get_access_code(code_id)
+        if record is None:
+            raise PlatformError(IAM_FAILED, detail=f"access code {code_id} is unknown or revoked")
+        if not access_codes.matches(code or "", record.code_hash):
+            raise PlatformError(IAM_FAILED, detail=f"wrong secret for access code {code_id}")
+        app = self.store.get_app(record.app_id)
+        if app is None:
+            raise PlatformError(IAM_FAILED, detail=f"access code {code_id} belongs to a deleted app")
+        return app
+
     def bearer_token_request(self, method: str, path: str, query, headers: Mapping[str, str]) -> dict:
         """GET /v1/BCE-BEARER/token as received: verify its IAM signature (authenticate_iam), then
         issue_bearer_token with its expireInSeconds. BceError 401 AccessDenied for any signature failure (the
@@ -230,6 +247,20 @@ class Platform:
         if service is None:
             raise PlatformError(API_NAME_NOT_EXIST, detail=f"no service named {api_name!r}")
         return service
+
+    def find_service(self, app: App, name: str) -> Service:
+        """The service `name` stands for: the published api_name, else a service with that model name (what
+        Qianfan's SDK and docs call a model, `services publish NAME --model MODEL`) that the app may call (the first
+        by api_name), else the first service of that model. PlatformError 336005 when no service has the name or
+        the model; the caller checks the permission."""
+        service = self.store.get_service(name)
+        if service is not None:
+            return service
+        candidates = [s for s in self.store.list_services() if s.model == name]
+        allowed = [s for s in candidates if s.api_name in app.services]
+        if allowed or candidates:
+            return (allowed or candidates)[0]
+        raise PlatformError(API_NAME_NOT_EXIST, detail=f"no service named {name!r} and none of the model {name!r}")
 
     def check_permission(self, app: App, service: Service) -> None:
         if service.api_name not in app.services:
@@ -349,6 +380,25 @@ class Platform:
         if not (bearer_keys.is_key_id(key_id) and self.store.delete_api_key(key_id)):
             raise NotFound(f"no API key with id {key_id!r}")
         log.info("revoked API key %s", key_id)
+
+    def create_access_code(self, app_name: str) -> NewAccessCode:
+        """A new access code for the app (`Authorization: ACCESSCODE <code>`). The code is in the result only: the
+        store keeps its SHA-256 under its id."""
+        app = self.get_app(app_name)
+        code_id, code = access_codes.new_access_code()
+        now = self.clock()
+        self.store.create_access_code(AccessCodeRecord(code_id, app.id, access_codes.digest(code)), now)
+        log.info("created access code %s for app %r (id %d)", code_id, app.name, app.id)
+        return NewAccessCode(code_id, code, app.id, app.name, now)
+
+    def list_access_codes(self, app_name: str | None = None) -> list[AccessCode]:
+        return self.store.list_access_codes(None if app_name is None else self.get_app(app_name).id)
+
+    def revoke_access_code(self, code_id: str) -> None:
+        """Revoke by id (the `ac-...` part); the code stops working at once."""
+        if not (access_codes.is_code_id(code_id) and self.store.delete_access_code(code_id)):
+            raise NotFound(f"no access code with id {code_id!r}")
+        log.info("revoked access code %s", code_id)
 
     def allow(self, app_name: str, api_name: str) -> None:
         self.store.grant(self.get_app(app_name).id, api_name)

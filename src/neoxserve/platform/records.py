@@ -275,3 +275,40 @@ class ApiKeyRecord:
     id: str
     app_id: int
     expires_at: int | None
+
+
+@dataclass(frozen=True)
+class AccessCode:
+    """An access code as listed: its public id (the `ac-...` part), never the code."""
+
+    id: str
+    app_id: int
+    app_name: str
+    created_at: float
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "app_id": self.app_id, "app_name": self.app_name, "created_at": self.created_at}
+
+
+@dataclass(frozen=True)
+class NewAccessCode:
+    """A new access code, shown to the operator once."""
+
+    id: str
+    code: str = field(repr=False)
+    app_id: int = 0
+    app_name: str = ""
+    created_at: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "code": self.code, "app_id": self.app_id, "app_name": self.app_name,
+                "created_at": self.created_at}
+
+
+@dataclass(frozen=True)
+class AccessCodeRecord:
+    """What the store keeps of an access code, looked up by its id: the SHA-256 of the whole code."""
+
+    id: str
+    app_id: int
+    code_hash: bytes = field(repr=False)

@@ -158,6 +158,9 @@ def test_errors_name_the_problem(admin):
          "expires_in: Input should be a valid integer"),
         ("GET", "/console/api/apikeys?app=ghost", None, 404, "no app named 'ghost'"),
         ("DELETE", "/console/api/apikeys/ALTAK-nope", None, 404, "no API key with id 'ALTAK-nope'"),
+        ("POST", "/console/api/apps/ghost/accesscodes", None, 404, "no app named 'ghost'"),
+        ("GET", "/console/api/accesscodes?app=ghost", None, 404, "no app named 'ghost'"),
+        ("DELETE", "/console/api/accesscodes/ac-nope", None, 404, "no access code with id 'ac-nope'"),
     ]
     for method, path, body, status, message in cases:
         r = admin.request(method, path, json=body)
@@ -288,3 +291,27 @@ def test_the_console_api_is_in_the_openapi_document(console_server, tmp_path):
     from neoxserve.platform import Limits
     assert tuple(limits) == Limits.NAMES
     assert list(doc["paths"]["/console/api/usage.csv"]["get"]["responses"]["200"]["content"]) == ["text/csv"]
+
+
+def test_access_codes_show_once_list_by_id_and_revoke(admin, console_server):
+    from neoxserve.platform import PlatformError
+
+    admin.post("/console/api/apps", json={"name": "access-codes"})
+    created = admin.post("/console/api/apps/access-codes/accesscodes")
+    assert created.status_code == 201, created.text
+    code = created.json()["code"]
+    assert code["code"].startswith(code["id"] + "-") and code["app_name"] == "access-codes"
+    listed = admin.get("/console/api/accesscodes", params={"app": "access-codes"}).json()["codes"]
+    assert [(c["id"], c["app_name"]) for c in listed] == [(code["id"], "access-codes")]
+    everything = admin.get("/console/api/accesscodes").text + admin.get("/console/api/apps").text
+    assert code["code"] not in everything
+    with console_server.platform() as p:
+        assert p.authenticate_access_code(code["code"]).name == "access-codes"
+    assert admin.delete(f"/console/api/accesscodes/{code['id']}").status_code == 204
+    with console_server.platform() as p, pytest.raises(PlatformError) as refused:
+        p.authenticate_access_code(code["code"])
+    assert (refused.value.code, refused.value.message) == (14, "IAM Certification failed")
+    assert admin.get("/console/api/accesscodes", params={"app": "access-codes"}).json()["codes"] == []
+    logs = "\n".join(console_server.stderr_lines + console_server.stdout_lines)
+    assert code["code"] not in logs and f"revoked access code {code['id']}" in logs
+    admin.delete("/console/api/apps/access-codes")

@@ -11,14 +11,15 @@ from ...config import Settings
 from ...engine.client import EngineClient
 from ...platform import Platform
 
-from . import apikeys_routes, apps_routes, overview_routes, pages, services_routes, session_routes, usage_routes
+from . import (accesscodes_routes, apikeys_routes, apps_routes, overview_routes, pages, services_routes, session_routes,
+               usage_routes)
 
 
 def mount_console(app: FastAPI, settings: Settings, engine: EngineClient, platform: Platform) -> None:
     if not settings.console:
         return
     for r in (*session_routes.routers(platform, settings), apps_routes.router(platform, settings),
-              apikeys_routes.router(platform, settings),
+              apikeys_routes.router(platform, settings), accesscodes_routes.router(platform, settings),
               services_routes.router(platform, settings), usage_routes.router(platform, settings),
               overview_routes.router(platform, settings, engine), pages.router()):
         app.include_router(r)

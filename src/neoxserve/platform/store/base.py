@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from ..records import (Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, Outcome, Service, SessionRecord,
-                       StoredSecrets, TokenRecord, UsageRow)
+from ..records import (AccessCode, AccessCodeRecord, Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, Outcome,
+                       Service, SessionRecord, StoredSecrets, TokenRecord, UsageRow)
 from ..quota import Window
 
 # An expired token is remembered this long, so that it is reported as expired (111) rather than unknown (110).
@@ -55,7 +55,8 @@ class Store(ABC):
 
     @abstractmethod
     def delete_app(self, app_id: int) -> bool:
-        """Delete the app, its permissions, tokens, API keys and quota counters (usage history is kept)."""
+        """Delete the app, its permissions, tokens, API keys, access codes and quota counters (usage history is
+        kept)."""
 
     @abstractmethod
     def grant(self, app_id: int, api_name: str) -> None:
@@ -121,6 +122,21 @@ class Store(ABC):
 
     @abstractmethod
     def delete_api_key(self, key_id: str) -> bool: ...
+
+    # access codes, by id
+    @abstractmethod
+    def create_access_code(self, record: AccessCodeRecord, created_at: float) -> None:
+        """Raise NotFound if the app does not exist."""
+
+    @abstractmethod
+    def get_access_code(self, code_id: str) -> AccessCodeRecord | None: ...
+
+    @abstractmethod
+    def list_access_codes(self, app_id: int | None = None) -> list[AccessCode]:
+        """Sorted by app name, then creation time."""
+
+    @abstractmethod
+    def delete_access_code(self, code_id: str) -> bool: ...
 
     # quotas and usage
     @abstractmethod

@@ -62,7 +62,11 @@ for _, key_id in ipairs(redis.call('SMEMBERS', k..':apikeys')) do
   if h then redis.call('DEL', p..'apikey:'..h) end
   redis.call('HDEL', p..'apikey:by_id', key_id)
 end
-redis.call('DEL', k, k..':svcs', k..':apikeys', p..'q:'..id..':total')
+for _, code_id in ipairs(redis.call('SMEMBERS', k..':accesscodes')) do
+  redis.call('DEL', p..'accesscode:'..code_id)
+  redis.call('SREM', p..'accesscode:index', code_id)
+end
+redis.call('DEL', k, k..':svcs', k..':apikeys', k..':accesscodes', p..'q:'..id..':total')
 redis.call('SREM', p..'app:index', id)
 return 1
 """
@@ -181,6 +185,26 @@ local app_id = redis.call('HGET', p..'apikey:'..h, 'app_id')
 redis.call('DEL', p..'apikey:'..h)
 redis.call('HDEL', p..'apikey:by_id', key_id)
 if app_id then redis.call('SREM', p..'app:'..app_id..':apikeys', key_id) end
+return 1
+"""
+
+# ARGV: prefix, code id, app id, code hash, created_at. 0 when the app does not exist.
+CREATE_ACCESS_CODE = """
+local p, code_id, app_id = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('EXISTS', p..'app:'..app_id) == 0 then return 0 end
+redis.call('HSET', p..'accesscode:'..code_id, 'app_id', app_id, 'hash', ARGV[4], 'created_at', ARGV[5])
+redis.call('SADD', p..'accesscode:index', code_id)
+redis.call('SADD', p..'app:'..app_id..':accesscodes', code_id)
+return 1
+"""
+
+DELETE_ACCESS_CODE = """
+local p, code_id = ARGV[1], ARGV[2]
+local app_id = redis.call('HGET', p..'accesscode:'..code_id, 'app_id')
+if not app_id then return 0 end
+redis.call('DEL', p..'accesscode:'..code_id)
+redis.call('SREM', p..'accesscode:index', code_id)
+redis.call('SREM', p..'app:'..app_id..':accesscodes', code_id)
 return 1
 """
 

@@ -9,12 +9,12 @@ import secrets
 
 from .. import quota
 from ..errors import TOKEN_INVALID, AdminError, Conflict, NotFound, PlatformError
-from ..records import (Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, Outcome, Service, SessionRecord,
-                       StoredSecrets, TokenRecord, UsageRow)
+from ..records import (AccessCode, AccessCodeRecord, Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, Outcome,
+                       Service, SessionRecord, StoredSecrets, TokenRecord, UsageRow)
 from . import redis_scripts as lua
 from .base import TOKEN_GRACE_SECONDS, Store
 
-SCHEMA_VERSION = 3  # meta field schema_version; stores of the first release have none (0)
+SCHEMA_VERSION = 4  # meta field schema_version; stores of the first release have none (0)
 
 
 def _opt(value) -> str:
@@ -45,7 +45,7 @@ class RedisStore(Store):
         self._scripts = {name: self.r.register_script(getattr(lua, name)) for name in (
             "CREATE_APP", "ROTATE_APP", "SET_LIMITS", "DELETE_APP", "GRANT", "REVOKE", "CREATE_SERVICE",
             "DELETE_SERVICE", "ADMIT", "SETTLE", "CREATE_API_KEY", "DELETE_API_KEY", "MIGRATE_USAGE_ROW",
-            "LOGIN_ATTEMPT")}
+            "LOGIN_ATTEMPT", "CREATE_ACCESS_CODE", "DELETE_ACCESS_CODE")}
         try:
             self._migrate()
         except BaseException:
@@ -69,7 +69,8 @@ class RedisStore(Store):
             for member in self.r.smembers(self.p + "usage:index"):
                 day, app_id, svc = _text(member).split("|")
                 self._run("MIGRATE_USAGE_ROW", f"{day}:{app_id}:{svc}")
-        # 2 -> 3 adds the web console's keys (sess:*, login:*, meta admin_key), made when first used: no row changes.
+        # 2 -> 3 adds the web console's keys (sess:*, login:*, meta admin_key), 3 -> 4 the access codes
+        # (accesscode:*), made when first used: no row changes.
         if version < SCHEMA_VERSION:
             self.r.hset(self.p + "meta", "schema_version", SCHEMA_VERSION)
 
@@ -240,6 +241,39 @@ class RedisStore(Store):
 
     def delete_api_key(self, key_id) -> bool:
         return self._run("DELETE_API_KEY", key_id) == 1
+
+    # access codes
+    def create_access_code(self, record, created_at) -> None:
+        if self._run("CREATE_ACCESS_CODE", record.id, record.app_id, record.code_hash, repr(created_at)) != 1:
+            raise NotFound(f"no app with id {record.app_id}")
+
+    def get_access_code(self, code_id):
+        h = self.r.hgetall(f"{self.p}accesscode:{code_id}")
+        if not h:
+            return None
+        digest = h[b"hash"]
+        assert isinstance(digest, bytes), digest
+        return AccessCodeRecord(code_id, int(h[b"app_id"]), digest)
+
+    def list_access_codes(self, app_id=None):
+        ids = sorted(_text(i) for i in self.r.smembers(self.p + "accesscode:index"))
+        pipe = self.r.pipeline(transaction=False)
+        for code_id in ids:
+            pipe.hgetall(f"{self.p}accesscode:{code_id}")
+        names: dict[int, str] = {}
+        codes = []
+        for code_id, h in zip(ids, pipe.execute(), strict=True):
+            if not h or (app_id is not None and int(h[b"app_id"]) != app_id):
+                continue
+            owner = int(h[b"app_id"])
+            if owner not in names:
+                app = self.get_app(owner)
+                names[owner] = app.name if app else ""
+            codes.append(AccessCode(code_id, owner, names[owner], float(h[b"created_at"])))
+        return sorted(codes, key=lambda c: (c.app_name, c.created_at))
+
+    def delete_access_code(self, code_id) -> bool:
+        return self._run("DELETE_ACCESS_CODE", code_id) == 1
 
     # quotas and usage
     def admit(self, app_id, api_name, app_name, window, reserve_tokens) -> Admission:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from .. import quota
 from ..errors import TOKEN_INVALID, AdminError, Conflict, NotFound, PlatformError
-from ..records import (Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, Outcome, Service, SessionRecord,
-                       StoredSecrets, TokenRecord, UsageRow)
+from ..records import (AccessCode, AccessCodeRecord, Admission, ApiKey, ApiKeyRecord, App, Counters, Limits, Outcome,
+                       Service, SessionRecord, StoredSecrets, TokenRecord, UsageRow)
 from .base import TOKEN_GRACE_SECONDS, Store
 
-SCHEMA_VERSION = 3  # PRAGMA user_version
+SCHEMA_VERSION = 4  # PRAGMA user_version
 
 # The web console's sessions (under the SHA-256 of their token) and login attempts per client address.
 _CONSOLE = """
@@ -25,6 +25,13 @@ CREATE TABLE console_sessions (hash BLOB PRIMARY KEY, key_id TEXT NOT NULL, expi
 CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
 CREATE TABLE login_attempts (address TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX login_attempts_by_address ON login_attempts (address, at);
+"""
+
+# Access codes (`Authorization: ACCESSCODE ...`), by their public id, with the SHA-256 of the whole code.
+_ACCESS_CODES = """
+CREATE TABLE access_codes (
+    id TEXT PRIMARY KEY, hash BLOB NOT NULL, app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    created_at REAL NOT NULL);
 """
 
 SCHEMA = """
@@ -59,13 +66,14 @@ CREATE TABLE usage (
 CREATE TABLE api_keys (
     id TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE, app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
     created_at REAL NOT NULL, expires_at INTEGER);
-""" + _CONSOLE
+""" + _CONSOLE + _ACCESS_CODES
 
 # MIGRATIONS[v] = (the version it brings a store of version v to, its script); a store runs them in turn up to
 # SCHEMA_VERSION, all in one transaction.
 # 0 -> 2, from the first release: RPM/TPM limits and their minute counters; usage split into succeeded and failed
 # calls. Old rows counted admitted requests without telling failures apart: they become succeeded calls.
 # 2 -> 3: the web console's tables (no existing row changes).
+# 3 -> 4: access codes (no existing row changes).
 MIGRATIONS: dict[int, tuple[int, str]] = {0: (2, """
 ALTER TABLE apps ADD COLUMN rpm_limit INTEGER;
 ALTER TABLE apps ADD COLUMN tpm_limit INTEGER;
@@ -79,12 +87,13 @@ ALTER TABLE usage DROP COLUMN requests;
 CREATE TABLE api_keys (
     id TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE, app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
     created_at REAL NOT NULL, expires_at INTEGER);
-"""), 2: (3, _CONSOLE)}
+"""), 2: (3, _CONSOLE), 3: (4, _ACCESS_CODES)}
 
 _APP = ("SELECT id, name, api_key, access_key, sk_hash, sk_salt, sak_enc, generation, qps_limit, daily_limit, "
         "total_limit, created_at, rpm_limit, tpm_limit FROM apps")
 _SERVICE = ("SELECT api_name, model, temperature, top_p, top_k, penalty_score, max_output_tokens, created_at "
             "FROM services")
+_ACCESS_CODE = ("SELECT c.id, c.app_id, a.name, c.created_at FROM access_codes c JOIN apps a ON a.id = c.app_id")
 _API_KEY = ("SELECT k.id, k.app_id, a.name, k.created_at, k.expires_at FROM api_keys k "
             "JOIN apps a ON a.id = k.app_id")
 
@@ -339,6 +348,27 @@ class SQLiteStore(Store):
     def delete_api_key(self, key_id) -> bool:
         with self._tx() as c:
             return c.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)).rowcount == 1
+
+    # access codes
+    def create_access_code(self, record, created_at) -> None:
+        with self._tx() as c:
+            if not c.execute("SELECT 1 FROM apps WHERE id = ?", (record.app_id,)).fetchone():
+                raise NotFound(f"no app with id {record.app_id}")
+            c.execute("INSERT INTO access_codes (id, hash, app_id, created_at) VALUES (?, ?, ?, ?)",
+                      (record.id, record.code_hash, record.app_id, created_at))
+
+    def get_access_code(self, code_id):
+        row = self._conn().execute("SELECT id, app_id, hash FROM access_codes WHERE id = ?", (code_id,)).fetchone()
+        return None if row is None else AccessCodeRecord(row[0], row[1], bytes(row[2]))
+
+    def list_access_codes(self, app_id=None):
+        rows = self._conn().execute(f"{_ACCESS_CODE} WHERE ?1 IS NULL OR c.app_id = ?1 ORDER BY a.name, c.created_at",
+                                    (app_id,)).fetchall()
+        return [AccessCode(*row) for row in rows]
+
+    def delete_access_code(self, code_id) -> bool:
+        with self._tx() as c:
+            return c.execute("DELETE FROM access_codes WHERE id = ?", (code_id,)).rowcount == 1
 
     # quotas and usage
     def admit(self, app_id, api_name, app_name, window, reserve_tokens) -> Admission:
