@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8360
 
-.PHONY: serve test lint screenshots chromium clean redis-server compiler bench-install llama-server
+.PHONY: serve test lint screenshots chromium clean redis-server compiler bench-install llama-server nginx cluster \
+	cluster-stop cluster-restart
 
 # torch is pinned exactly and installed first so that pip takes the local CPU wheel
 # instead of resolving a CUDA build with gigabytes of dependencies.
@@ -49,8 +50,43 @@ redis-server: $(BIN)/.test-installed
 	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server \
 	  >/dev/null || echo "make: apt-get could not install redis-server: the Redis store tests will be skipped"
 
-test: $(BIN)/.test-installed redis-server compiler chromium
+test: $(BIN)/.test-installed redis-server compiler chromium nginx
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The local cluster (`make cluster`, docs/cluster.md) and its tests put Debian's nginx in front of the replicas: the
+# one on PATH (or /usr/sbin/nginx), else Debian's package unpacked into build/tools/nginx (`apt-get download` and
+# `dpkg-deb -x`: no root needed where the package lists are there, and no nginx service is installed or started;
+# apt-get update first when they are missing and this user may). Where none can be had the cluster tests skip,
+# saying why (and fail under CI=true).
+NGINX_TOOLS := build/tools/nginx
+nginx:
+	@if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || [ -x $(NGINX_TOOLS)/usr/sbin/nginx ]; then \
+	  exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-deb >/dev/null 2>&1; then \
+	  echo "make: no nginx and no apt-get: the cluster tests will be skipped"; exit 0; fi; \
+	echo "make: unpacking Debian's nginx into $(NGINX_TOOLS) for the local cluster"; \
+	rm -rf $(NGINX_TOOLS).deb && mkdir -p $(NGINX_TOOLS).deb && cd $(NGINX_TOOLS).deb && \
+	{ apt-get download -q nginx >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else exit 1; fi; \
+	    $$sudo apt-get update -qq && apt-get download -q nginx >/dev/null 2>&1; }; } && \
+	dpkg-deb -x nginx_*.deb ../nginx && cd ../nginx && \
+	if ldd usr/sbin/nginx | grep -q "not found"; then \
+	  echo "make: nginx needs libraries this machine lacks:"; ldd usr/sbin/nginx | grep "not found"; fi || \
+	echo "make: could not download Debian's nginx: the cluster tests will be skipped"
+
+# `make cluster` (REPLICAS=N, default 2): Redis, N replicas sharing it and nginx in front, all on 127.0.0.1, in
+# build/cluster/; prints the URL. `make cluster-stop` ends exactly what it started; `make cluster-restart` is a
+# rolling restart that loses no request (docs/cluster.md).
+REPLICAS ?= 2
+CLUSTER_PORT ?= 0
+cluster: $(BIN)/.test-installed redis-server nginx
+	$(BIN)/neoxserve cluster start --replicas $(REPLICAS) --port $(CLUSTER_PORT)
+
+cluster-stop:
+	$(BIN)/neoxserve cluster stop
+
+cluster-restart:
+	$(BIN)/neoxserve cluster restart
 
 # The quantized linears' native kernels (src/neoxserve/model/kernels) are compiled on first use with the C++
 # compiler PyTorch uses ($$CXX, else c++), and their tests need them: without one, install g++ with apt-get when this

@@ -6,7 +6,8 @@ import importlib
 import os
 import sys
 
-SUBCOMMANDS = ["serve", "generate", "quantize", "apps", "apikeys", "accesscodes", "services", "usage", "admin", "demo"]
+SUBCOMMANDS = ["serve", "generate", "quantize", "apps", "apikeys", "accesscodes", "services", "usage", "admin", "demo",
+               "cluster"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from ..engine.stats import COUNTERS
 
 PREFIX = "neoxserve_"
+# The gauges inference routers read, under vLLM's names (the Gateway API Inference Extension's "model server
+# protocol", also read by llm-d, the SGLang router and vLLM's production stack): same values as the
+# neoxserve_engine_ gauges of the same scrape. kv_cache_usage_perc is a fraction (0..1, as vLLM's);
+# gpu_cache_usage_perc is its older name, still the default of some endpoint-picker releases.
+ROUTER_GAUGES = (
+    ("vllm:num_requests_running", "running", "sequences running in the engine (neoxserve_engine_running)"),
+    ("vllm:num_requests_waiting", "waiting", "sequences waiting to run (neoxserve_engine_waiting)"),
+)
+ROUTER_KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 _NAME_SAFE = re.compile(r"[^a-zA-Z0-9_]")
 
 
@@ -32,12 +41,19 @@ class EngineStatsCollector:
     numbers under a `_total` key is a counter labelled by `reason`.
     """
 
-    def __init__(self, stats: Callable[[], Mapping[str, object]]) -> None:
+    def __init__(self, stats: Callable[[], Mapping[str, object]], model_name: str = "") -> None:
         self._stats = stats
+        self._model_name = model_name
 
     def collect(self) -> Iterable[Metric]:
+        stats = self._stats()   # one snapshot for both name families, so they agree within a scrape
+        metrics = self._own(stats)
+        metrics.extend(router_metrics(stats, self._model_name))
+        return metrics
+
+    def _own(self, stats: Mapping[str, object]) -> list[Metric]:
         metrics: list[Metric] = []
-        for key, value in self._stats().items():
+        for key, value in stats.items():
             name = PREFIX + "engine_" + _NAME_SAFE.sub("_", str(key))
             doc = f"engine {key}"
             if isinstance(value, dict) and "buckets" in value:
@@ -57,8 +73,29 @@ class EngineStatsCollector:
         return metrics
 
 
+def router_metrics(stats: Mapping[str, object], model_name: str) -> list[Metric]:
+    """The model-server-protocol gauges (ROUTER_GAUGES, ROUTER_KV_USAGE) from one engine stats snapshot, labelled
+    `model_name` like vLLM's; none of a stats dict without the engine's gauges."""
+    numbers = {key: _number(stats.get(key)) for key in ("running", "waiting", "kv_blocks_used", "kv_blocks_total")}
+    metrics: list[Metric] = []
+    for name, key, doc in ROUTER_GAUGES:
+        if (value := numbers[key]) is not None:
+            family = GaugeMetricFamily(name, doc, labels=["model_name"])
+            family.add_metric([model_name], value)
+            metrics.append(family)
+    used, total = numbers["kv_blocks_used"], numbers["kv_blocks_total"]
+    if used is not None and total is not None:
+        for name in ROUTER_KV_USAGE:
+            family = GaugeMetricFamily(name, "fraction of the paged KV cache's blocks in use (1 = full): "
+                                       "neoxserve_engine_kv_blocks_used / neoxserve_engine_kv_blocks_total",
+                                       labels=["model_name"])
+            family.add_metric([model_name], used / total if total else 0.0)
+            metrics.append(family)
+    return metrics
+
+
 class Metrics:
-    def __init__(self, engine_stats: Callable[[], Mapping[str, object]]) -> None:
+    def __init__(self, engine_stats: Callable[[], Mapping[str, object]], model_name: str = "") -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(PREFIX + "http_requests", "HTTP requests by route and Qianfan error code (0 = ok)",
                                 ["route", "error_code"], registry=self.registry)
@@ -66,7 +103,7 @@ class Metrics:
                                  ["route"], registry=self.registry)
         self.tokens = Counter(PREFIX + "completion_tokens", "completion tokens sent to clients",
                               registry=self.registry)
-        self.registry.register(EngineStatsCollector(engine_stats))
+        self.registry.register(EngineStatsCollector(engine_stats, model_name))
 
     def observe(self, route: str, error_code: int | str, seconds: float, completion_tokens: int = 0) -> None:
         self.requests.labels(route, str(error_code)).inc()
