@@ -21,6 +21,9 @@ are kept under build/bench-llamacpp/ and reused while the weights they come from
    servers must report exactly that many tokens for every request. Aggregate tok/s = all generated tokens / time
    from sending to the last token; TTFT = sending to the first frame carrying a token.
 Both use 2 threads (`--threads`). neoxserve's int8 / int4 rows run when its settings have `quantization`.
+`--kernels auto,avx2` runs the single-stream rows once per native kernels variant of neoxserve (model/kernels;
+the variants alternate with llama.cpp within each repeat, each engine selecting its own before it runs); the
+variant of every row is printed.
 """
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ def has_quantization() -> bool:
     return "quantization" in {f.name for f in fields(EngineConfig)}
 
 
-def neox_engine(model_dir: Path, config: str, threads: int, group_size: int | None):
+def neox_engine(model_dir: Path, config: str, threads: int, group_size: int | None, kernels: str = "auto"):
     from neoxserve.commands.engine_config import engine_config
     from neoxserve.config import Settings
     from neoxserve.engine.core import LLMEngine
@@ -75,6 +78,8 @@ def neox_engine(model_dir: Path, config: str, threads: int, group_size: int | No
         fields["quantization"] = quant
     if quant == "int4" and group_size:
         fields["quantization_group_size"] = group_size
+    if kernels != "auto":
+        fields["kernels"] = kernels
     return LLMEngine.from_config(engine_config(Settings(**fields)))   # sets torch's threads
 
 
@@ -85,10 +90,14 @@ class NeoxRunner:
         self.engine = engine
         self.n = 0
         self.logits: list[torch.Tensor] | None = None
+        self.kernels = getattr(engine.model_info, "kernels", "")   # the variant it loaded with
 
     def generate(self, ids: list[int], new_tokens: int) -> tuple[list[int], list[float]]:
         from neoxserve.engine.sampling_params import SamplingParams
 
+        if self.kernels not in ("", "none"):   # the variant is per process: another runner may have switched it
+            from neoxserve.model import kernels
+            kernels.select(self.kernels)
         self.n += 1
         tokens, times = [], []
         self.engine.add_request(f"b{self.n}", ids, SamplingParams(greedy=True, max_new_tokens=new_tokens,
@@ -335,6 +344,9 @@ def main() -> int:
     parser.add_argument("--skip-single", action="store_true")
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kernels", default="auto",
+                        help="neoxserve's native kernels variants for the single-stream rows, comma-separated "
+                             "(auto, avx2, avx512, avx512_vnni, avx512_bf16); each gets its own rows")
     args = parser.parse_args()
 
     configs = (args.configs or DEFAULT_CONFIGS[args.shape]).split(",")
@@ -362,6 +374,13 @@ def main() -> int:
               f"machine: nproc {info['nproc']}, CPU {info['cpu']!r}, flags: {info['flags']}; RAM {info['ram']}",
               f"torch {info['torch']}; llama-cpp-python {llama_cpp.__version__}; threads {args.threads} each",
               f"llama.cpp system info: {llama_cpp.llama_print_system_info().decode().strip()}"]
+    variants = args.kernels.split(",")
+    try:
+        from neoxserve.model import kernels as native_kernels
+        header.append(f"neoxserve kernels: auto picks {native_kernels.auto_variant()} here (this CPU can run "
+                      f"{', '.join(native_kernels.runnable())}); measured: {', '.join(variants)}")
+    except ImportError:
+        variants = ["auto"]
     print("\n".join(header), flush=True)
 
     model_dir, ggufs = prepare_files(args.shape, args.threads)
@@ -376,18 +395,25 @@ def main() -> int:
     if not args.skip_single:
         for config in configs:
             kind = NEOX[config][2]
-            neox = NeoxRunner(neox_engine(model_dir, config, args.threads, args.group_size))
+            neoxes = {}
+            for variant in variants:
+                runner = NeoxRunner(neox_engine(model_dir, config, args.threads, args.group_size, variant))
+                neoxes[f"neoxserve {variant} ({runner.kernels})" if variant == "auto" else
+                       f"neoxserve {variant}"] = runner
+            neox = next(iter(neoxes.values()))
             llama = LlamaRunner(ggufs[kind], args.threads, vocab)
             checks[config] = agreement(neox, llama, check_prompts, args.check_steps)
             print(f"agreement {config} vs {kind}: {checks[config]}", flush=True)
             if NEOX[config][1] == "none" and checks[config]["min_cosine"] < 0.99:
                 raise SystemExit(f"neoxserve {config} and llama.cpp {kind} disagree on the same weights "
                                  f"(logits cosine {checks[config]['min_cosine']:.4f}): a conversion error")
-            single[config] = single_stream({"neoxserve": neox, "llama.cpp": llama}, lengths, args.new_tokens,
+            single[config] = single_stream({**neoxes, "llama.cpp": llama}, lengths, args.new_tokens,
                                            args.repeats, args.seed + 1)
-            print(f"{config} vs {kind}: decode {single[config]['neoxserve'].median_decode():.1f} vs "
-                  f"{single[config]['llama.cpp'].median_decode():.1f} tok/s; load {machine.loadavg()}", flush=True)
-            del neox, llama
+            for name in neoxes:
+                print(f"{config} vs {kind}: {name} decode {single[config][name].median_decode():.1f} vs "
+                      f"{single[config]['llama.cpp'].median_decode():.1f} tok/s; load {machine.loadavg()}",
+                      flush=True)
+            del neox, neoxes, llama
             gc.collect()
 
     http = {}
@@ -409,23 +435,25 @@ def main() -> int:
     if single:
         print(f"Single stream, decode tok/s ({DECODE_PROMPT}-token prompt, {args.new_tokens} new tokens, median of "
               f"{args.repeats}); weights read per token and the share of the copy bandwidth that makes:\n")
-        print("| neoxserve | tok/s | weights/token | % copy bw | llama.cpp | tok/s | weights/token | % copy bw | "
-              "ratio |\n|---|---|---|---|---|---|---|---|---|")
-        for config, pair in single.items():
-            ours, theirs = pair["neoxserve"], pair["llama.cpp"]
+        print("| neoxserve | kernels | tok/s | weights/token | % copy bw | llama.cpp | tok/s | weights/token | "
+              "% copy bw | ratio |\n|---|---|---|---|---|---|---|---|---|---|")
+        rows = [(config, pair, name) for config, pair in single.items() for name in pair if name != "llama.cpp"]
+        for config, pair, name in rows:
+            ours, theirs = pair[name], pair["llama.cpp"]
             a, b = ours.median_decode(), theirs.median_decode()
-            print(f"| {config} | {a:.1f} | {ours.weight_bytes / 2**20:.0f} MiB | "
+            print(f"| {config} | {name.removeprefix('neoxserve ')} | {a:.1f} | {ours.weight_bytes / 2**20:.0f} MiB | "
                   f"{100 * a * ours.weight_bytes / bw:.0f}% | {NEOX[config][2]} | {b:.1f} | "
                   f"{theirs.weight_bytes / 2**20:.0f} MiB | {100 * b * theirs.weight_bytes / bw:.0f}% | "
                   f"{fmt_ratio(a, b)} |")
         print(f"\nPrefill tok/s (prompt / time to first token, median of {args.repeats}), neoxserve vs llama.cpp:\n")
         print("| neoxserve vs llama.cpp | " + " | ".join(f"{n} tokens" for n in lengths) + " |\n|---|"
               + "---|" * len(lengths))
-        for config, pair in single.items():
-            cells = [f"{pair['neoxserve'].median_prefill(n):.0f} vs {pair['llama.cpp'].median_prefill(n):.0f} "
-                     f"({fmt_ratio(pair['neoxserve'].median_prefill(n), pair['llama.cpp'].median_prefill(n))})"
+        for config, pair, name in rows:
+            cells = [f"{pair[name].median_prefill(n):.0f} vs {pair['llama.cpp'].median_prefill(n):.0f} "
+                     f"({fmt_ratio(pair[name].median_prefill(n), pair['llama.cpp'].median_prefill(n))})"
                      for n in lengths]
-            print(f"| {config} vs {NEOX[config][2]} | " + " | ".join(cells) + " |")
+            print(f"| {config} [{name.removeprefix('neoxserve ')}] vs {NEOX[config][2]} | " + " | ".join(cells)
+                  + " |")
         print(f"\nAgreement ({args.check_prompts} prompts of 16 tokens, {args.check_steps} greedy steps): leading "
               "tokens equal per prompt, smallest cosine of the first next-token logits:\n")
         print("| pair | equal leading tokens | logits cosine |\n|---|---|---|")

@@ -54,6 +54,15 @@ def cpu_auto_dtype() -> str:
 
 
 @pytest.fixture(scope="session")
+def cpu_auto_kernels() -> str:
+    """The native kernels' variant `kernels = auto` picks on this machine's CPU ("none" where none builds), for tests
+    that check what a server reports rather than one machine's answer."""
+    from neoxserve.model import kernels
+
+    return kernels.auto_variant() or "none"
+
+
+@pytest.fixture(scope="session")
 def tokenizer_json(tmp_path_factory) -> Path:
     """A small byte-level BPE tokenizer.json (the demo model's), for directories that need one."""
     from neoxserve.model.demo import build_tokenizer

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
         "`neoxserve quantize` loads as stored")
     quantization_group_size: Literal[32, 64, 128, 256] = Field(
         128, description="int4: input columns that share one scale and zero")
+    kernels: Literal["auto", "avx2", "avx512", "avx512_vnni", "avx512_bf16"] = Field(
+        "auto", description="the native CPU kernels' instruction set; auto = the widest this CPU has "
+        "(docs/quantization.md, \"Kernels per instruction set\"); one the CPU lacks is refused at start-up")
 
     # service
     host: str = "127.0.0.1"

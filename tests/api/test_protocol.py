@@ -123,7 +123,7 @@ def test_chat_message_text_cannot_inject_control_tokens(server):
     assert len(safe) != len(tokenizer.encode(tokenizer.render_chat(messages)))
 
 
-def test_health_ready_metrics(server):
+def test_health_ready_metrics(server, cpu_auto_kernels):
     assert httpx.get(server.base_url + "/health").json() == {"status": "ok"}
     r = httpx.get(server.base_url + "/ready")
     assert r.status_code == 200 and r.json()["engine_alive"] is True
@@ -133,6 +133,8 @@ def test_health_ready_metrics(server):
     text = httpx.get(server.base_url + "/metrics").text
     assert re.search(r'^neoxserve_http_requests_total\{error_code="0",route="completions"\} [1-9]', text, re.M)
     assert re.search(r'^neoxserve_http_requests_total\{error_code="100",route="completions"\} [1-9]', text, re.M)
+    info = re.search(r'^neoxserve_model_info\{(.*)\} 1\.0$', text, re.M)
+    assert info and f'kernels="{cpu_auto_kernels}"' in info.group(1) and 'device="cpu"' in info.group(1)
     for name in ("neoxserve_engine_running", "neoxserve_engine_kv_blocks_used",
                  "neoxserve_engine_generation_tokens_total", "neoxserve_engine_time_to_first_token_seconds_count"):
         assert re.search(rf"^{name}(\{{.*\}})? ", text, re.M), name

@@ -54,3 +54,46 @@ def runner_cls():
 @pytest.fixture
 def greedy_loop():
     return greedy
+
+
+def variant_params(names=None) -> list:
+    """The kernels variants `names` (default all), each skipped where this CPU lacks one of its flags (named in the
+    reason); the ones it has run, so a kernel test runs once per variant this machine can run."""
+    from neoxserve.model import kernels
+
+    params = []
+    for name in names or kernels.VARIANTS:
+        missing = kernels.missing_flags(name)
+        marks = [pytest.mark.skip(reason=f"kernels {name}: this CPU lacks {', '.join(missing)}")] if missing else []
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+def _selected(name: str):
+    from neoxserve.model import kernels
+
+    error = kernels._build(name)
+    if error:
+        pytest.fail(f"kernels {name} did not build on a CPU that has their flags: {error}")
+    return kernels.use(name)
+
+
+@pytest.fixture(params=variant_params())
+def kernel_variant(request):
+    """The test runs with this kernels variant selected (kernels.use), built if needed; must build here."""
+    with _selected(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=variant_params(["avx512_bf16"]))
+def bf16_variant(request):
+    """As kernel_variant, for the variants with the bf16 x bf16 GEMV."""
+    with _selected(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=variant_params(["avx2", "avx512", "avx512_vnni"]))
+def no_bf16_variant(request):
+    """As kernel_variant, for the variants without the bf16 x bf16 GEMV."""
+    with _selected(request.param):
+        yield request.param

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from neoxserve.model.attention import AttentionMetadata, paged_attention
@@ -43,9 +43,9 @@ def native_kernels() -> None:
 @pytest.mark.parametrize(("native", "cache_dtype"), [(False, torch.float32), (True, torch.float32),
                                                      (True, torch.bfloat16)],
                          ids=["torch", "native", "native-bf16-cache"])
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=batches())
-def test_paged_attention_matches_dense(native, cache_dtype, batch, native_kernels):
+def test_paged_attention_matches_dense(native, cache_dtype, batch, native_kernels, kernel_variant):
     """A bfloat16 cache (bf16 linears, GPTNeoX.kv_dtype) holds K/V rounded to bf16: the reference uses them
     rounded the same way, so the kernel's result must match it as closely as a float32 cache's."""
     seqs, rng = batch

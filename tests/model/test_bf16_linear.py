@@ -25,7 +25,7 @@ def _linear(w: torch.Tensor, b: torch.Tensor | None) -> Linear:
 
 @pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 16, kernels.GEMM_ROWS + 1, 40])
 @pytest.mark.parametrize("out_features", [37, 64])
-def test_bf16_tiles_compute_the_product_with_the_rounded_weight(rows, out_features, native):
+def test_bf16_tiles_compute_the_product_with_the_rounded_weight(rows, out_features, kernel_variant):
     """To float32 rounding: every row of x (each block of 8 rows, the one-row path, the GEMM path past
     GEMM_ROWS) against the bf16-rounded weight; 37 outputs leave a partial tile."""
     g = torch.Generator().manual_seed(rows)
@@ -81,7 +81,7 @@ def test_bfloat16_on_this_cpu_loads_bf16_linears_close_to_float32(demo_model_dir
 
 
 @pytest.mark.parametrize("tiles_per_slice", [1, 3])
-def test_many_rows_expand_the_weight_slice_by_slice(tiles_per_slice, monkeypatch, native):
+def test_many_rows_expand_the_weight_slice_by_slice(tiles_per_slice, monkeypatch, kernel_variant):
     """Past GEMM_ROWS the weight is expanded a slice of tiles at a time (kernels.expanded_linear); slices of 1 and 3
     tiles over 37 rows (the last slice partial) give the product of the whole weight."""
     g = torch.Generator().manual_seed(5)

@@ -118,7 +118,7 @@ def native():
 @pytest.mark.parametrize("kernel", ["native", "aten", "dequant"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("rows", [1, 5, 40])
-def test_kernels_compute_the_dequantized_product(cfg, kernel, dtype, rows, native):
+def test_kernels_compute_the_dequantized_product(cfg, kernel, dtype, rows, kernel_variant):
     g = torch.Generator().manual_seed(0)
     w, b = torch.randn(100, 256, generator=g), torch.randn(100, generator=g)
     x = torch.randn(rows, 256, generator=g).to(dtype)
@@ -135,7 +135,7 @@ def test_kernels_compute_the_dequantized_product(cfg, kernel, dtype, rows, nativ
 
 @pytest.mark.parametrize("cfg", [INT8, INT4, QuantConfig("int4", 128)], ids=lambda c: c.describe())
 @pytest.mark.parametrize("rows", [1, 3, NATIVE_GEMM_ROWS])
-def test_native_kernel_is_exactly_the_block_quantized_product(cfg, rows, native):
+def test_native_kernel_is_exactly_the_block_quantized_product(cfg, rows, kernel_variant):
     """To float32 rounding, not just within the tolerance of activation quantization: a wrong nibble order, group
     scale or zero term shows here."""
     g = torch.Generator().manual_seed(1)
@@ -149,7 +149,7 @@ def test_native_kernel_is_exactly_the_block_quantized_product(cfg, rows, native)
 
 
 @pytest.mark.parametrize("cfg", [INT8, INT4, QuantConfig("int4", 32)], ids=lambda c: c.describe())
-def test_many_rows_expand_the_weight_slice_by_slice(cfg, monkeypatch, native):
+def test_many_rows_expand_the_weight_slice_by_slice(cfg, monkeypatch, kernel_variant):
     """Past NATIVE_GEMM_ROWS the native path expands the weight a slice of tiles at a time
     (kernels.expanded_linear): slices of 2 tiles over 37 rows (the last one partial) give the whole product."""
     from neoxserve.model import kernels
@@ -374,26 +374,26 @@ def test_quantizing_a_quantized_directory_is_refused(float_dir, tmp_path):
 # --- fallbacks -------------------------------------------------------------------------------------------------
 
 def test_a_failed_native_build_falls_back_to_pytorchs_kernels(float_dir, monkeypatch, caplog, runner_cls):
+    """Where no variant builds, `auto` tries each this CPU can run, widest first, says so, and the quantized linears
+    run PyTorch's kernels, with the same tokens."""
     import logging
-
-    import torch.utils.cpp_extension as ext
 
     from neoxserve.model import kernels
 
-    def broken(**kwargs):
-        raise RuntimeError("Error building extension 'neoxserve_kernels'\ng++: command not found")
-
-    monkeypatch.setattr(ext, "load", broken)
+    monkeypatch.setattr(kernels, "_build", lambda name: "g++: command not found")
     with caplog.at_level(logging.WARNING, logger="neoxserve.model.kernels"):
-        assert kernels.load.__wrapped__() is False
-    assert ("quantized kernels: building wq_gemm.cpp failed, using PyTorch's kernels instead (slower on AVX2 CPUs): "
-            "g++: command not found") in caplog.text
-
-    monkeypatch.setattr(kernels, "load", lambda: False)
-    fallback = load_model(float_dir, dtype="float32", quantization=INT8).model
+        fallback_loaded = load_model(float_dir, dtype="float32", quantization=INT8)
+    narrowest = kernels.runnable()[0]
+    assert (f"quantized kernels: building wq_gemm.cpp for {narrowest} failed, using PyTorch's kernels instead "
+            "(slower on AVX2 CPUs): g++: command not found") in caplog.text
+    assert caplog.text.count("g++: command not found") == len(kernels.runnable())
+    assert fallback_loaded.kernels == "none" and not kernels.load()
+    fallback = fallback_loaded.model
     assert {m.kernel for m in fallback.modules() if isinstance(m, QuantLinear)} == {"aten"}
     monkeypatch.undo()
-    native = load_model(float_dir, dtype="float32", quantization=INT8).model
+    native_loaded = load_model(float_dir, dtype="float32", quantization=INT8)
+    assert native_loaded.kernels == kernels.auto_variant()
+    native = native_loaded.model
     assert {m.kernel for m in native.modules() if isinstance(m, QuantLinear)} == {"native"}
     a, b = _logits(fallback, runner_cls), _logits(native, runner_cls)
     assert float((a - b).abs().max()) < 0.05 * float(a.abs().max())

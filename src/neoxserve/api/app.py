@@ -81,7 +81,7 @@ class AnyMethod:
 def create_app(settings: Settings, engine_client: EngineClient, platform: Platform) -> FastAPI:
     """The app over a started engine client (its model is loaded) and an open platform."""
     app = FastAPI(title="neoxserve", docs_url=None, redoc_url=None, openapi_url=None)
-    metrics = Metrics(engine_client.stats, engine_client.model_info.name)
+    metrics = Metrics(engine_client.stats, engine_client.model_info.name, lambda: engine_client.model_info)
     calls = ModelCalls(settings, engine_client, platform, Moderator.from_file(settings.moderation_file), metrics)
     completions = Completions(calls)
     openai = OpenAIRoutes(calls)

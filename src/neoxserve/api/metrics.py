@@ -1,4 +1,5 @@
-"""Prometheus metrics: HTTP requests by route and error code, plus the engine's own stats.
+"""Prometheus metrics: HTTP requests by route and error code, the engine's own stats, and the loaded model
+(`neoxserve_model_info`, an info gauge of value 1 labelled name, device, dtype and the native kernels' variant).
 
 Each app gets its own registry, so several apps (tests) can live in one process.
 """
@@ -94,8 +95,28 @@ def router_metrics(stats: Mapping[str, object], model_name: str) -> list[Metric]
     return metrics
 
 
+MODEL_INFO_LABELS = ("name", "device", "dtype", "kernels")
+
+
+class ModelInfoCollector:
+    """`model_info()` (engine/protocol.py: ModelInfo, or None before a model is loaded) as one info gauge."""
+
+    def __init__(self, model_info: Callable[[], object]) -> None:
+        self.model_info = model_info
+
+    def collect(self) -> Iterable[Metric]:
+        info = self.model_info()
+        if info is None:
+            return []
+        gauge = GaugeMetricFamily(PREFIX + "model_info", "the loaded model: name, device, dtype and native kernels",
+                                  labels=MODEL_INFO_LABELS)
+        gauge.add_metric([str(getattr(info, label, "")) for label in MODEL_INFO_LABELS], 1.0)
+        return [gauge]
+
+
 class Metrics:
-    def __init__(self, engine_stats: Callable[[], Mapping[str, object]], model_name: str = "") -> None:
+    def __init__(self, engine_stats: Callable[[], Mapping[str, object]], model_name: str = "",
+                 model_info: Callable[[], object] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(PREFIX + "http_requests", "HTTP requests by route and Qianfan error code (0 = ok)",
                                 ["route", "error_code"], registry=self.registry)
@@ -104,6 +125,8 @@ class Metrics:
         self.tokens = Counter(PREFIX + "completion_tokens", "completion tokens sent to clients",
                               registry=self.registry)
         self.registry.register(EngineStatsCollector(engine_stats, model_name))
+        if model_info is not None:
+            self.registry.register(ModelInfoCollector(model_info))
 
     def observe(self, route: str, error_code: int | str, seconds: float, completion_tokens: int = 0) -> None:
         self.requests.labels(route, str(error_code)).inc()

@@ -11,7 +11,7 @@ import time
 from ..config import Settings
 from ..engine.sampling_params import SamplingParams
 from .engine_config import engine_config
-from .model_flags import QUANTIZATION_FLAGS, add_quantization_arguments
+from .model_flags import LOAD_FLAGS, add_load_arguments
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--seed", type=int, help="same seed, same text")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    add_quantization_arguments(p)
+    add_load_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = engine_config(Settings.load(getattr(args, "config", None), model=args.model, data_dir=args.data_dir,
                                          dtype=args.dtype, device=args.device,
-                                         **{k: getattr(args, k) for k in QUANTIZATION_FLAGS}))
+                                         **{k: getattr(args, k) for k in LOAD_FLAGS}))
     greedy = args.temperature == 0
     problem = _out_of_range(args, greedy)
     if problem is not None:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from ..config import Settings
-from .model_flags import QUANTIZATION_FLAGS, add_quantization_arguments
+from .model_flags import LOAD_FLAGS, add_load_arguments
 
 if TYPE_CHECKING:
     from ..platform import NewKeys
@@ -43,14 +43,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--api-name", dest="api_name", help="name the model is published under")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    add_quantization_arguments(p)
+    add_load_arguments(p)
     p.add_argument("--store-url", dest="store_url", help="'' = SQLite in the data dir; redis://host:port/db")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in ("model", "host", "port", "data_dir", "api_name", "dtype", "device",
-                                           "store_url", *QUANTIZATION_FLAGS)}
+                                           "store_url", *LOAD_FLAGS)}
     settings = Settings.load(getattr(args, "config", None), **flags)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from ..engine.errors import EngineDead

@@ -23,6 +23,7 @@ class EngineConfig:
     torch_threads: int             # 0 = torch's default (all cores)
     quantization: Literal["none", "int8", "int4"]   # weight-only quantization (model/quant_format.py)
     quantization_group_size: int   # int4: input columns sharing one scale and zero
+    kernels: str                   # native CPU kernels: auto or a model/kernels VARIANTS name
     # KV cache and scheduler
     kv_cache_memory_mb: int        # 0 = auto (engine/kv_cache.py)
     kv_block_size: int

@@ -49,7 +49,8 @@ class LLMEngine:
         param = next(loaded.model.parameters())
         self.model_info = ModelInfo(name=config.model_name, path=str(loaded.path),
                                     max_context=cfg.max_position_embeddings, is_chat=self.tokenizer.is_chat,
-                                    device=str(param.device), dtype=loaded.dtype)
+                                    device=str(param.device), dtype=loaded.dtype,
+                                    kernels=loaded.kernels)
         self.block_size = config.kv_block_size
         self.max_waiting_requests = config.max_waiting_requests
         self.max_queued_tokens = config.max_queued_tokens
@@ -76,7 +77,7 @@ class LLMEngine:
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         loaded = load_model(resolve_model_dir(config), resolve_device(config.device), config.dtype,
-                            QuantConfig(config.quantization, config.quantization_group_size))
+                            QuantConfig(config.quantization, config.quantization_group_size), config.kernels)
         return cls(loaded, config)
 
     @property

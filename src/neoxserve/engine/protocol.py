@@ -48,6 +48,7 @@ class ModelInfo:
     is_chat: bool      # the tokenizer has the tuned model's chat tokens
     device: str = ""   # where the weights are, resolved (e.g. "cpu", "cuda:0"; the console shows it)
     dtype: str = ""    # the weights' dtype, resolved (e.g. "float32", "bfloat16")
+    kernels: str = ""  # the native CPU kernels' variant (e.g. "avx512_vnni"), "none" for PyTorch's own
 
     def output_room(self, prompt_tokens: int) -> int:
         """How many tokens the context leaves for output after a prompt of `prompt_tokens`: the one context rule

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from neoxserve.model import kernels
 from neoxserve.model.arith import cdiv
 from neoxserve.model.config import NeoXConfig
 
@@ -82,8 +83,8 @@ def paged_attention(q: Tensor, k: Tensor, v: Tensor, kv_cache: KVCache, meta: At
         k_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
         v_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
         if meta.is_decode:
-            return torch.ops.neoxserve.paged_decode_attention(q, k_cache, v_cache, meta.block_tables,
-                                                              meta.seq_lens, scale)
+            return kernels.ops().paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
+                                                        scale)
     else:
         # The cache holds finite values only: the batched decode of _decode_attention reads slots it masks out
         # (block-table padding, the stale tail of a reused block), and a masked NaN or inf still turns a softmax

@@ -50,12 +50,17 @@ class LoadedModel:
     path: Path
     quantization: QuantConfig = QuantConfig()     # what the linears hold (none, or as requested / as stored)
     dtype: str = "float32"     # the weights' dtype as asked for and resolved ("bfloat16" also for bf16 linears)
+    kernels: str = "none"      # the native kernels' variant (model/kernels: VARIANTS), "none" for PyTorch's own
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype: str = "auto",
-               quantization: QuantConfig | None = None) -> LoadedModel:
+               quantization: QuantConfig | None = None, kernels: str = "auto") -> LoadedModel:
     """quantization: quantize a float checkpoint while loading. A quantized directory loads as stored; asking for
-    another quantization of it is a CheckpointError (quantize the float checkpoint instead)."""
+    another quantization of it is a CheckpointError (quantize the float checkpoint instead).
+    kernels: the native kernels' variant on CPU, "auto" (from the CPU's flags) or one of kernels.VARIANTS; one the
+    CPU lacks is a kernels.KernelsError (a ValueError), raised before anything is read."""
+    from neoxserve.model import kernels as native_kernels
+
     path = Path(model_dir)
     if not path.is_dir():
         raise CheckpointError(f"model directory {path} does not exist")
@@ -64,6 +69,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
     if not tokenizer_file.is_file():
         raise CheckpointError(f"{tokenizer_file} is missing (the model directory needs its tokenizer.json)")
     device = torch.device(device)
+    variant = native_kernels.select(kernels) if device.type == "cpu" else None
     torch_dtype = resolve_dtype(dtype, config, device)
     stored = read_quantization(path)
     quant = resolve_quantization(path, quantization or QuantConfig(), stored)
@@ -87,14 +93,15 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
     model.init_rotary()
     model.eval().requires_grad_(False)
     if device.type == "cpu" and torch_dtype == torch.float32:
-        from neoxserve.model import kernels
-        model.use_native_attention(kernels.load())
+        model.use_native_attention(variant is not None)
+    if device.type == "cpu" and torch_dtype == torch.bfloat16 and not quant.enabled:
+        model.use_native_gemv(native_kernels.has_bf16_gemv())
     if bf16_linears:
         model.kv_dtype = torch.bfloat16     # read by the native decode kernel, widened to float32 like the weights
 
     dtype_name = "bfloat16" if bf16_linears else str(torch_dtype).removeprefix("torch.")
     return LoadedModel(model=model, config=config, tokenizer=Tokenizer.from_dir(path), path=path,
-                       quantization=quant, dtype=dtype_name)
+                       quantization=quant, dtype=dtype_name, kernels=variant or "none")
 
 
 def log_quantization(quant: QuantConfig, kernel: str, device: torch.device) -> None:

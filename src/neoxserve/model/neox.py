@@ -28,6 +28,10 @@ class Linear(nn.Module):
     - bf16_tiles: bfloat16 weights in weight_tiles.py's tiles, float32 activations, multiplied by the native kernel
       (kernels/wq_gemm.cpp). For `--dtype bfloat16` on CPUs without bf16 units (loader.py): half the bytes of float32
       to read per token, float32 arithmetic.
+
+    With `native_gemv` (GPTNeoX.use_native_gemv: a bfloat16 model on a CPU whose kernels have AVX512-BF16), the
+    nn.Linear layout multiplies up to kernels.BF16_GEMV_ROWS rows with the native bf16 GEMV, which streams the
+    weight once per call; more rows go to PyTorch's bf16 GEMM (oneDNN) as before.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, splits: int = 0,
@@ -46,10 +50,14 @@ class Linear(nn.Module):
         weight = torch.empty(shape).normal_(std=0.02)               # the loader replaces these
         self.weight = nn.Parameter(weight.to(torch.bfloat16) if bf16_tiles else weight)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.native_gemv = False
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.native_gemv and x.shape[0] <= kernels.BF16_GEMV_ROWS and x.dtype == torch.bfloat16:
+            out = kernels.ops().bf16_gemv(x.contiguous(), self.weight)
+            return out if self.bias is None else out.add_(self.bias)
         if self.bf16_tiles:
-            ops = torch.ops.neoxserve
+            ops = kernels.ops()
             x = x.contiguous()
             if x.shape[0] > kernels.GEMM_ROWS:
                 w = self.weight
@@ -173,6 +181,14 @@ class GPTNeoX(nn.Module):
         for module in self.modules():
             if isinstance(module, Attention):
                 module.native = enabled
+
+    def use_native_gemv(self, enabled: bool) -> None:
+        """The few-row products of bfloat16 Linears (nn.Linear layout) through the native bf16 GEMV (the loader
+        turns it on for a bfloat16 model when the selected kernels have it: kernels.has_bf16_gemv)."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.native_gemv = enabled and not module.splits and not module.bf16_tiles and \
+                    module.weight.dtype == torch.bfloat16
 
     def forward(self, input_ids: Tensor, positions: Tensor, meta: AttentionMetadata,
                 kv_caches: list[KVCache]) -> Tensor:

@@ -160,20 +160,25 @@ class QuantLinear(nn.Module):
         return out if self.bias is None else out.add_(self.bias)
 
     def _native(self, x: Tensor) -> Tensor:
-        ops = torch.ops.neoxserve
-        x32 = x.float().contiguous()
+        ops = kernels.ops()
         int8 = self.cfg.method == "int8"
         zero = None if int8 else self.weight_zero
-        if x32.shape[0] > NATIVE_GEMM_ROWS:
+        if x.shape[0] > NATIVE_GEMM_ROWS:
+            # bfloat16 activations on a CPU with bf16 units: the weight expands to bfloat16 and PyTorch's bf16 GEMM
+            # (oneDNN) multiplies, at about twice its float32 GEMM's rate there; else both in float32
+            bf16 = x.dtype == torch.bfloat16 and kernels.cpu_has_bf16()
+            xin = x.contiguous() if bf16 else x.float().contiguous()
             w, scale, group, bits = self.weight, self.weight_scale, self.cfg.group_size, 8 if int8 else 4
 
             def expand(t0: int, t1: int, n: int) -> Tensor:
                 if int8:
-                    return ops.dequantize(w[t0:t1], scale[t0 * TILE:t0 * TILE + n], None, group, bits, n)
+                    return ops.dequantize(w[t0:t1], scale[t0 * TILE:t0 * TILE + n], None, group, bits, n, bf16)
                 assert zero is not None
-                return ops.dequantize(w[t0:t1], scale[t0:t1], zero[t0:t1], group, bits, n)
-            out = kernels.expanded_linear(x32, w, self.out_features, expand)
-        elif int8:
+                return ops.dequantize(w[t0:t1], scale[t0:t1], zero[t0:t1], group, bits, n, bf16)
+            out = kernels.expanded_linear(xin, w, self.out_features, expand)
+            return out if x.dtype == out.dtype else out.to(x.dtype)
+        x32 = x.float().contiguous()
+        if int8:
             out = ops.int8_linear(x32, self.weight, self.weight_scale)
         else:
             out = ops.int4_linear(x32, self.weight, self.weight_scale, zero, self.cfg.group_size, self.out_features)

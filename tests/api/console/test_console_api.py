@@ -221,9 +221,10 @@ def test_services_carry_the_platforms_rules(admin):
     assert demo["model"] == "demo" and "default" in demo["allowed_apps"]
 
 
-def test_overview_reports_the_engine(admin, cpu_auto_dtype):
+def test_overview_reports_the_engine(admin, cpu_auto_dtype, cpu_auto_kernels):
     o = admin.get("/console/api/overview").json()
     assert o["model"]["name"] == "demo" and (o["model"]["device"], o["model"]["dtype"]) == ("cpu", cpu_auto_dtype)
+    assert o["model"]["kernels"] == cpu_auto_kernels
     assert o["ready"] is True and o["engine_alive"] is True
     assert {"running", "waiting", "kv_blocks_used", "kv_blocks_total", "generation_tokens_total"} <= set(o["stats"])
     assert not [k for k, v in o["stats"].items() if isinstance(v, dict) and "buckets" in v]

@@ -60,15 +60,17 @@ def close_keys(c: Console) -> None:
     c.page.wait_for_selector("[data-testid=keys-dialog]", state="detached")
 
 
-def test_login_overview_logout(console, cpu_auto_dtype):
+def test_login_overview_logout(console, cpu_auto_dtype, cpu_auto_kernels):
     c = console
     c.page.wait_for_selector("[data-testid=login-form]")
     c.shot("login")
     c.login("nxa-wrong")
     expect(c.page.locator("[role=alert]")).to_have_text("wrong admin key")
     c.logged_in()
-    cards = {k: c.page.inner_text(f"[data-testid={k}] .value") for k in ("model", "device", "dtype", "engine")}
-    assert cards == {"model": "demo", "device": "cpu", "dtype": cpu_auto_dtype, "engine": "ready"}
+    names = ("model", "device", "dtype", "kernels", "engine")
+    cards = {k: c.page.inner_text(f"[data-testid={k}] .value") for k in names}
+    assert cards == {"model": "demo", "device": "cpu", "dtype": cpu_auto_dtype, "kernels": cpu_auto_kernels,
+                     "engine": "ready"}
     c.page.wait_for_function("document.querySelector('[data-testid=tokens-per-second] .value').textContent != '—'")
     c.page.wait_for_selector("[data-testid=tokens-chart] canvas")
     c.shot("overview")

@@ -21,6 +21,15 @@
 //     over group g.
 //   * bf16: a bfloat16 is the top half of a float32, so widening is a shift; products and sums are float32.
 //
+// One source, one build per instruction set (kernels/__init__.py: VARIANTS): each build gets its own -m flags and
+// registers its ops under its own namespace (NEOX_NS, e.g. torch.ops.neoxserve_avx512_vnni), so that every variant
+// the CPU can run may be loaded side by side in one process and a variant the CPU lacks is never loaded. Code for a
+// wider instruction set sits behind the compiler's own macros (__AVX512BW__, __AVX512VNNI__, __AVX512BF16__):
+//   * AVX-512 (F/BW/VL): the int8 / int4 dot products on 64 bytes (two tile rows) per instruction;
+//     with VNNI one vpdpbusd does the u8 x s8 multiply-add that takes vpmaddubsw + vpmaddwd otherwise.
+//   * AVX512-BF16: bf16_gemv, bfloat16 weights [N, K] as nn.Linear holds them times bfloat16 activations, vdpbf16ps
+//     (32 products per instruction, float32 sums): the decode rows of a bfloat16 model on CPUs with bf16 units.
+//
 // Work is split over tiles with at::parallel_for. The file is compiled with -fopenmp (kernels/__init__.py) so that
 // at::parallel_for really runs in parallel, in PyTorch's own OpenMP runtime (torch ships libgomp.so.1, which is
 // already loaded when this library is, so no second runtime competes for the cores).
@@ -36,9 +45,38 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
+#ifndef NEOX_NS
+#define NEOX_NS neoxserve
+#endif
+// TORCH_LIBRARY pastes its namespace argument: one more level of macro expands NEOX_NS first.
+#define NEOX_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define NEOX_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+#define NEOX_STR2(x) #x
+#define NEOX_STR(x) NEOX_STR2(x)
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define NEOX_AVX512 1
+#endif
+
 namespace {
+
+// The instruction sets this build's kernels use, for the tests and the start-up log.
+std::string features() {
+  std::string f = "avx2";
+#ifdef NEOX_AVX512
+  f += ",avx512";
+#endif
+#ifdef __AVX512VNNI__
+  f += ",avx512_vnni";
+#endif
+#ifdef __AVX512BF16__
+  f += ",avx512_bf16";
+#endif
+  return f;
+}
 
 constexpr int64_t QK = 32;        // activation block (int8 / int4)
 constexpr int64_t TILE = 8;       // output rows interleaved in one tile
@@ -114,6 +152,32 @@ inline void store_tile(float* out, int64_t n0, int64_t N, __m256 v) {
   }
 }
 
+#ifdef NEOX_AVX512
+// Sums of 4 adjacent u8 x s8 products in each int32 lane.
+inline __m512i dot_u8s8(__m512i u, __m512i s) {
+#ifdef __AVX512VNNI__
+  return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s);
+#else
+  return _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1));
+#endif
+}
+
+// acc[j] holds tile rows 2j (lanes 0-7) and 2j + 1 (lanes 8-15): the 8 row sums, lane r = row r.
+inline __m256 reduce8_pairs(const __m512* acc) {
+  __m256 halves[TILE];
+  for (int j = 0; j < 4; ++j) {
+    halves[2 * j] = _mm512_castps512_ps256(acc[j]);
+    halves[2 * j + 1] = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[j]), 1));
+  }
+  return reduce8(halves);
+}
+
+// The 32 bytes at p in both halves of a 512-bit register (one activation block against two tile rows).
+inline __m512i broadcast_block(const int8_t* p) {
+  return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+#endif
+
 void check_activations(const at::Tensor& x, int64_t K, int64_t multiple, const char* op) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
               op, ": x must be a contiguous float32 CPU matrix");
@@ -148,7 +212,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   const int8_t* W = w.data_ptr<int8_t>();
   const float* S = scale.data_ptr<float>();
   at::parallel_for(0, ceil_tiles(N), TILE_GRAIN, [&](int64_t begin, int64_t end) {
-    const __m256i ones = _mm256_set1_epi16(1);
+    [[maybe_unused]] const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t t = begin; t < end; ++t) {
       const int8_t* Wt = W + t * nb * TILE * QK;
       const int64_t n0 = t * TILE;
@@ -158,6 +222,27 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
       for (int64_t m = 0; m < M; ++m) {
         const int8_t* xm = xq.data() + m * K;
         const float* dm = d.data() + m * nb;
+#ifdef NEOX_AVX512
+        // two tile rows per register; |x| times the weight with x's sign (vpdpbusd multiplies u8 by s8)
+        __m512 acc[4];
+#pragma GCC unroll 4
+        for (size_t i = 0; i < sizeof(acc) / sizeof(acc[0]); ++i) acc[i] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; ++b) {
+          const int8_t* wb = Wt + b * TILE * QK;
+          prefetch_block(wb);
+          const __m512i xv = broadcast_block(xm + b * QK);
+          const __mmask64 neg = _mm512_movepi8_mask(xv);
+          const __m512i ax = _mm512_abs_epi8(xv);
+          const __m512 db = _mm512_set1_ps(dm[b]);
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; ++j) {
+            const __m512i wv = _mm512_loadu_si512(wb + j * 2 * QK);
+            const __m512i sw = _mm512_mask_sub_epi8(wv, neg, _mm512_setzero_si512(), wv);
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot_u8s8(ax, sw)), db, acc[j]);
+          }
+        }
+        store_tile(out + m * N, n0, N, _mm256_mul_ps(reduce8_pairs(acc), s8));
+#else
         __m256 acc[TILE];
         #pragma GCC unroll 8  // keeps acc in registers: see "Accumulators" at the top
         for (size_t i = 0; i < sizeof(acc) / sizeof(acc[0]); ++i) acc[i] = _mm256_setzero_ps();
@@ -175,6 +260,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
           }
         }
         store_tile(out + m * N, n0, N, _mm256_mul_ps(reduce8(acc), s8));
+#endif
       }
     }
   });
@@ -213,8 +299,8 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   const float* Z = zero.data_ptr<float>();
   const int64_t pairs = nb / 2;
   at::parallel_for(0, ceil_tiles(N), TILE_GRAIN, [&](int64_t begin, int64_t end) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    const __m256i low = _mm256_set1_epi8(0x0F);
+    [[maybe_unused]] const __m256i ones = _mm256_set1_epi16(1);
+    [[maybe_unused]] const __m256i low = _mm256_set1_epi8(0x0F);
     for (int64_t t = begin; t < end; ++t) {
       const uint8_t* Wt = W + t * pairs * TILE * QK;
       const float* St = S + t * G * TILE;
@@ -222,15 +308,56 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
       for (int64_t m = 0; m < M; ++m) {
         const int8_t* xm = xq.data() + m * K;
         const float* dm = d.data() + m * nb;
-        __m256 acc[TILE];
-        #pragma GCC unroll 8  // keeps acc in registers: see "Accumulators" at the top
-        for (size_t i = 0; i < sizeof(acc) / sizeof(acc[0]); ++i) acc[i] = _mm256_setzero_ps();
         __m256 tail = _mm256_setzero_ps();
         for (int64_t g = 0; g < G; ++g) {
           const float xg = xsum[m * G + g];
           tail = _mm256_fmadd_ps(_mm256_loadu_ps(Zt + g * TILE), _mm256_set1_ps(xg), tail);
           tail = _mm256_fmadd_ps(_mm256_loadu_ps(St + g * TILE), _mm256_set1_ps(-8.0f * xg), tail);
         }
+#ifdef NEOX_AVX512
+        // d_b is the same for every row, the group's scale is not: a group's blocks are summed with d_b alone and
+        // the sum is scaled by the 8 rows' s_g when the group ends (flush), spread over the row pairs by a permute
+        __m512 acc2[4], gacc[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) { acc2[j] = _mm512_setzero_ps(); gacc[j] = _mm512_setzero_ps(); }
+        const __m512i low512 = _mm512_set1_epi8(0x0F);
+        auto flush = [&](int64_t g) {
+          const __m512 s = _mm512_castps256_ps512(_mm256_loadu_ps(St + g * TILE));
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; ++j) {
+            const __m512i idx = _mm512_set_epi32(2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1,
+                                                 2 * j + 1, 2 * j + 1, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j,
+                                                 2 * j, 2 * j);
+            acc2[j] = _mm512_fmadd_ps(gacc[j], _mm512_permutexvar_ps(idx, s), acc2[j]);
+            gacc[j] = _mm512_setzero_ps();
+          }
+        };
+        for (int64_t p = 0; p < pairs; ++p) {
+          const uint8_t* wb = Wt + p * TILE * QK;
+          prefetch_block(wb);
+          const int64_t b0 = 2 * p, b1 = 2 * p + 1;
+          const __m512i x0 = broadcast_block(xm + b0 * QK), x1 = broadcast_block(xm + b1 * QK);
+          __m512i bytes[4];
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; ++j) bytes[j] = _mm512_loadu_si512(wb + j * 2 * QK);
+          const __m512 d0 = _mm512_set1_ps(dm[b0]), d1 = _mm512_set1_ps(dm[b1]);
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; ++j)
+            gacc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot_u8s8(_mm512_and_si512(bytes[j], low512), x0)), d0,
+                                      gacc[j]);
+          if ((b0 + 1) * QK % group == 0) flush(b0 * QK / group);
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; ++j)
+            gacc[j] = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(dot_u8s8(_mm512_and_si512(_mm512_srli_epi16(bytes[j], 4), low512), x1)), d1,
+                gacc[j]);
+          if ((b1 + 1) * QK % group == 0) flush(b1 * QK / group);
+        }
+        store_tile(out + m * N, t * TILE, N, _mm256_add_ps(reduce8_pairs(acc2), tail));
+#else
+        __m256 acc[TILE];
+        #pragma GCC unroll 8  // keeps acc in registers: see "Accumulators" at the top
+        for (size_t i = 0; i < sizeof(acc) / sizeof(acc[0]); ++i) acc[i] = _mm256_setzero_ps();
         for (int64_t p = 0; p < pairs; ++p) {
           const uint8_t* wb = Wt + p * TILE * QK;
           prefetch_block(wb);
@@ -253,6 +380,7 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
           }
         }
         store_tile(out + m * N, t * TILE, N, _mm256_add_ps(reduce8(acc), tail));
+#endif
       }
     }
   });
@@ -331,6 +459,78 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, int64_t N) {
   return y;
 }
 
+// ---- bf16 x bf16: weight [N, K] bfloat16 (nn.Linear's layout), x [M, K] bfloat16, out [M, N] bfloat16 ---------
+// For the few rows of a decode step on CPUs with AVX512-BF16: vdpbf16ps multiplies 32 bfloat16 pairs and adds
+// them into 16 float32 sums. R weight rows are read side by side (R streams) against each of the M rows of x, so
+// each weight byte is read once per call; float32 sums, rounded to bfloat16 once at the end (as oneDNN does).
+#ifdef __AVX512BF16__
+template <int M, int R>
+inline void bf16_gemv_rows(const uint16_t* W, const uint16_t* X, int64_t K, int64_t N, int64_t n0,
+                           at::BFloat16* out) {
+  __m512 acc[M * R];
+#pragma GCC unroll 16
+  for (int i = 0; i < M * R; ++i) acc[i] = _mm512_setzero_ps();
+  const uint16_t* w[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) w[r] = W + (n0 + r) * K;
+  for (int64_t k = 0; k < K; k += 32) {
+    const __mmask32 mask = K - k >= 32 ? ~__mmask32(0) : (__mmask32(1) << (K - k)) - 1;
+    __m512bh xv[M];
+#pragma GCC unroll 4
+    for (int m = 0; m < M; ++m) xv[m] = (__m512bh)_mm512_maskz_loadu_epi16(mask, X + m * K + k);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w[r] + k) + PREFETCH, _MM_HINT_T0);
+      const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(mask, w[r] + k);
+#pragma GCC unroll 4
+      for (int m = 0; m < M; ++m) acc[m * R + r] = _mm512_dpbf16_ps(acc[m * R + r], wv, xv[m]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int m = 0; m < M; ++m)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) out[m * N + n0 + r] = at::BFloat16(_mm512_reduce_add_ps(acc[m * R + r]));
+}
+
+template <int M>
+void bf16_gemv_impl(const uint16_t* W, const uint16_t* X, int64_t K, int64_t N, at::BFloat16* out) {
+  constexpr int R = M <= 2 ? 8 : 4;   // at most 16 accumulators
+  const int64_t blocks = N / R;
+  at::parallel_for(0, blocks + 1, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      if (b < blocks) {
+        bf16_gemv_rows<M, R>(W, X, K, N, b * R, out);
+      } else {
+        for (int64_t n = blocks * R; n < N; ++n) bf16_gemv_rows<M, 1>(W, X, K, N, n, out);
+      }
+    }
+  });
+}
+#endif
+
+at::Tensor bf16_gemv(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16 &&
+              x.is_contiguous() && w.is_contiguous() && x.size(1) == w.size(1) && x.device().is_cpu(),
+              "bf16_gemv: contiguous bfloat16 x [M, K] and weight [N, K] needed");
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  TORCH_CHECK(M >= 1 && M <= 4, "bf16_gemv: 1 to 4 rows of x, not ", M);
+#ifdef __AVX512BF16__
+  at::Tensor y = at::empty({M, N}, x.options());
+  const uint16_t* X = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const uint16_t* W = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  at::BFloat16* out = y.data_ptr<at::BFloat16>();
+  switch (M) {
+    case 1: bf16_gemv_impl<1>(W, X, K, N, out); break;
+    case 2: bf16_gemv_impl<2>(W, X, K, N, out); break;
+    case 3: bf16_gemv_impl<3>(W, X, K, N, out); break;
+    default: bf16_gemv_impl<4>(W, X, K, N, out); break;
+  }
+  return y;
+#else
+  TORCH_CHECK(false, "bf16_gemv: this build (", NEOX_STR(NEOX_NS), ") has no AVX512-BF16 code");
+#endif
+}
+
 // The rows of one k-major bf16 tile as float32: 8 columns at a time, an 8 x 8 transpose of widened vectors.
 inline void bf16_tile_rows_out(const uint16_t* Wt, int64_t K, float* O, int64_t N, int64_t n0) {
   for (int64_t k = 0; k < K; k += 8) {
@@ -356,15 +556,35 @@ inline void bf16_tile_rows_out(const uint16_t* Wt, int64_t K, float* O, int64_t 
 // For products with many rows (prefill), where a float GEMM on the expanded weight beats dot products per row.
 // bits 8: scale [N]; bits 4: scale, zero [N/8, G, 8]; bits 16: bfloat16 tiles, no scale.
 
+// float32 -> bfloat16, round to nearest even, 16 values (finite inputs: weights).
+inline void store_bf16x16(uint16_t* dst, const float* src) {
+#ifdef __AVX512BF16__
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src)));
+#else
+  __m256i h[2];
+  for (int i = 0; i < 2; ++i) {
+    const __m256i b = _mm256_castps_si256(_mm256_loadu_ps(src + 8 * i));
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+    h[i] = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
+  }
+  // packus interleaves 128-bit lanes: 0-3 8-11 4-7 12-15; the permute puts them back in order
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(h[0], h[1]), 0xD8);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), packed);
+#endif
+}
+
 at::Tensor dequantize(const at::Tensor& w, const c10::optional<at::Tensor>& scale,
-                      const c10::optional<at::Tensor>& zero, int64_t group, int64_t bits, int64_t N) {
+                      const c10::optional<at::Tensor>& zero, int64_t group, int64_t bits, int64_t N, bool bf16) {
   TORCH_CHECK(bits == 8 || bits == 4 || bits == 16, "dequantize: bits must be 8, 4 or 16");
+  TORCH_CHECK(!(bf16 && bits == 16), "dequantize: bfloat16 tiles expand to float32 only");
   TORCH_CHECK(w.dim() == (bits == 16 ? 3 : 4) && w.is_contiguous() && w.size(0) == ceil_tiles(N) &&
               w.size(2) == TILE, "dequantize: weight must be contiguous tiles");
   const int64_t per = bits == 16 ? 1 : (bits == 8 ? QK : 2 * QK);
   const int64_t K = w.size(1) * per, nblk = w.size(1);
-  at::Tensor out = at::empty({N, K}, w.options().dtype(at::kFloat));
-  float* O = out.data_ptr<float>();
+  TORCH_CHECK(!bf16 || K % 16 == 0, "dequantize: bfloat16 output needs K a multiple of 16");
+  at::Tensor out = at::empty({N, K}, w.options().dtype(bf16 ? at::kBFloat16 : at::kFloat));
+  float* O = bf16 ? nullptr : out.data_ptr<float>();
+  uint16_t* OB = bf16 ? reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()) : nullptr;
   if (bits != 16)
     TORCH_CHECK(scale.has_value() && scale->scalar_type() == at::kFloat && scale->is_contiguous(),
                 "dequantize: a float32 scale is needed");
@@ -377,10 +597,11 @@ at::Tensor dequantize(const at::Tensor& w, const c10::optional<at::Tensor>& scal
   const int64_t G = bits == 4 ? K / group : 0;
   const int64_t blk_bytes = QK;   // bytes of one row's block in an int8 / int4 tile
   at::parallel_for(0, ceil_tiles(N), 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> staging(bf16 ? K : 0);   // a bfloat16 row is built in float32, then rounded
     for (int64_t t = begin; t < end; ++t)
       for (int64_t r = 0; r < TILE && t * TILE + r < N; ++r) {
         const int64_t n = t * TILE + r;
-        float* row = O + n * K;
+        float* row = bf16 ? staging.data() : O + n * K;
         if (bits == 16) {   // k-major tiles: whole tiles at once below
           if (r == 0) bf16_tile_rows_out(reinterpret_cast<const uint16_t*>(W) + t * K * TILE, K, O, N, t * TILE);
           continue;
@@ -402,6 +623,8 @@ at::Tensor dequantize(const at::Tensor& w, const c10::optional<at::Tensor>& scal
             }
           }
         }
+        if (bf16)
+          for (int64_t k = 0; k < K; k += 16) store_bf16x16(OB + n * K + k, row + k);
       }
   });
   return out;
@@ -552,16 +775,20 @@ void paged_decode_attention_impl(const at::Tensor& q, const C* K, const C* V, co
 
 }  // namespace
 
-TORCH_LIBRARY(neoxserve, m) {
+NEOX_LIBRARY(NEOX_NS, m) {
+  m.def("features", &features);   // no tensor arguments: a catch-all kernel
+  m.def("bf16_gemv(Tensor x, Tensor weight) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor weight, Tensor scale) -> Tensor");
   m.def("int4_linear(Tensor x, Tensor weight, Tensor scale, Tensor zero, int group, int n) -> Tensor");
   m.def("bf16_linear(Tensor x, Tensor weight, int n) -> Tensor");
-  m.def("dequantize(Tensor weight, Tensor? scale, Tensor? zero, int group, int bits, int n) -> Tensor");
+  m.def("dequantize(Tensor weight, Tensor? scale, Tensor? zero, int group, int bits, int n, bool bf16=False) -> "
+        "Tensor");
   m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor seq_lens, "
         "float scale) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(neoxserve, CPU, m) {
+NEOX_LIBRARY_IMPL(NEOX_NS, CPU, m) {
+  m.impl("bf16_gemv", &bf16_gemv);
   m.impl("int8_linear", &int8_linear);
   m.impl("int4_linear", &int4_linear);
   m.impl("bf16_linear", &bf16_linear);

@@ -50,6 +50,7 @@ export function render(main) {
       card("Model", "model", m.name || "—", m.path),
       card("Device", "device", m.device || "—"),
       card("Dtype", "dtype", m.dtype || "—"),
+      card("Kernels", "kernels", m.kernels || "—", "native CPU kernels' instruction set"),
       card("Context", "context", number(m.max_context), m.is_chat ? "chat model" : "completion model"),
       card("Engine", "engine", o.ready ? "ready" : "not ready", o.engine_alive ? "process alive" : "process down"),
       card("Running", "running", number(s.running)),
