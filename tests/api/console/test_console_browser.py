@@ -177,6 +177,42 @@ def test_api_keys_are_shown_once_listed_by_id_and_revoked(console):
     assert key not in "\n".join(c.server.stderr_lines + c.server.stdout_lines)
 
 
+def test_access_codes_are_shown_once_listed_by_id_used_and_revoked(console):
+    c = console.logged_in()
+    create_app(c, "team-codes")
+    close_keys(c)
+    c.page.locator("tr[data-app=team-codes] button", has_text="Edit").click()
+    dialog = c.page.locator("[data-testid=edit-dialog]")
+    expect(dialog.locator("[data-testid=accesscodes]")).to_have_text("No access codes.")
+    dialog.locator("[data-testid=create-accesscode]").click()
+    shown = c.page.locator("[data-testid=accesscode-dialog]")
+    expect(shown).to_contain_text("shown only this once")
+    code = shown.get_by_label("Access code", exact=True).input_value()
+    expect(shown.get_by_role("button", name="copy Access code")).to_be_visible()
+    c.shot("apps-accesscode")
+    c.page.click("[data-testid=accesscode-done]")
+    shown.wait_for(state="detached")
+    with c.server.platform() as p:
+        [listed] = p.list_access_codes("team-codes")
+    assert code.startswith(listed.id + "-")
+    expect(dialog.locator("[data-testid=accesscodes]")).to_contain_text(listed.id)
+    row = dialog.locator(f"tr[data-code='{listed.id}']")
+    expect(row).to_be_visible()
+    assert code not in c.text()
+    headers = {"Authorization": f"ACCESSCODE {code}"}
+    r = httpx.post(c.server.completions_url(), headers=headers,
+                   json={"prompt": "Hello there", "max_output_tokens": 3}, timeout=60)
+    assert r.json()["usage"]["completion_tokens"] == 3, r.text
+    row.get_by_role("button", name="Revoke").click()
+    c.page.click("[data-testid=confirm]")
+    expect(dialog.locator("[role=alert]")).to_have_text(f"Revoked access code {listed.id}.")
+    expect(dialog.locator("[data-testid=accesscodes]")).to_have_text("No access codes.")
+    r = httpx.post(c.server.completions_url(), headers=headers,
+                   json={"prompt": "Hello there", "max_output_tokens": 3}, timeout=60)
+    assert (r.json()["error_code"], r.json()["error_msg"]) == (14, "IAM Certification failed"), r.text
+    assert code not in "\n".join(c.server.stderr_lines + c.server.stdout_lines)
+
+
 def test_rotating_keys_makes_the_old_ones_fail_at_the_token_endpoint(console):
     c = console.logged_in()
     old = create_app(c, "team-rotate")

@@ -1,4 +1,5 @@
-// Apps: list, create (keys shown once), rotate (new keys shown once), delete, limits, allowed services, API keys.
+// Apps: list, create (keys shown once), rotate (new keys shown once), delete, limits, allowed services, API keys,
+// access codes.
 import { del, get, post, put } from "./api.js";
 import { clear, confirmDialog, copyable, dateTime, h, messageArea, modal, number, optionalNumber } from "./dom.js";
 
@@ -90,6 +91,54 @@ function apiKeysSection(app, message) {
       h("button", { type: "button", "data-testid": "create-apikey", onclick: create }, "Create API key")))];
 }
 
+// A new access code: shown once, gone from the page when the dialog closes.
+function showAccessCode(code) {
+  return modal(`Access code of app ${code.app_name}`, (close) => h("div", { "data-testid": "accesscode-dialog" },
+    h("p", { class: "message warning" }, "This code is shown only this once: copy it now, the server keeps only "
+      + "its hash. Send it as Authorization: ACCESSCODE <code> to the model routes (the qianfan SDK's private mode)."),
+    h("dl", { class: "keys" },
+      h("dt", null, "Access code", h("span", { class: "note" }, `id ${code.id}`)),
+      h("dd", null, copyable(code.code, "Access code"))),
+    h("div", { class: "buttons" },
+      h("button", { type: "button", class: "primary", "data-testid": "accesscode-done", onclick: () => close(true) },
+        "I have stored it"))));
+}
+
+// The app's access codes (ids only), with create and revoke.
+function accessCodesSection(app, message) {
+  const tableBox = h("div", { class: "table-box", "data-testid": "accesscodes" });
+  async function load() {
+    try {
+      const { codes } = await get(`/accesscodes?app=${encodeURIComponent(app.name)}`);
+      clear(tableBox, codes.length ? h("table", null,
+        h("thead", null, h("tr", null, ["Code id", "Created", ""].map((t) => h("th", null, t)))),
+        h("tbody", null, codes.map((c) => h("tr", { "data-code": c.id },
+          h("td", null, h("code", null, c.id)), h("td", null, dateTime(c.created_at)),
+          h("td", { class: "actions" }, h("button", { type: "button", class: "small danger", onclick: () => revoke(c) },
+            "Revoke")))))) : h("p", { class: "note" }, "No access codes."));
+    } catch (e) { message.show(e.message); }
+  }
+  async function revoke(c) {
+    if (!await confirmDialog(`Revoke access code ${c.id}?`, "It stops working at once.", "Revoke")) return;
+    try {
+      await del(`/accesscodes/${encodeURIComponent(c.id)}`);
+      message.show(`Revoked access code ${c.id}.`, "ok");
+    } catch (e) { message.show(e.message); }
+    load();
+  }
+  async function create() {
+    try {
+      const { code } = await post(`/apps/${encodeURIComponent(app.name)}/accesscodes`);
+      await showAccessCode(code);
+      message.show(`Created access code ${code.id}.`, "ok");
+    } catch (e) { message.show(e.message); }
+    load();
+  }
+  load();
+  return [tableBox, h("div", { class: "row" },
+    h("button", { type: "button", "data-testid": "create-accesscode", onclick: create }, "Create access code"))];
+}
+
 function limitsText(limits) {
   const parts = LIMIT_FIELDS.filter(([f]) => limits[f] !== null && limits[f] !== undefined)
     .map(([f, label]) => `${label} ${number(limits[f])}`);
@@ -142,6 +191,7 @@ async function editApp(app, services, refresh) {
     h("h3", null, "Limits"), limitsForm,
     h("h3", null, "Allowed services"), checks,
     h("h3", null, "API keys"), apiKeysSection(app, message),
+    h("h3", null, "Access codes"), accessCodesSection(app, message),
     message,
     h("div", { class: "buttons" }, h("button", { type: "button", onclick: () => close(true) }, "Close"))));
 }
