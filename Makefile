@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8360
 
-.PHONY: serve test lint screenshots chromium clean redis-server compiler bench-install llama-server nginx cluster \
+.PHONY: serve test lint screenshots chromium clean redis-server compiler bench-install llama-server nginx promtool cluster \
 	cluster-stop cluster-restart
 
 # torch is pinned exactly and installed first so that pip takes the local CPU wheel
@@ -50,7 +50,7 @@ redis-server: $(BIN)/.test-installed
 	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server \
 	  >/dev/null || echo "make: apt-get could not install redis-server: the Redis store tests will be skipped"
 
-test: $(BIN)/.test-installed redis-server compiler chromium nginx
+test: $(BIN)/.test-installed redis-server compiler chromium nginx promtool
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The local cluster (`make cluster`, docs/cluster.md) and its tests put Debian's nginx in front of the replicas: the
@@ -73,6 +73,23 @@ nginx:
 	if ldd usr/sbin/nginx | grep -q "not found"; then \
 	  echo "make: nginx needs libraries this machine lacks:"; ldd usr/sbin/nginx | grep "not found"; fi || \
 	echo "make: could not download Debian's nginx: the cluster tests will be skipped"
+
+
+# The monitoring tests (tests/cluster/test_monitoring.py, docs/cluster.md "Monitoring") check deploy/prometheus/ with
+# promtool: the one on PATH, else Debian's prometheus package unpacked into build/tools/prometheus the way `nginx`
+# does above (no service installed or started). Where none can be had those tests skip, saying why (fail under CI=true).
+PROMETHEUS_TOOLS := build/tools/prometheus
+promtool:
+	@if command -v promtool >/dev/null 2>&1 || [ -x $(PROMETHEUS_TOOLS)/usr/bin/promtool ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-deb >/dev/null 2>&1; then \
+	  echo "make: no promtool and no apt-get: the monitoring tests will be skipped"; exit 0; fi; \
+	echo "make: unpacking Debian's prometheus (promtool) into $(PROMETHEUS_TOOLS)"; \
+	rm -rf $(PROMETHEUS_TOOLS).deb && mkdir -p $(PROMETHEUS_TOOLS).deb && cd $(PROMETHEUS_TOOLS).deb && \
+	{ apt-get download -q prometheus >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else exit 1; fi; \
+	    $$sudo apt-get update -qq && apt-get download -q prometheus >/dev/null 2>&1; }; } && \
+	dpkg-deb -x prometheus_*.deb ../prometheus || \
+	echo "make: could not download Debian's prometheus: the monitoring tests will be skipped"
 
 # `make cluster` (REPLICAS=N, default 2): Redis, N replicas sharing it and nginx in front, all on 127.0.0.1, in
 # build/cluster/; prints the URL. `make cluster-stop` ends exactly what it started; `make cluster-restart` is a

@@ -86,6 +86,17 @@ def find_nginx() -> str | None:
     return None
 
 
+def find_promtool() -> str | None:
+    """promtool (deploy/prometheus/ checks): NEOXSERVE_PROMTOOL, PATH, or what `make promtool` unpacked."""
+    chosen = os.environ.get("NEOXSERVE_PROMTOOL")
+    if chosen:
+        return chosen
+    for path in (shutil.which("promtool"), str(REPO / "build/tools/prometheus/usr/bin/promtool")):
+        if path and os.access(path, os.X_OK):
+            return path
+    return None
+
+
 def find_redis_server() -> str | None:
     chosen = os.environ.get("NEOXSERVE_REDIS_SERVER")
     if chosen:
