@@ -92,12 +92,15 @@ promtool:
 	echo "make: could not download Debian's prometheus: the monitoring tests will be skipped"
 
 # `make cluster` (REPLICAS=N, default 2): Redis, N replicas sharing it and nginx in front, all on 127.0.0.1, in
-# build/cluster/; prints the URL. `make cluster-stop` ends exactly what it started; `make cluster-restart` is a
+# build/cluster/; prints the URL. PROMETHEUS=1 adds a Prometheus scraping every replica, with
+# deploy/prometheus/rules.yml loaded. `make cluster-stop` ends exactly what it started; `make cluster-restart` is a
 # rolling restart that loses no request (docs/cluster.md).
 REPLICAS ?= 2
 CLUSTER_PORT ?= 0
-cluster: $(BIN)/.test-installed redis-server nginx
-	$(BIN)/neoxserve cluster start --replicas $(REPLICAS) --port $(CLUSTER_PORT)
+PROMETHEUS ?= 0
+cluster: $(BIN)/.test-installed redis-server nginx $(if $(filter 1,$(PROMETHEUS)),promtool)
+	$(BIN)/neoxserve cluster start --replicas $(REPLICAS) --port $(CLUSTER_PORT) \
+	  $(if $(filter 1,$(PROMETHEUS)),--prometheus)
 
 cluster-stop:
 	$(BIN)/neoxserve cluster stop
