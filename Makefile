@@ -75,7 +75,7 @@ nginx:
 	echo "make: could not download Debian's nginx: the cluster tests will be skipped"
 
 
-# The monitoring tests (tests/cluster/test_monitoring.py, docs/cluster.md "Monitoring") check deploy/prometheus/ with
+# The monitoring tests (tests/cluster/test_monitoring.py, docs/deployment.md "Monitoring") check deploy/prometheus/ with
 # promtool: the one on PATH, else Debian's prometheus package unpacked into build/tools/prometheus the way `nginx`
 # does above (no service installed or started). Where none can be had those tests skip, saying why (fail under CI=true).
 PROMETHEUS_TOOLS := build/tools/prometheus

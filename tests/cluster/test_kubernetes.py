@@ -1,4 +1,4 @@
-"""deploy/kubernetes (docs/cluster.md): every manifest valid against the Kubernetes schemas (kubernetes-validate,
+"""deploy/kubernetes (docs/deployment.md): every manifest valid against the Kubernetes schemas (kubernetes-validate,
 offline, strict: no unknown fields), `kubectl kustomize` builds them where kubectl is installed, and the parts fit
 together and with neoxserve: the settings file loads, probes and ports are neoxserve's, the grace period covers the
 drain, the Service, the PodDisruptionBudget and the autoscaler reach the Deployment."""
