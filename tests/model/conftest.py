@@ -97,3 +97,17 @@ def no_bf16_variant(request):
     """As kernel_variant, for the variants without the bf16 x bf16 GEMV."""
     with _selected(request.param):
         yield request.param
+
+
+@pytest.fixture(params=variant_params(["avx512_vnni", "avx512_bf16"]))
+def vnni_variant(request):
+    """As kernel_variant, for the variants with the VNNI GEMM over packed tiles (int8_gemm, int4_gemm)."""
+    with _selected(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=variant_params(["avx2", "avx512"]))
+def no_vnni_variant(request):
+    """As kernel_variant, for the variants without the VNNI GEMM."""
+    with _selected(request.param):
+        yield request.param

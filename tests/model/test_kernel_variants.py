@@ -183,3 +183,125 @@ def test_dequantize_to_bfloat16_rounds_the_float32_expansion(method, kernel_vari
     f32 = kernels.ops().dequantize(m.weight, m.weight_scale, zero, 64, bits, 37)
     b16 = kernels.ops().dequantize(m.weight, m.weight_scale, zero, 64, bits, 37, True)
     assert b16.dtype == torch.bfloat16 and torch.equal(b16, f32.to(torch.bfloat16))
+
+
+# --- the VNNI GEMM over the packed tiles (int8_gemm, int4_gemm) -------------------------------------------------
+
+def _packed(method: str, group: int, n: int, k: int, seed: int):
+    from neoxserve.model.quant_format import QuantConfig, quantize
+    from neoxserve.model.quant_linear import QuantLinear
+    cfg = QuantConfig(method, group)
+    g = torch.Generator().manual_seed(seed)
+    m = QuantLinear(k, n, False, cfg, torch.float32, "cpu", "native")
+    parts = quantize(cfg, torch.randn(n, k, generator=g))
+    m.load_state_dict(m.runtime_tensors(parts, torch.float32, torch.device("cpu")), assign=True)
+    return m, parts, g
+
+
+def _quantized_rows(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's activation quantization, in float32 as it does it: q = round(x * (127 / max|x|)) per block of
+    each row, d = max|x| / 127; q [M, K] and d [M, K / block]."""
+    xb = x.view(x.shape[0], -1, block)
+    mx = xb.abs().amax(-1, keepdim=True)
+    inv = torch.where(mx > 0, torch.tensor(127.0) / mx, torch.zeros_like(mx))
+    return torch.round(xb * inv).view_as(x), (mx / 127.0).squeeze(-1)
+
+
+def _gemm_references(method: str, parts: dict, x: torch.Tensor, group: int, block: int):
+    """(float64 product with the dequantized weight, float64 product with the kernel's quantized activations)."""
+    from neoxserve.model.quant_format import QuantConfig, dequantize, unpack_nibbles
+    exact = x.double() @ dequantize(QuantConfig(method, group), parts).double().t()
+    if method == "int8":
+        q, d = _quantized_rows(x, block)
+        w = parts["weight"].double()                                          # [N, K]
+        blocks = torch.einsum("mgb,ngb->mng", q.double().view(x.shape[0], -1, block),
+                              w.view(w.shape[0], -1, block))
+        emulated = (blocks * d.double()[:, None, :]).sum(-1) * parts["weight_scale"].double()
+    else:
+        q, d = _quantized_rows(x, group)
+        lev = unpack_nibbles(parts["weight"]).double()                        # [N, K] in 0..15
+        s, z = parts["weight_scale"].double(), parts["weight_zero"].double()  # [N, G]
+        dots = torch.einsum("mgb,ngb->mng", q.double().view(x.shape[0], -1, group),
+                            lev.view(lev.shape[0], -1, group))
+        xs = x.double().view(x.shape[0], -1, group).sum(-1)                  # [M, G] exact sums
+        qsum = q.double().view(x.shape[0], -1, group).sum(-1)               # the -8 s term takes quantized x
+        emulated = ((dots - 8 * qsum[:, None, :]) * d.double()[:, None, :] * s[None]).sum(-1) + xs @ z.t()
+    return exact, emulated
+
+
+GEMM_CASES = [("int8", 32, 0), ("int8", 128, 0), ("int8", 256, 256), ("int8", 128, 32),
+              ("int4", 64, 0), ("int4", 128, 0), ("int4", 32, 0), ("int4", 256, 0)]
+
+
+@pytest.mark.parametrize("rows", [5, 17, 64, 131, 300])
+@pytest.mark.parametrize("method,group,block", GEMM_CASES, ids=lambda v: str(v))
+def test_packed_gemm_matches_the_reference(method, group, block, rows, vnni_variant):
+    """int8_gemm / int4_gemm on the same tiles the decode kernels read. Against the product with the kernel's own
+    activation quantization emulated in float64: float32 rounding only (the int32 sums are exact, each block's
+    float32 conversion and sum rounds at 2^-24 relative), so 1e-5 of the output scale. Against the exact product
+    loosely: the activation quantization's error is about max|x| / 254 per element, uniform, so for unit x and w
+    its sum over K is ~ sqrt(K) * 0.4 / 127 * |w| standard deviation; 2% of the output scale bounds it with room.
+    37 and 45 outputs leave partial tiles; rows 5..300 leave partial blocks of 8 rows and several L2 chunks."""
+    n, k = (37, 512) if rows % 2 else (45, 768)
+    m, parts, g = _packed(method, group, n, k, rows)
+    x = torch.randn(rows, k, generator=g)
+    block = block or k
+    if method == "int8":
+        from neoxserve.model import weight_tiles
+        out = kernels.ops().int8_gemm(x, m.weight, m.weight_scale, weight_tiles.int8_block_sums(m.weight, block),
+                                      block)
+        exact, emulated = _gemm_references(method, parts, x, group, block)
+    else:
+        out = kernels.ops().int4_gemm(x, m.weight, m.weight_scale, m.weight_zero, group, n)
+        exact, emulated = _gemm_references(method, parts, x, group, group)
+    assert out.shape == (rows, n) and out.dtype == torch.float32
+    scale = float(exact.abs().max())
+    assert float((out.double() - emulated).abs().max()) <= 1e-5 * scale
+    assert float((out.double() - exact).abs().max()) <= 2e-2 * scale
+
+
+@pytest.mark.parametrize("method,group", [("int8", 128), ("int4", 128), ("int4", 32)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quant_linear_runs_the_packed_gemm_above_the_gemv_rows(method, group, dtype, vnni_variant, monkeypatch):
+    """QuantLinear above NATIVE_GEMM_ROWS: the GEMM where it is chosen (int4 groups below INT4_GEMM_MIN_GROUP with
+    bfloat16 activations on a bf16 CPU keep the expansion); same output as the expansion within the activation
+    quantization's error, bias included."""
+    from neoxserve.model.quant_linear import NATIVE_GEMM_ROWS
+    m, _, g = _packed(method, group, 40, 256, 1)
+    with torch.no_grad():
+        m.bias = torch.nn.Parameter(torch.randn(40, generator=g), requires_grad=False)
+    x = torch.randn(NATIVE_GEMM_ROWS + 3, 256, generator=g).to(dtype)
+    calls = []
+    real = kernels.ops()
+    gemm_op = "int8_gemm" if method == "int8" else "int4_gemm"
+
+    class Spy:
+        def __getattr__(self, name):
+            if name == gemm_op:
+                calls.append(name)
+            return getattr(real, name)
+    monkeypatch.setattr(kernels, "ops", lambda: Spy())
+    with torch.inference_mode():
+        out = m(x)
+        m.packed_gemm = False
+        expanded = m(x)
+    expected_gemm = method == "int8" or group >= kernels.INT4_GEMM_MIN_GROUP or dtype != torch.bfloat16 \
+        or not kernels.cpu_has_bf16()
+    assert calls == ([gemm_op] if expected_gemm else [])
+    assert out.dtype == dtype
+    scale = float(expanded.float().abs().max())
+    torch.testing.assert_close(out.float(), expanded.float(), rtol=0, atol=2e-2 * scale)
+
+
+def test_builds_without_vnni_refuse_the_packed_gemm(no_vnni_variant):
+    assert not kernels.has_int8_gemm()
+    w = torch.zeros(1, 1, 8, 32, dtype=torch.int8)
+    with pytest.raises(RuntimeError, match=rf"int8_gemm: this build \(neoxserve_{no_vnni_variant}\) has no "
+                                           "AVX512-VNNI code"):
+        kernels.ops().int8_gemm(torch.zeros(17, 32), w, torch.ones(8), torch.zeros(1, 1, 8), 32)
+
+
+def test_packed_gemm_refuses_a_block_that_does_not_divide_k(vnni_variant):
+    w = torch.zeros(1, 3, 8, 32, dtype=torch.int8)
+    with pytest.raises(RuntimeError, match="int8_gemm: block 64 must be a multiple of 32 dividing 96"):
+        kernels.ops().int8_gemm(torch.zeros(17, 96), w, torch.ones(8), torch.zeros(1, 1, 8), 64)

@@ -56,6 +56,9 @@ class QuantLinear(nn.Module):
     weight_scale: Tensor
     weight_zero: Tensor
     weight_scale_zero: Tensor
+    # rows above NATIVE_GEMM_ROWS: the VNNI GEMM on the tiles where the kernels have it (False: the expansion;
+    # benchmarks compare the two)
+    packed_gemm = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool, cfg: QuantConfig,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", kernel: str | None = None):
@@ -90,6 +93,8 @@ class QuantLinear(nn.Module):
             else:
                 self.register_buffer("weight_scale", torch.empty(out_features, groups, device=device))
                 self.register_buffer("weight_zero", torch.empty(out_features, groups, device=device))
+        self._sums: Tensor | None = None
+        self._sums_key: tuple[int, int] | None = None
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) \
             if bias else None
 
@@ -163,6 +168,17 @@ class QuantLinear(nn.Module):
         ops = kernels.ops()
         int8 = self.cfg.method == "int8"
         zero = None if int8 else self.weight_zero
+        if x.shape[0] > NATIVE_GEMM_ROWS and self.packed_gemm and kernels.has_int8_gemm() and (
+                int8 or self.cfg.group_size >= kernels.INT4_GEMM_MIN_GROUP or x.dtype != torch.bfloat16
+                or not kernels.cpu_has_bf16()):
+            x32 = x.float().contiguous()
+            if int8:
+                block = kernels.INT8_GEMM_BLOCK or self.in_features
+                out = ops.int8_gemm(x32, self.weight, self.weight_scale, self._block_sums(block), block)
+            else:
+                out = ops.int4_gemm(x32, self.weight, self.weight_scale, zero, self.cfg.group_size,
+                                    self.out_features)
+            return out if x.dtype == torch.float32 else out.to(x.dtype)
         if x.shape[0] > NATIVE_GEMM_ROWS:
             # bfloat16 activations on a CPU with bf16 units: the weight expands to bfloat16 and PyTorch's bf16 GEMM
             # (oneDNN) multiplies, at about twice its float32 GEMM's rate there; else both in float32
@@ -183,6 +199,16 @@ class QuantLinear(nn.Module):
         else:
             out = ops.int4_linear(x32, self.weight, self.weight_scale, zero, self.cfg.group_size, self.out_features)
         return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+    def _block_sums(self, block: int) -> Tensor:
+        """int8_gemm's correction table for the current weight (weight_tiles.int8_block_sums), made on first use:
+        K / block floats per output row, beside the weight rather than in the checkpoint."""
+        key = (self.weight.data_ptr(), block)
+        if self._sums_key != key:
+            self._sums = weight_tiles.int8_block_sums(self.weight, block)
+            self._sums_key = key
+        assert self._sums is not None
+        return self._sums
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

@@ -79,3 +79,12 @@ def bf16_tiles(weight: Tensor) -> Tensor:
 def bf16_untiled(tiles: Tensor, n: int) -> Tensor:
     return tiles.transpose(1, 2).reshape(-1, tiles.shape[1])[:n].contiguous()
 
+
+
+def int8_block_sums(tiles: Tensor, block: int) -> Tensor:
+    """-128 times each row's sum over each block of `block` columns of int8 tiles: float32 [N/8, K/block, 8], the
+    correction int8_gemm adds for taking x as xq + 128 (wq_gemm.cpp)."""
+    t, blocks, _, b = tiles.shape
+    per = block // b
+    sums = tiles.view(t, blocks // per, per, TILE, b).sum(dim=(2, 4), dtype=torch.int32)
+    return (sums * -128).to(torch.float32).contiguous()

@@ -37,6 +37,12 @@ GEMM_ROWS = 16
 # A bfloat16 model's linears run bf16_gemv (AVX512-BF16 builds) up to this many rows, PyTorch's bf16 GEMM (oneDNN)
 # above: the GEMV streams the weight once per call, which is what a decode step with a few rows is bound by.
 BF16_GEMV_ROWS = 4
+# Above GEMM_ROWS, builds with AVX512-VNNI run int8_gemm / int4_gemm (wq_gemm.cpp) on the packed tiles instead of
+# the expansion: int8 activations are quantized per row in blocks of INT8_GEMM_BLOCK columns (0: the whole row, one
+# scale per row), int4 ones per weight group. int4 groups below INT4_GEMM_MIN_GROUP convert the int32 sums to float
+# too often; with bfloat16 activations on a bf16 CPU the bf16 expansion beats them (docs/benchmarks.md).
+INT8_GEMM_BLOCK = 0
+INT4_GEMM_MIN_GROUP = 64
 # The expansion for a GEMM goes a slice of about this many weights at a time (4 MB of float32, in cache when the
 # GEMM reads it back): expanding a whole 3B-shape MLP weight (268 MB) per call cost more than the GEMM.
 EXPAND_FLOATS = 1 << 20
@@ -175,6 +181,11 @@ def cpu_has_bf16() -> bool:
 def has_bf16_gemv() -> bool:
     """The selected variant multiplies bfloat16 by bfloat16 in hardware (bf16_gemv)."""
     return active() == _BF16.name
+
+
+def has_int8_gemm() -> bool:
+    """The selected variant has the VNNI GEMM over packed tiles (int8_gemm, int4_gemm)."""
+    return active() in (_VNNI.name, _BF16.name)
 
 
 @contextlib.contextmanager

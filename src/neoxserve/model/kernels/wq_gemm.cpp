@@ -387,6 +387,221 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return y;
 }
 
+// ---- int8 / int4 GEMM over the same tiles, for many rows (prefill, batched decode): AVX512-VNNI builds ---------
+// The dot-product kernels above convert every block's 16 int32 lanes to float and scale them (d_b differs per block
+// of 32), three instructions per vpdpbusd, and read the weights once per row of x. For many rows this GEMM instead:
+//   * quantizes x per block of F columns of each row (int8: F = `block`, a kernel argument; int4: F = the weight's
+//     group), so the int32 sums run over F / 32 blocks before one conversion and one FMA (int4: scaled by the
+//     group's 16-lane weight scales as well);
+//   * takes MR = 8 rows of x at once against one register of weights (two tile rows x 32 columns): one weight load
+//     (int4: and one nibble mask) serves 8 vpdpbusd;
+//   * int8 weights are signed, and vpdpbusd multiplies u8 by s8: x goes in as xq + 128 (u8) and the excess
+//     128 * sum(w over the block) comes off at the end through `colsum` ([N/8, K/F, 8], -128 times each row's sum
+//     over each block, computed once at load: quant_linear.py), sum_b d_b colsum_b per output, like int4's zero
+//     term: y = s_n (sum_b d_b q_b.(xq_b + 128) + sum_b d_b colsum_b). int4 levels are already u8 (0..15).
+// Blocking: each thread takes a run of tiles; rows of x go in chunks whose quantized rows stay in L2 (XCHUNK bytes)
+// while the thread's tiles pass; within a chunk a tile meets MR rows at a time, one tile-row pair at a time.
+#ifdef __AVX512VNNI__
+constexpr int64_t MR = 8;
+constexpr int64_t XCHUNK = 256 * 1024;
+
+// x [M, K] -> per block of F columns of each row: q = round(x / d), d = max|x| / 127, stored as q + 128 (u8,
+// offset) or q (s8); d [M, K/F]; sums [M, K/F], the exact sums of x over each block, and qsums, d times the sums
+// of q (both when not null).
+void quantize_rows(const float* x, int64_t M, int64_t K, int64_t F, bool offset, uint8_t* xq, float* d,
+                   float* sums, float* qsums) {
+  const int64_t G = K / F;
+  at::parallel_for(0, M * G, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* src = x + (i / G) * K + (i % G) * F;
+      __m512 amax = _mm512_setzero_ps(), sum = _mm512_setzero_ps();
+      for (int64_t k = 0; k < F; k += 16) {
+        const __m512 v = _mm512_loadu_ps(src + k);
+        amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
+        sum = _mm512_add_ps(sum, v);
+      }
+      const float mx = _mm512_reduce_max_ps(amax);
+      d[i] = mx / 127.0f;
+      if (sums) sums[i] = _mm512_reduce_add_ps(sum);
+      const __m512 inv = _mm512_set1_ps(mx > 0.0f ? 127.0f / mx : 0.0f);
+      uint8_t* dst = xq + (i / G) * K + (i % G) * F;
+      const __m128i flip = _mm_set1_epi8(offset ? static_cast<char>(0x80) : 0);
+      __m512i qsum = _mm512_setzero_si512();
+      for (int64_t k = 0; k < F; k += 16) {
+        const __m512i r = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_loadu_ps(src + k), inv),
+                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        qsum = _mm512_add_epi32(qsum, r);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k), _mm_xor_si128(_mm512_cvtsepi32_epi8(r), flip));
+      }
+      if (qsums) qsums[i] = d[i] * static_cast<float>(_mm512_reduce_add_epi32(qsum));
+    }
+  });
+}
+
+inline __m512i broadcast_u8(const uint8_t* p) {
+  return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// Tile rows 2j and 2j + 1 against R rows of x (xq rows of K bytes): res[m * 8 + 2j (+1)] = the pair's sums.
+// Wt: the tile; d: the rows' block scales [R][G]; St: int4, the tile's scales [G][8].
+template <bool INT4, int R>
+inline void gemm_pair(const uint8_t* Wt, int j, const uint8_t* xq, int64_t K, int64_t F, const float* d, int64_t G,
+                      const float* St, float* res) {
+  __m512 accf[R];
+#pragma GCC unroll 8
+  for (int m = 0; m < R; ++m) accf[m] = _mm512_setzero_ps();
+  const int64_t bpg = F / QK;
+  [[maybe_unused]] const __m512i low = _mm512_set1_epi8(0x0F);
+  for (int64_t g = 0; g < G; ++g) {
+    __m512i acci[R];
+#pragma GCC unroll 8
+    for (int m = 0; m < R; ++m) acci[m] = _mm512_setzero_si512();
+    for (int64_t b = g * bpg; b < (g + 1) * bpg; ++b) {
+      __m512i wv;
+      if constexpr (INT4) {
+        const __m512i bytes = _mm512_loadu_si512(Wt + ((b >> 1) * TILE + 2 * j) * QK);
+        wv = _mm512_and_si512((b & 1) ? _mm512_srli_epi16(bytes, 4) : bytes, low);
+      } else {
+        wv = _mm512_loadu_si512(Wt + (b * TILE + 2 * j) * QK);
+      }
+#pragma GCC unroll 8
+      for (int m = 0; m < R; ++m) {
+        const __m512i xv = broadcast_u8(xq + m * K + b * QK);
+        acci[m] = INT4 ? _mm512_dpbusd_epi32(acci[m], wv, xv) : _mm512_dpbusd_epi32(acci[m], xv, wv);
+      }
+    }
+    __m512 s;
+    if constexpr (INT4)
+      s = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(St[g * TILE + 2 * j])),
+                                              _mm256_castps_pd(_mm256_set1_ps(St[g * TILE + 2 * j + 1])), 1));
+#pragma GCC unroll 8
+    for (int m = 0; m < R; ++m) {
+      const __m512 f = INT4 ? _mm512_mul_ps(s, _mm512_set1_ps(d[m * G + g])) : _mm512_set1_ps(d[m * G + g]);
+      accf[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[m]), f, accf[m]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < R; ++m) {
+    res[m * TILE + 2 * j] = hsum(_mm512_castps512_ps256(accf[m]));
+    res[m * TILE + 2 * j + 1] = hsum(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(accf[m]), 1)));
+  }
+}
+
+// R rows of x against tile t: out rows m0.. (row stride N), columns n0..n0+7. C: int8, the tile's colsum [G][8];
+// s8: int8, the 8 rows' scales. sums: int4, the rows' exact block sums [R][G] and then d times the sums of q
+// [R][G] (qs); St, Zt: int4 scales, zeros [G][8]. int4's -8 s_g term goes through the same quantized x as the
+// levels, so the activation error meets the centred (q - 8) s_g, not the levels q s_g (up to twice as large).
+template <bool INT4, int R>
+void gemm_tile(const uint8_t* Wt, const uint8_t* xq, int64_t K, int64_t F, const float* d, const float* sums,
+               const float* qs, int64_t G, const float* St, const float* Zt, const float* C, __m256 s8, float* out, int64_t N,
+               int64_t n0) {
+  alignas(64) float res[R * TILE];
+  for (int j = 0; j < 4; ++j) gemm_pair<INT4, R>(Wt, j, xq, K, F, d, G, St, res);
+  for (int m = 0; m < R; ++m) {
+    __m256 tail = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; ++g) {
+      if constexpr (INT4) {
+        const float xg = sums[m * G + g];
+        tail = _mm256_fmadd_ps(_mm256_loadu_ps(Zt + g * TILE), _mm256_set1_ps(xg), tail);
+        tail = _mm256_fmadd_ps(_mm256_loadu_ps(St + g * TILE), _mm256_set1_ps(-8.0f * qs[m * G + g]), tail);
+      } else {
+        tail = _mm256_fmadd_ps(_mm256_loadu_ps(C + g * TILE), _mm256_set1_ps(d[m * G + g]), tail);
+      }
+    }
+    __m256 v = _mm256_add_ps(_mm256_load_ps(res + m * TILE), tail);
+    if constexpr (!INT4) v = _mm256_mul_ps(v, s8);
+    store_tile(out + m * N, n0, N, v);
+  }
+}
+
+template <bool INT4>
+void gemm_rows(int64_t rows, const uint8_t* Wt, const uint8_t* xq, int64_t K, int64_t F, const float* d,
+               const float* sums, const float* qs, int64_t G, const float* St, const float* Zt, const float* C, __m256 s8,
+               float* out, int64_t N, int64_t n0) {
+  switch (rows) {
+#define NEOX_GEMM_CASE(r) \
+    case r: gemm_tile<INT4, r>(Wt, xq, K, F, d, sums, qs, G, St, Zt, C, s8, out, N, n0); break;
+    NEOX_GEMM_CASE(1) NEOX_GEMM_CASE(2) NEOX_GEMM_CASE(3) NEOX_GEMM_CASE(4)
+    NEOX_GEMM_CASE(5) NEOX_GEMM_CASE(6) NEOX_GEMM_CASE(7)
+#undef NEOX_GEMM_CASE
+    default: gemm_tile<INT4, MR>(Wt, xq, K, F, d, sums, qs, G, St, Zt, C, s8, out, N, n0); break;
+  }
+}
+
+template <bool INT4>
+void gemm_impl(const uint8_t* W, const uint8_t* xq, int64_t M, int64_t K, int64_t N, int64_t F, const float* d,
+               const float* sums, const float* qs, const float* S, const float* Z, const float* C, float* out) {
+  const int64_t G = K / F, tile_bytes = TILE * (INT4 ? K / 2 : K);
+  const int64_t chunk = std::max<int64_t>(MR, XCHUNK / K / MR * MR);
+  at::parallel_for(0, ceil_tiles(N), TILE_GRAIN, [&](int64_t begin, int64_t end) {
+    for (int64_t c0 = 0; c0 < M; c0 += chunk)
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n0 = t * TILE;
+        alignas(32) float st[TILE] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        if (!INT4)
+          for (int64_t r = 0; r < TILE && n0 + r < N; ++r) st[r] = S[n0 + r];
+        const __m256 s8 = _mm256_load_ps(st);
+        const float* St = INT4 ? S + t * G * TILE : nullptr;
+        const float* Zt = INT4 ? Z + t * G * TILE : nullptr;
+        const float* Ct = INT4 ? nullptr : C + t * G * TILE;
+        for (int64_t m0 = c0; m0 < std::min(M, c0 + chunk); m0 += MR)
+          gemm_rows<INT4>(std::min(MR, M - m0), W + t * tile_bytes, xq + m0 * K, K, F, d + m0 * G,
+                          sums ? sums + m0 * G : nullptr, qs ? qs + m0 * G : nullptr, G, St, Zt, Ct, s8, out + m0 * N, N, n0);
+      }
+  });
+}
+#endif
+
+at::Tensor int8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& colsum,
+                     int64_t block) {
+  const int64_t N = scale.numel(), K = w.size(1) * QK, M = x.size(0);
+  check_activations(x, K, QK, "int8_gemm");
+  check_tiles(w, N, at::kChar, "int8_gemm");
+  TORCH_CHECK(w.size(3) == QK && scale.scalar_type() == at::kFloat && scale.is_contiguous(),
+              "int8_gemm: blocks of 32 and a float32 scale [N] needed");
+  TORCH_CHECK(block % QK == 0 && block > 0 && K % block == 0, "int8_gemm: block ", block,
+              " must be a multiple of 32 dividing ", K);
+  TORCH_CHECK(colsum.scalar_type() == at::kFloat && colsum.is_contiguous() && colsum.dim() == 3 &&
+              colsum.size(0) == ceil_tiles(N) && colsum.size(1) == K / block && colsum.size(2) == TILE,
+              "int8_gemm: colsum must be float32 [N/8, K / block, 8]");
+#ifdef __AVX512VNNI__
+  std::vector<uint8_t> xq(M * K);
+  std::vector<float> d(M * (K / block));
+  quantize_rows(x.data_ptr<float>(), M, K, block, true, xq.data(), d.data(), nullptr, nullptr);
+  at::Tensor y = at::empty({M, N}, x.options());
+  gemm_impl<false>(reinterpret_cast<const uint8_t*>(w.data_ptr<int8_t>()), xq.data(), M, K, N, block, d.data(),
+                   nullptr, nullptr, scale.data_ptr<float>(), nullptr, colsum.data_ptr<float>(), y.data_ptr<float>());
+  return y;
+#else
+  TORCH_CHECK(false, "int8_gemm: this build (", NEOX_STR(NEOX_NS), ") has no AVX512-VNNI code");
+#endif
+}
+
+at::Tensor int4_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& zero,
+                     int64_t group, int64_t N) {
+  const int64_t K = w.size(1) * 2 * QK, M = x.size(0);
+  check_activations(x, K, 2 * QK, "int4_gemm");
+  check_tiles(w, N, at::kByte, "int4_gemm");
+  TORCH_CHECK(w.size(3) == QK && group % QK == 0 && group > 0 && K % group == 0, "int4_gemm: group size ", group,
+              " must be a multiple of 32 dividing ", K);
+  const int64_t G = K / group;
+  for (const at::Tensor* t : {&scale, &zero})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 3 &&
+                t->size(0) == ceil_tiles(N) && t->size(1) == G && t->size(2) == TILE,
+                "int4_gemm: scale and zero must be float32 [N/8, K / group, 8]");
+#ifdef __AVX512VNNI__
+  std::vector<uint8_t> xq(M * K);
+  std::vector<float> d(M * G), sums(M * G), qs(M * G);
+  quantize_rows(x.data_ptr<float>(), M, K, group, false, xq.data(), d.data(), sums.data(), qs.data());
+  at::Tensor y = at::empty({M, N}, x.options());
+  gemm_impl<true>(w.data_ptr<uint8_t>(), xq.data(), M, K, N, group, d.data(), sums.data(), qs.data(), scale.data_ptr<float>(),
+                  zero.data_ptr<float>(), nullptr, y.data_ptr<float>());
+  return y;
+#else
+  TORCH_CHECK(false, "int4_gemm: this build (", NEOX_STR(NEOX_NS), ") has no AVX512-VNNI code");
+#endif
+}
+
 // ---- bf16: weight [N/8, K, 8] bfloat16 (k-major: the 8 rows' weights of column k side by side) -------------------
 // out[m, n0..n0+7] = sum_k x[m, k] * w[k, 0..7]: one widened weight vector per column k serves up to 8 rows of x
 // (broadcast x[m, k], one FMA each), with no horizontal sums; one row of x runs four columns at once instead.
@@ -780,6 +995,8 @@ NEOX_LIBRARY(NEOX_NS, m) {
   m.def("bf16_gemv(Tensor x, Tensor weight) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor weight, Tensor scale) -> Tensor");
   m.def("int4_linear(Tensor x, Tensor weight, Tensor scale, Tensor zero, int group, int n) -> Tensor");
+  m.def("int8_gemm(Tensor x, Tensor weight, Tensor scale, Tensor colsum, int block) -> Tensor");
+  m.def("int4_gemm(Tensor x, Tensor weight, Tensor scale, Tensor zero, int group, int n) -> Tensor");
   m.def("bf16_linear(Tensor x, Tensor weight, int n) -> Tensor");
   m.def("dequantize(Tensor weight, Tensor? scale, Tensor? zero, int group, int bits, int n, bool bf16=False) -> "
         "Tensor");
@@ -791,6 +1008,8 @@ NEOX_LIBRARY_IMPL(NEOX_NS, CPU, m) {
   m.impl("bf16_gemv", &bf16_gemv);
   m.impl("int8_linear", &int8_linear);
   m.impl("int4_linear", &int4_linear);
+  m.impl("int8_gemm", &int8_gemm);
+  m.impl("int4_gemm", &int4_gemm);
   m.impl("bf16_linear", &bf16_linear);
   m.impl("dequantize", &dequantize);
   m.impl("paged_decode_attention", &paged_decode_attention);
