@@ -264,8 +264,8 @@ def test_race_accepts_a_draft_with_its_probability_and_otherwise_draws_the_resid
     p = logits.softmax(-1)[0]
     draft = 1
     sampler = Sampler(seed=0)
-    draws = Counter(sampler.sample(logits, [SampleRequest(SamplingParams(temperature=1.0, top_p=1.0, seed=s), [], 0)])[0]
-                    for s in range(4000))
+    draws = Counter(sampler.sample(logits, [SampleRequest(SamplingParams(temperature=1.0, top_p=1.0, seed=s), [], 0)])
+                    [0] for s in range(4000))
     n = sum(draws.values())
     accepted = draws[draft] / n
     assert abs(accepted - float(p[draft])) < 4 * math.sqrt(float(p[draft]) * (1 - float(p[draft])) / n)
