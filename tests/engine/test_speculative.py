@@ -276,3 +276,28 @@ def test_race_accepts_a_draft_with_its_probability_and_otherwise_draws_the_resid
     stat = sum((draws[i] - rejected * float(residual[i])) ** 2 / (rejected * float(residual[i]))
                for i in range(5) if i != draft)
     assert stat < CHI2_999[3]
+
+
+# ---- flags --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["generate", "serve"])
+def test_bad_ngram_sizes_exit_2_naming_the_problem(command, capsys):
+    from neoxserve.cli import main
+
+    argv = [command, *(["x"] if command == "generate" else []), "--ngram-min", "5", "--ngram-max", "3"]
+    assert main(argv) == 2
+    assert "ngram_min (5) must be <= ngram_max (3)" in capsys.readouterr().err
+
+
+def test_the_flags_reach_the_engine_config():
+    from neoxserve.cli import build_parser
+    from neoxserve.commands.engine_config import engine_config
+    from neoxserve.commands.speculative_flags import SPECULATIVE_FLAGS
+    from neoxserve.config import Settings
+
+    args = build_parser().parse_args(["generate", "x", "--speculative-method", "ngram",
+                                      "--num-speculative-tokens", "6", "--ngram-min", "1", "--ngram-max", "5"])
+    config = engine_config(Settings.load(None, **{k: getattr(args, k) for k in SPECULATIVE_FLAGS}))
+    assert (config.speculative_method, config.num_speculative_tokens, config.ngram_min, config.ngram_max) == \
+        ("ngram", 6, 1, 5)
+    assert engine_config(Settings()).speculative_method == "none"
