@@ -75,7 +75,7 @@ nginx:
 	echo "make: could not download Debian's nginx: the cluster tests will be skipped"
 
 
-# The monitoring tests (tests/cluster/test_monitoring.py, docs/cluster.md "Monitoring") check deploy/prometheus/ with
+# The monitoring tests (tests/cluster/test_monitoring.py, docs/deployment.md "Monitoring") check deploy/prometheus/ with
 # promtool: the one on PATH, else Debian's prometheus package unpacked into build/tools/prometheus the way `nginx`
 # does above (no service installed or started). Where none can be had those tests skip, saying why (fail under CI=true).
 PROMETHEUS_TOOLS := build/tools/prometheus
@@ -92,12 +92,15 @@ promtool:
 	echo "make: could not download Debian's prometheus: the monitoring tests will be skipped"
 
 # `make cluster` (REPLICAS=N, default 2): Redis, N replicas sharing it and nginx in front, all on 127.0.0.1, in
-# build/cluster/; prints the URL. `make cluster-stop` ends exactly what it started; `make cluster-restart` is a
+# build/cluster/; prints the URL. PROMETHEUS=1 adds a Prometheus scraping every replica, with
+# deploy/prometheus/rules.yml loaded. `make cluster-stop` ends exactly what it started; `make cluster-restart` is a
 # rolling restart that loses no request (docs/cluster.md).
 REPLICAS ?= 2
 CLUSTER_PORT ?= 0
-cluster: $(BIN)/.test-installed redis-server nginx
-	$(BIN)/neoxserve cluster start --replicas $(REPLICAS) --port $(CLUSTER_PORT)
+PROMETHEUS ?= 0
+cluster: $(BIN)/.test-installed redis-server nginx $(if $(filter 1,$(PROMETHEUS)),promtool)
+	$(BIN)/neoxserve cluster start --replicas $(REPLICAS) --port $(CLUSTER_PORT) \
+	  $(if $(filter 1,$(PROMETHEUS)),--prometheus)
 
 cluster-stop:
 	$(BIN)/neoxserve cluster stop

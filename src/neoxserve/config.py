@@ -8,11 +8,14 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
 from .engine.config import DEMO_MODEL
+
+
+MIN_ADMIN_KEY_LENGTH = 24    # a configured admin key is only as strong as what the operator chose
 
 
 class Settings(BaseSettings):
@@ -45,6 +48,10 @@ class Settings(BaseSettings):
 
     # web console (docs/console.md)
     console: bool = Field(True, description="serve the web console and its API under /console")
+    admin_key: str = Field("", repr=False, description="the console's admin key, e.g. NEOXSERVE_ADMIN_KEY from a "
+                           "Kubernetes Secret: each start makes it the store's (ending console sessions if it "
+                           "changed) and `admin rotate-key` is refused; '' = made at random on a fresh store and "
+                           f"printed once; at least {MIN_ADMIN_KEY_LENGTH} characters")
     console_session_ttl_seconds: int = Field(43_200, gt=0, description="a console login lasts this long")
     console_login_attempts_per_minute: int = Field(10, gt=0, description="console login attempts allowed per "
                                                    "client address in any 60 seconds")
@@ -109,6 +116,14 @@ class Settings(BaseSettings):
         if self.ngram_min > self.ngram_max:
             raise ValueError(f"ngram_min ({self.ngram_min}) must be <= ngram_max ({self.ngram_max})")
         return self
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key_long_enough(cls, value: str) -> str:
+        if value and len(value) < MIN_ADMIN_KEY_LENGTH:
+            raise ValueError(f"admin_key must be at least {MIN_ADMIN_KEY_LENGTH} characters (e.g. `openssl rand "
+                             f"-base64 32`), not {len(value)}")
+        return value
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

@@ -41,6 +41,18 @@ def test_router_gauges_from_one_snapshot_with_the_model_name():
     assert 'vllm:kv_cache_usage_perc{model_name="demo"} 0.0' in idle.render().decode()
 
 
+def test_engine_gauges_and_counters_typed_by_what_they_count():
+    # kv_blocks_total ends in _total but is a size (a gauge); restarts does not but counts (a counter)
+    metrics = Metrics(lambda: {"running": 1, "kv_blocks_used": 5, "kv_blocks_total": 20, "restarts": 2,
+                               "preemptions_total": 7}, "demo")
+    text = metrics.render().decode()
+    assert "# TYPE neoxserve_engine_kv_blocks_total gauge" in text
+    assert "\nneoxserve_engine_kv_blocks_total 20.0\n" in text
+    assert "# TYPE neoxserve_engine_kv_blocks_used gauge" in text
+    assert "# TYPE neoxserve_engine_restarts_total counter" in text
+    assert "# TYPE neoxserve_engine_preemptions_total counter" in text
+
+
 def test_router_gauges_move_with_load(server):
     token = server.token()
     idle = scrape(server.base_url)

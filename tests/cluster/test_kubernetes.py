@@ -1,4 +1,4 @@
-"""deploy/kubernetes (docs/cluster.md): every manifest valid against the Kubernetes schemas (kubernetes-validate,
+"""deploy/kubernetes (docs/deployment.md): every manifest valid against the Kubernetes schemas (kubernetes-validate,
 offline, strict: no unknown fields), `kubectl kustomize` builds them where kubectl is installed, and the parts fit
 together and with neoxserve: the settings file loads, probes and ports are neoxserve's, the grace period covers the
 drain, the Service, the PodDisruptionBudget and the autoscaler reach the Deployment."""
@@ -82,10 +82,15 @@ def test_the_parts_fit_together_and_with_neoxserve(tmp_path):
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert pod["terminationGracePeriodSeconds"] >= pre_stop + 60
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    secret_refs = {e["valueFrom"]["secretKeyRef"]["name"]: e["valueFrom"]["secretKeyRef"]["key"]
+    # the store's key and the console's admin key, both from the Secret, under the settings' variable names
+    secret_refs = {e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
                    for e in container["env"] if "valueFrom" in e}
-    assert secret_refs == {"neoxserve-secrets": "secret-key"}
-    assert "secret-key" in docs[("Secret", "neoxserve-secrets")]["stringData"]
+    assert secret_refs == {"NEOXSERVE_SECRET_KEY": ("neoxserve-secrets", "secret-key"),
+                           "NEOXSERVE_ADMIN_KEY": ("neoxserve-secrets", "admin-key")}
+    secret = docs[("Secret", "neoxserve-secrets")]["stringData"]
+    assert set(secret) == {"secret-key", "admin-key"}
+    env = {name.removeprefix("NEOXSERVE_").lower(): secret[key] for name, (_, key) in secret_refs.items()}
+    assert Settings.load(str(tmp_path / "neoxserve.toml"), **env).admin_key == secret["admin-key"]
     claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
     assert claims == {"neoxserve-models"} and ("PersistentVolumeClaim", "neoxserve-models") in docs
     assert settings.model.startswith("/models/")

@@ -135,3 +135,48 @@ def test_token_for_an_app_without_its_secret(served, clock):
     platform.rotate_app("alice")
     with pytest.raises(Exception, match="110"):
         platform.authenticate_token(fresh)
+
+
+CONFIGURED = "configured-admin-key-0123456789"
+
+
+def test_configured_admin_key_becomes_the_stores_and_wins_on_every_start(settings, clock):
+    configured = settings.model_copy(update={"admin_key": CONFIGURED})
+    with Platform.open(configured, clock=clock) as p:
+        assert p.admin.apply_configured_key() is True
+        session = p.admin.login(CONFIGURED, "10.0.0.1")
+        # another replica starting with the same key changes nothing: the session lives on
+        with Platform.open(configured, clock=clock) as other:
+            assert other.admin.apply_configured_key() is False
+            assert other.admin.create_key() is None
+        p.admin.check_session(session.token)
+        assert refused(p.admin.login, "nxa-anything", "10.0.0.2").reason == "wrong_key"
+    # a new key in the settings (the Secret changed): it replaces the old one and ends its sessions
+    changed = settings.model_copy(update={"admin_key": CONFIGURED + "-new"})
+    with Platform.open(changed, clock=clock) as p:
+        assert p.admin.apply_configured_key() is True
+        assert refused(p.admin.check_session, session.token).reason == "no_session"
+        assert refused(p.admin.login, CONFIGURED, "10.0.0.3").reason == "wrong_key"
+        p.admin.login(CONFIGURED + "-new", "10.0.0.3")
+
+
+def test_rotation_refused_while_the_settings_name_the_key(settings, clock):
+    from neoxserve.platform import AdminError
+
+    with Platform.open(settings.model_copy(update={"admin_key": CONFIGURED}), clock=clock) as p:
+        p.admin.apply_configured_key()
+        with pytest.raises(AdminError, match=r"the admin key comes from the settings \(admin_key, "
+                                             r"NEOXSERVE_ADMIN_KEY\): change it there"):
+            p.admin.rotate_key()
+        p.admin.login(CONFIGURED, "10.0.0.1")
+
+
+def test_configured_admin_key_too_short_is_refused():
+    from pydantic import ValidationError
+
+    from neoxserve.config import Settings
+
+    with pytest.raises(ValidationError, match="admin_key must be at least 24 characters") as e:
+        Settings.load(None, admin_key="short-key")
+    assert "short-key" not in str(e.value.errors()[0]["msg"])
+    assert CONFIGURED not in repr(Settings.load(None, admin_key=CONFIGURED))

@@ -180,6 +180,20 @@ def test_apikeys_bad_input(store_flags):
     bad("apps", "limits", "alice", "--rpm", "x", *store_flags, message="invalid limit 'x'")
 
 
+def test_admin_rotate_key_refused_with_a_configured_key(store_flags, settings):
+    result = run("admin", "rotate-key", *store_flags, env={"NEOXSERVE_ADMIN_KEY": "configured-admin-key-0123456789"})
+    assert result.returncode == 2 and result.stdout == ""
+    assert "the admin key comes from the settings (admin_key, NEOXSERVE_ADMIN_KEY)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_short_admin_key(tmp_path):
+    result = run("serve", "--data-dir", str(tmp_path), env={"NEOXSERVE_ADMIN_KEY": "too-short"})
+    assert result.returncode == 2 and "too-short" not in result.stderr
+    assert result.stderr == ("neoxserve serve: invalid settings: admin_key: Value error, admin_key must be at least "
+                             "24 characters (e.g. `openssl rand -base64 32`), not 9\n")
+
+
 def test_admin_rotate_key(store_flags, settings):
     with Platform.open(settings) as p:
         first = p.admin.create_key()

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from ..engine.stats import COUNTERS
+from ..engine.stats import COUNTERS, GAUGES
 
 PREFIX = "neoxserve_"
 # The gauges inference routers read, under vLLM's names (the Gateway API Inference Extension's "model server
@@ -37,8 +37,9 @@ def _number(value: object) -> float | None:
 class EngineStatsCollector:
     """Turns `engine_client.stats()` (layout in engine/stats.py) into metrics at scrape time.
 
-    Numbers are gauges, or counters when the key ends in `_total` or is one of engine.stats.COUNTERS
-    (`restarts`: exported as `neoxserve_engine_restarts_total`); a dict with `buckets` is a histogram; a dict of
+    Numbers are gauges, or counters when the key ends in `_total` (except engine.stats.GAUGES:
+    `kv_blocks_total`) or is one of engine.stats.COUNTERS (`restarts`: exported as
+    `neoxserve_engine_restarts_total`); a dict with `buckets` is a histogram; a dict of
     numbers under a `_total` key is a counter labelled by `reason`.
     """
 
@@ -67,7 +68,7 @@ class EngineStatsCollector:
                         family.add_metric([str(sub)], n)
                 metrics.append(family)
             elif (n := _number(value)) is not None:
-                if name.endswith("_total") or key in COUNTERS:
+                if (name.endswith("_total") and key not in GAUGES) or key in COUNTERS:
                     metrics.append(CounterMetricFamily(name.removesuffix("_total"), doc, value=n))
                 else:
                     metrics.append(GaugeMetricFamily(name, doc, value=n))

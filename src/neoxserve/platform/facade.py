@@ -42,7 +42,7 @@ class Platform:
     def __init__(self, store: Store, cipher: cred.Cipher, *, token_ttl_seconds: int = 2_592_000,
                  quota_timezone: str = "Asia/Shanghai", iam_clock_skew_seconds: int = 300,
                  console_session_ttl_seconds: int = 43_200, console_login_attempts_per_minute: int = 10,
-                 clock: Callable[[], float] = time.time):
+                 admin_key: str = "", clock: Callable[[], float] = time.time):
         try:
             self.tz = ZoneInfo(quota_timezone)
         except (ZoneInfoNotFoundError, ValueError):
@@ -53,7 +53,8 @@ class Platform:
         self.token_ttl = token_ttl_seconds
         self.skew = iam_clock_skew_seconds
         self.clock = clock
-        self.admin = AdminAccess(store, clock, console_session_ttl_seconds, console_login_attempts_per_minute)
+        self.admin = AdminAccess(store, clock, console_session_ttl_seconds, console_login_attempts_per_minute,
+                                 admin_key)
         self._check_key()
 
     @classmethod
@@ -66,7 +67,8 @@ class Platform:
                        quota_timezone=settings.quota_timezone,
                        iam_clock_skew_seconds=settings.iam_clock_skew_seconds,
                        console_session_ttl_seconds=settings.console_session_ttl_seconds,
-                       console_login_attempts_per_minute=settings.console_login_attempts_per_minute, clock=clock)
+                       console_login_attempts_per_minute=settings.console_login_attempts_per_minute,
+                       admin_key=settings.admin_key, clock=clock)
         except BaseException:
             store.close()
             raise
