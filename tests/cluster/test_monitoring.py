@@ -1,4 +1,5 @@
-"""Monitoring (docs/deployment.md, "Monitoring"; docs/cluster.md for the local cluster's Prometheus): deploy/prometheus/rules.yml passes `promtool check rules` (a broken
+"""Monitoring (docs/deployment.md, "Monitoring"; docs/cluster.md for the local cluster's Prometheus):
+deploy/prometheus/rules.yml passes `promtool check rules` (a broken
 copy does not), its unit tests (rules_test.yml: each alert fires on synthetic series, not on healthy ones) pass
 under `promtool test rules`, and every metric the rules and the Grafana dashboard (deploy/grafana/neoxserve.json)
 name is one neoxserve exports; and `neoxserve cluster start --prometheus` (`make cluster PROMETHEUS=1`) runs a real
