@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     max_queued_tokens: int = Field(262_144, ge=0, description="bounded waiting queue: prompt tokens waiting")
     queue_timeout_seconds: float = Field(0.0, ge=0, description="max time a request may wait to start; 0 = none")
     enable_prefix_caching: bool = True
+    speculative_method: Literal["none", "ngram"] = Field(
+        "none", description="speculative decoding: ngram = drafts looked up in the sequence's own prompt and output, "
+        "verified in one step (docs/engine.md, \"Speculative decoding\")")
+    num_speculative_tokens: int = Field(4, ge=1, le=16, description="draft tokens verified per sequence and step")
+    ngram_min: int = Field(2, ge=1, le=16, description="ngram: the shortest suffix looked up")
+    ngram_max: int = Field(4, ge=1, le=16, description="ngram: the longest suffix looked up (>= ngram_min)")
 
     # engine supervision (docs/operations.md, "Engine supervision")
     engine_restart_limit: int = Field(5, ge=0, description="restarts of a dead engine process allowed within "
@@ -104,6 +110,12 @@ class Settings(BaseSettings):
     default_max_output_tokens: int = Field(256, gt=0)
     moderation_file: Path | None = Field(None, description="word and pattern list for is_safe; none = nothing flagged")
     moderation_action: Literal["answer", "empty"] = "answer"
+
+    @model_validator(mode="after")
+    def _ngram_sizes(self) -> Settings:
+        if self.ngram_min > self.ngram_max:
+            raise ValueError(f"ngram_min ({self.ngram_min}) must be <= ngram_max ({self.ngram_max})")
+        return self
 
     @field_validator("admin_key")
     @classmethod

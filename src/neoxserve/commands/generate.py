@@ -12,6 +12,7 @@ from ..config import Settings
 from ..engine.sampling_params import SamplingParams
 from .engine_config import engine_config
 from .model_flags import LOAD_FLAGS, add_load_arguments
+from .speculative_flags import SPECULATIVE_FLAGS, add_speculative_arguments
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,6 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     add_load_arguments(p)
+    add_speculative_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -54,9 +56,16 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.errors import RequestRejected
     from ..model.loader import CheckpointError
 
-    config = engine_config(Settings.load(getattr(args, "config", None), model=args.model, data_dir=args.data_dir,
-                                         dtype=args.dtype, device=args.device,
-                                         **{k: getattr(args, k) for k in LOAD_FLAGS}))
+    from pydantic import ValidationError
+
+    from .common import fail, first_error
+    try:
+        settings = Settings.load(getattr(args, "config", None), model=args.model, data_dir=args.data_dir,
+                                 dtype=args.dtype, device=args.device,
+                                 **{k: getattr(args, k) for k in (*LOAD_FLAGS, *SPECULATIVE_FLAGS)})
+    except ValidationError as e:
+        return fail(f"invalid settings: {first_error(e)}")
+    config = engine_config(settings)
     greedy = args.temperature == 0
     problem = _out_of_range(args, greedy)
     if problem is not None:

@@ -23,6 +23,7 @@ import uvicorn
 
 from ..config import Settings
 from .model_flags import LOAD_FLAGS, add_load_arguments
+from .speculative_flags import SPECULATIVE_FLAGS, add_speculative_arguments
 
 if TYPE_CHECKING:
     from ..platform import NewKeys
@@ -44,13 +45,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     add_load_arguments(p)
+    add_speculative_arguments(p)
     p.add_argument("--store-url", dest="store_url", help="'' = SQLite in the data dir; redis://host:port/db")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in ("model", "host", "port", "data_dir", "api_name", "dtype", "device",
-                                           "store_url", *LOAD_FLAGS)}
+                                           "store_url", *LOAD_FLAGS, *SPECULATIVE_FLAGS)}
     from pydantic import ValidationError
 
     from .common import EXIT_BAD_INPUT, first_error

@@ -122,6 +122,19 @@ class BlockManager:
             block.ref_count = 1
             table.append(bid)
 
+    def release_tail(self, seq: Sequence) -> None:
+        """Let go of the blocks past the sequence's tokens (speculative decoding: those of rejected draft tokens,
+        allocated this step, never shared nor cached)."""
+        keep = cdiv(seq.num_tokens, self.block_size)
+        for bid in reversed(seq.block_table[keep:]):
+            block = self.blocks[bid]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free[bid] = None
+                if block.hash is None:
+                    self.free.move_to_end(bid, last=False)
+        del seq.block_table[keep:]
+
     def free_sequence(self, seq: Sequence) -> None:
         """Let go of all the sequence's blocks (finish, abort, preemption)."""
         # the tail of a chain goes nearest the front so it is evicted before the shared head

@@ -33,6 +33,11 @@ class EngineConfig:
     max_queued_tokens: int
     queue_timeout_seconds: float   # 0 = none
     enable_prefix_caching: bool
+    # speculative decoding (engine/speculative.py)
+    speculative_method: Literal["none", "ngram"]
+    num_speculative_tokens: int    # K: draft tokens verified per sequence and step
+    ngram_min: int                 # prompt lookup: shortest suffix matched
+    ngram_max: int                 # prompt lookup: longest suffix matched
 
     @property
     def is_demo(self) -> bool:

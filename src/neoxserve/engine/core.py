@@ -17,7 +17,8 @@ from neoxserve.engine.protocol import ModelInfo
 from neoxserve.engine.runner import ModelRunner, StepResult
 from neoxserve.engine.sampling_params import SamplingParams, sample_params
 from neoxserve.engine.scheduler import ScheduledBatch, Scheduler
-from neoxserve.engine.sequence import Sequence
+from neoxserve.engine.sequence import Sequence, SequenceStatus
+from neoxserve.engine.speculative import SpeculativeConfig, allowed_draft, draft_room, propose_ngram
 from neoxserve.engine.stats import EngineStats, StatsSnapshot
 from neoxserve.model.arith import cdiv
 
@@ -64,6 +65,8 @@ class LLMEngine:
         self.requests: dict[str, list[Sequence]] = {}   # request id -> its unfinished samples
         self.pending: list[Delta] = []          # deltas produced outside step() (aborts), sent with the next one
         self.counters = EngineStats()
+        self.speculative = SpeculativeConfig(config.speculative_method, config.num_speculative_tokens,
+                                             config.ngram_min, config.ngram_max)
         self._tokenizer_stop_ids = frozenset(self.tokenizer.stop_token_ids)   # eos included (model/tokenizer.py)
 
     @classmethod
@@ -159,6 +162,8 @@ class LLMEngine:
         deltas, self.pending = self.pending, []
         if self.queue_timeout > 0:
             self._expire_waiting(deltas)
+        if self.speculative.enabled:
+            self._propose()
         batch = self.scheduler.schedule()
         if not batch:
             if self.requests and not deltas:
@@ -177,17 +182,37 @@ class LLMEngine:
         self._advance(batch, result, deltas)
         return deltas
 
+    def _propose(self) -> None:
+        """A draft for every running sequence that decodes next (engine/speculative.py); the scheduler trims it
+        to what the step can take."""
+        spec = self.speculative
+        for seq in self.scheduler.running:
+            room = draft_room(seq, spec.num_tokens, self.max_context) if seq.num_uncomputed_tokens == 1 else 0
+            seq.draft_token_ids = allowed_draft(
+                seq, propose_ngram(seq.token_ids, spec.ngram_min, spec.ngram_max, room)) if room else []
+
     def _advance(self, batch: ScheduledBatch, result: StepResult, deltas: list[Delta]) -> None:
         bm = self.block_manager
-        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
-            seq.num_computed_tokens += n
+        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
+            # a verified draft's K/V count once its tokens are accepted (below)
+            seq.num_computed_tokens += n - batch.drafts(i)
             bm.register_full_blocks(seq)
         for seq, scored in result.prompt_logprobs:
             seq.prompt_logprobs += scored
         now = time.monotonic()
         counters = self.counters
-        counters.generation_tokens_total += len(result.sampled)
+        for _, proposed, accepted in result.verified:
+            counters.spec_proposed_tokens_total += proposed
+            counters.spec_accepted_tokens_total += accepted
+        counters.spec_verify_steps_total += len(result.verified)
+        step_deltas: dict[int, Delta] = {}    # id(sequence) -> its delta of this step (several tokens: a draft)
         for seq, token, logprob in result.sampled:
+            if seq.status is SequenceStatus.FINISHED:
+                continue                 # a stop inside an accepted draft: the rest of it is dropped
+            delta = step_deltas.get(id(seq))
+            if delta is not None:        # the token before this one was an accepted draft token: its K/V are in
+                seq.num_computed_tokens += 1
+            counters.generation_tokens_total += 1
             prompt_logprobs: list[TokenLogprob | None] | None = None
             if seq.scores_prompt:      # the first token: the prompt's logprobs go with it, and are let go
                 prompt_logprobs = [None, *seq.prompt_logprobs]
@@ -210,13 +235,24 @@ class LLMEngine:
                 elif seq.num_output_tokens >= seq.params.max_new_tokens:
                     reason = "length"
                     text += detokenizer.flush()
-            delta = Delta(seq.request_id, text, [token], seq.num_prompt_tokens, seq.num_output_tokens,
-                          index=seq.index, logprobs=None if logprob is None else [logprob],
-                          prompt_logprobs=prompt_logprobs)
+            if delta is None:
+                delta = step_deltas[id(seq)] = Delta(
+                    seq.request_id, text, [token], seq.num_prompt_tokens, seq.num_output_tokens, index=seq.index,
+                    logprobs=None if logprob is None else [logprob], prompt_logprobs=prompt_logprobs)
+                deltas.append(delta)
+            else:
+                delta.text += text
+                delta.token_ids.append(token)
+                delta.completion_tokens = seq.num_output_tokens
+                if delta.logprobs is not None and logprob is not None:
+                    delta.logprobs.append(logprob)
             if reason is not None:
                 self._retire(seq, reason)
                 delta.finished, delta.finish_reason = True, reason
-            deltas.append(delta)
+        for seq, _, _ in result.verified:
+            if seq.status is SequenceStatus.RUNNING:
+                bm.register_full_blocks(seq)
+                bm.release_tail(seq)      # the blocks only rejected draft tokens were written to
 
     def _expire_waiting(self, deltas: list[Delta]) -> None:
         now = time.monotonic()

@@ -12,6 +12,7 @@ from neoxserve.engine.sampler import Sampler, SampleRequest
 from neoxserve.engine.sampling_params import SamplingParams
 from neoxserve.engine.scheduler import ScheduledBatch
 from neoxserve.engine.sequence import Sequence
+from neoxserve.engine.speculative import accepted_prefix
 from neoxserve.model.attention import AttentionMetadata, allocate_kv_cache
 from neoxserve.model.config import NeoXConfig
 from neoxserve.model.neox import GPTNeoX
@@ -23,6 +24,9 @@ class StepResult:
     sampled: list[tuple[Sequence, int, TokenLogprob | None]] = field(default_factory=list)
     # sequences that asked for prompt logprobs: those of the prompt tokens whose logits this step computed
     prompt_logprobs: list[tuple[Sequence, list[TokenLogprob]]] = field(default_factory=list)
+    # speculative decoding: (sequence, draft tokens verified, of them accepted); its entries in `sampled` are the
+    # accepted draft tokens and the one after them, in order
+    verified: list[tuple[Sequence, int, int]] = field(default_factory=list)
 
 
 class ModelRunner:
@@ -64,9 +68,21 @@ class ModelRunner:
         sample_rows: list[int] = []
         sample_seqs: list[Sequence] = []
         prompt_rows: list[tuple[Sequence, int, int, int]] = []   # (sequence, row, position, count) to score
-        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+        verify: list[tuple[Sequence, int]] = []    # (sequence, draft tokens) verified this step
+        verify_rows: list[int] = []                # their k + 1 rows each, after the sample_rows
+        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
             c = seq.num_computed_tokens
             end = c + n
+            drafts = batch.drafts(i)
+            if drafts:    # the last token and the draft's: drafts + 1 rows to sample (engine/speculative.py)
+                input_ids += seq.token_ids[c:]
+                input_ids += seq.draft_token_ids[:drafts]
+                positions += range(c, end)
+                seq_lens.append(end)
+                tables.append(seq.block_table)
+                verify_rows += range(len(input_ids) - drafts - 1, len(input_ids))
+                verify.append((seq, drafts))
+                continue
             if seq.scores_prompt:
                 # position p's logits score prompt token p + 1; the ones already scored (before a preemption) are
                 # not scored again
@@ -93,15 +109,49 @@ class ModelRunner:
                 result.prompt_logprobs.append((seq, prompt_logprobs(
                     self.model.compute_logits, hidden[row:row + count], seq.token_ids[first + 1:first + 1 + count],
                     k, self.num_token_ids)))
-            if not sample_seqs:
+            sample_rows += verify_rows
+            if not sample_rows:
                 return result
             rows = hidden[sample_rows[0]:sample_rows[0] + 1] if len(sample_rows) == 1 else \
                 hidden[torch.tensor(sample_rows, device=dev)]
             logits = self.model.compute_logits(rows)[:, :self.num_token_ids]
-            tokens = self.sampler.sample(logits, [self._sample_request(s) for s in sample_seqs])
-            scored = self._logprobs(logits, tokens, sample_seqs)
-        result.sampled = list(zip(sample_seqs, tokens, scored, strict=True))
+            requests = [self._sample_request(s) for s in sample_seqs]
+            row_seqs = list(sample_seqs)
+            for seq, k in verify:
+                requests += self._draft_requests(seq, k)
+                row_seqs += [seq] * (k + 1)
+            tokens = self.sampler.sample(logits, requests)
+            if verify:
+                tokens, row_seqs, keep = self._accept(tokens, row_seqs, len(sample_seqs), verify, result)
+                logits = logits[torch.tensor(keep)] if len(keep) < logits.shape[0] else logits
+            scored = self._logprobs(logits, tokens, row_seqs)
+        result.sampled = list(zip(row_seqs, tokens, scored, strict=True))
         return result
+
+    def _draft_requests(self, seq: Sequence, k: int) -> list[SampleRequest]:
+        """Rows 0..k of a verified sequence: row j samples the token after its tokens and draft[:j], with the
+        penalties over exactly those tokens and the token index (seed) it would have without speculation."""
+        first = self._sample_request(seq)
+        requests = [first]
+        draft = seq.draft_token_ids
+        for j in range(1, k + 1):
+            # a history of its own (None: counted afresh), as the draft may yet be rejected
+            requests.append(SampleRequest(seq.params, seq.token_ids + draft[:j], seq.num_output_tokens + j, None))
+        return requests
+
+    @staticmethod
+    def _accept(tokens: list[int], row_seqs: list[Sequence], first_row: int, verify: list[tuple[Sequence, int]],
+                result: StepResult) -> tuple[list[int], list[Sequence], list[int]]:
+        """Keep each verified sequence's accepted draft tokens and the one after them; which rows they are."""
+        keep = list(range(first_row))
+        row = first_row
+        for seq, k in verify:
+            sampled = tokens[row:row + k + 1]
+            accepted = accepted_prefix(seq.draft_token_ids[:k], sampled)
+            keep += range(row, row + accepted + 1)
+            result.verified.append((seq, k, accepted))
+            row += k + 1
+        return [tokens[r] for r in keep], [row_seqs[r] for r in keep], keep
 
     def _sample_request(self, seq: Sequence) -> SampleRequest:
         if seq.token_history is None and needs_history(seq.params):

@@ -27,9 +27,15 @@ class ScheduledBatch:
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)   # per sequence, this step
     preempted: list[Sequence] = field(default_factory=list)
+    # speculative decoding: of each sequence's new tokens, how many are the first of its draft_token_ids (they
+    # come after its token_ids); empty = none anywhere
+    num_draft_tokens: list[int] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.seqs)
+
+    def drafts(self, i: int) -> int:
+        return self.num_draft_tokens[i] if self.num_draft_tokens else 0
 
 
 class Scheduler:
@@ -78,6 +84,14 @@ class Scheduler:
             seq = running[i]
             n = min(seq.num_uncomputed_tokens, budget)
             need = bm.blocks_needed(seq, n)
+            drafts = 0
+            if seq.draft_token_ids and seq.num_uncomputed_tokens == 1:
+                # a draft to verify: as much of it as the budget and the free blocks take, never preempting for it
+                drafts = min(len(seq.draft_token_ids), budget - 1)
+                while drafts and bm.blocks_needed(seq, 1 + drafts) > bm.num_free_blocks:
+                    drafts -= 1
+                n += drafts
+                need = bm.blocks_needed(seq, n)
             while need > bm.num_free_blocks and len(running) > i:
                 victim = running.pop()
                 self._preempt(victim)
@@ -87,6 +101,7 @@ class Scheduler:
             bm.allocate(seq, need)
             batch.seqs.append(seq)
             batch.num_new_tokens.append(n)
+            batch.num_draft_tokens.append(drafts)
             budget -= n
             i += 1
 
@@ -118,6 +133,7 @@ class Scheduler:
             running.append(seq)
             batch.seqs.append(seq)
             batch.num_new_tokens.append(n)
+            batch.num_draft_tokens.append(0)
             budget -= n
             if inflight is not None:
                 inflight.update(self._uncomputed_block_hashes(seq))

@@ -27,7 +27,7 @@ class Sequence:
         "request_id", "params", "token_ids", "num_prompt_tokens", "num_computed_tokens", "block_table",
         "num_hashed_blocks", "block_hashes", "status", "arrival_time", "deadline", "first_scheduled_time",
         "first_token_time", "last_token_time", "num_cached_prompt_tokens", "detokenizer",
-        "stop_token_ids", "index", "token_history", "prompt_logprobs",
+        "stop_token_ids", "index", "token_history", "prompt_logprobs", "draft_token_ids",
     )
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
@@ -54,6 +54,8 @@ class Sequence:
         self.stop_token_ids = stop_token_ids
         self.token_history: TokenHistory | None = None   # for the penalties, kept by the runner
         self.prompt_logprobs: list[TokenLogprob] = []    # of prompt tokens 1.. so far (params.prompt_logprobs)
+        # speculative decoding: tokens proposed to follow token_ids, verified in the next step (engine/speculative.py)
+        self.draft_token_ids: list[int] = []
 
     @property
     def num_tokens(self) -> int:

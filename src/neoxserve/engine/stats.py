@@ -10,6 +10,10 @@ The snapshot dict (StatsSnapshot: what `AsyncEngineClient.stats()` returns; all 
     prompt_tokens_total                 counter: prompt tokens of accepted requests
     generation_tokens_total             counter: tokens generated
     preemptions_total                   counter: sequences preempted (recomputed later)
+    spec_proposed_tokens_total          counter: draft tokens verified (speculative decoding, engine/speculative.py)
+    spec_accepted_tokens_total          counter: of those, accepted (acceptance rate = accepted / proposed)
+    spec_verify_steps_total             counter: sequence-steps that verified a draft (proposed / this = draft
+                                        tokens per verification)
     requests_finished_total             counters by reason: {"stop": n, "length": n, "abort": n, "error": n}
     queue_time_seconds                  histogram: arrival -> first scheduled
     time_to_first_token_seconds         histogram: arrival -> first generated token
@@ -58,6 +62,9 @@ class StatsSnapshot(TypedDict):
     prompt_tokens_total: int
     generation_tokens_total: int
     preemptions_total: int
+    spec_proposed_tokens_total: int
+    spec_accepted_tokens_total: int
+    spec_verify_steps_total: int
     requests_finished_total: dict[str, int]
     queue_time_seconds: HistogramSnapshot
     time_to_first_token_seconds: HistogramSnapshot
@@ -110,6 +117,9 @@ class EngineStats:
         self.queue_time = Histogram(QUEUE_TIME_BUCKETS)
         self.ttft = Histogram(TTFT_BUCKETS)
         self.tpot = Histogram(TPOT_BUCKETS)
+        self.spec_proposed_tokens_total = 0
+        self.spec_accepted_tokens_total = 0
+        self.spec_verify_steps_total = 0
 
     def snapshot(self, *, running: int, waiting: int, kv_blocks_used: int, kv_blocks_total: int,
                  prefix_queries: int, prefix_hits: int, preemptions: int) -> StatsSnapshot:
@@ -124,6 +134,9 @@ class EngineStats:
             "prompt_tokens_total": self.prompt_tokens_total,
             "generation_tokens_total": self.generation_tokens_total,
             "preemptions_total": preemptions,
+            "spec_proposed_tokens_total": self.spec_proposed_tokens_total,
+            "spec_accepted_tokens_total": self.spec_accepted_tokens_total,
+            "spec_verify_steps_total": self.spec_verify_steps_total,
             "requests_finished_total": dict(self.finished),
             "queue_time_seconds": self.queue_time.snapshot(),
             "time_to_first_token_seconds": self.ttft.snapshot(),
@@ -159,6 +172,9 @@ def carry_over(ended: StatsSnapshot, current: StatsSnapshot) -> StatsSnapshot:
         "prompt_tokens_total": ended["prompt_tokens_total"] + current["prompt_tokens_total"],
         "generation_tokens_total": ended["generation_tokens_total"] + current["generation_tokens_total"],
         "preemptions_total": ended["preemptions_total"] + current["preemptions_total"],
+        "spec_proposed_tokens_total": ended["spec_proposed_tokens_total"] + current["spec_proposed_tokens_total"],
+        "spec_accepted_tokens_total": ended["spec_accepted_tokens_total"] + current["spec_accepted_tokens_total"],
+        "spec_verify_steps_total": ended["spec_verify_steps_total"] + current["spec_verify_steps_total"],
         "requests_finished_total": {reason: finished.get(reason, 0) + n
                                     for reason, n in current["requests_finished_total"].items()},
         "queue_time_seconds": _add(ended["queue_time_seconds"], current["queue_time_seconds"]),
