@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8360
 
 .PHONY: serve test lint screenshots chromium clean redis-server compiler bench-install llama-server nginx promtool cluster \
-	cluster-stop cluster-restart
+	cluster-stop cluster-restart demo-data demo-model
 
 # torch is pinned exactly and installed first so that pip takes the local CPU wheel
 # instead of resolving a CUDA build with gigabytes of dependencies.
@@ -138,6 +138,24 @@ chromium:
 	         "the console's browser tests will be skipped"; exit 0; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 	    >/dev/null || echo "make: could not install chromium: the console's browser tests will be skipped"; }
+
+# The trained demo model's data (tools/train_demo.py, src/neoxserve/model/demo_trained/README.md): Debian's fortune
+# cookie packages unpacked into build/demo-data with `apt-get download` and `dpkg-deb -x`, as `nginx` does above.
+# `make demo-model` retrains the committed weights from it (about 25 minutes on 2 cores).
+DEMO_DATA := build/demo-data
+DEMO_PACKAGES := fortunes fortunes-min fortunes-zh
+demo-data:
+	@if [ -f $(DEMO_DATA)/.unpacked ]; then exit 0; fi; \
+	rm -rf $(DEMO_DATA) $(DEMO_DATA).deb && mkdir -p $(DEMO_DATA).deb && cd $(DEMO_DATA).deb && \
+	{ apt-get download -q $(DEMO_PACKAGES) >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else \
+	    echo "make: apt-get download failed and apt-get update needs root" >&2; exit 1; fi; \
+	    $$sudo apt-get update -qq && apt-get download -q $(DEMO_PACKAGES) >/dev/null 2>&1; }; } && \
+	for deb in *.deb; do dpkg-deb -x $$deb ../demo-data || exit 1; done && ls *.deb > ../demo-data/.unpacked && \
+	echo "make: unpacked $(DEMO_PACKAGES) into $(DEMO_DATA)"
+
+demo-model: $(BIN)/.installed demo-data
+	$(BIN)/python tools/train_demo.py --data $(DEMO_DATA) --out src/neoxserve/model/demo_trained
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

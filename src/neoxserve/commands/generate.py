@@ -18,7 +18,7 @@ from .speculative_flags import SPECULATIVE_FLAGS, add_speculative_arguments
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("generate", help="complete one prompt locally (no server)", description=__doc__)
     p.add_argument("prompt", help="the prompt text")
-    p.add_argument("--model", help="Hugging Face model directory, or 'demo' (default)")
+    p.add_argument("--model", help="Hugging Face model directory, 'demo' (default: random weights) or 'demo-trained'")
     p.add_argument("--data-dir", dest="data_dir", help="where the demo model is written")
     p.add_argument("--max-new-tokens", type=int, default=128)
     # the service's defaults (docs/sampling.md), so that generate and the API sample alike

@@ -37,7 +37,7 @@ ENGINE_FAILED = 3   # exit code: the engine cannot be brought back (engine_failu
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("serve", help="serve the Qianfan v1 completions API",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="Hugging Face model directory, or 'demo' (default)")
+    p.add_argument("--model", help="Hugging Face model directory, 'demo' (default: random weights) or 'demo-trained'")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8360)")
     p.add_argument("--data-dir", dest="data_dir", help="apps, tokens, usage and the demo model live here")

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-DEMO_MODEL = "demo"   # the `model` value that stands for the embedded demo model
+DEMO_MODEL = "demo"   # the `model` value that stands for the embedded demo model (random weights)
+DEMO_TRAINED_MODEL = "demo-trained"   # the embedded trained demo model (model/demo_trained/README.md)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,12 @@ class EngineConfig:
         return self.model == DEMO_MODEL
 
     @property
+    def is_trained_demo(self) -> bool:
+        return self.model == DEMO_TRAINED_MODEL
+
+    @property
     def model_name(self) -> str:
-        """The model's name: "demo", or the model directory's name."""
-        return DEMO_MODEL if self.is_demo else Path(self.model).name or self.model
+        """The model's name: "demo", "demo-trained", or the model directory's name."""
+        if self.is_demo or self.is_trained_demo:
+            return self.model
+        return Path(self.model).name or self.model

@@ -6,19 +6,25 @@ the same bytes.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from neoxserve.model.arith import cdiv
 
 DEMO_DIR_NAME = "demo-model"
+TRAINED_DIR_NAME = "demo-trained-model"
+# the trained demo model as committed (tools/train_demo.py; model card: demo_trained/README.md): its own rows for the
+# ids it saw often, one shared row for every other id; write_trained_demo_model expands it to a standard checkpoint
+TRAINED_PACKAGE_DIR = Path(__file__).resolve().parent / "demo_trained"
 BPE_VOCAB_SIZE = 1000          # specials + 256 bytes + merges
 CHAT_TOKENS = ["<|USER|>", "<|ASSISTANT|>", "<|SYSTEM|>"]
 INIT_STD = 0.2                 # large enough that logits are peaked, not near-uniform as with the usual 0.02
@@ -135,15 +141,18 @@ def write_tiny_model(path: str | Path, tokenizer_file: str | Path, seed: int = 0
 
 def ensure_demo_model(data_dir: str | Path) -> Path:
     """data_dir/demo-model, written once (to a temporary directory renamed into place, so never half-written)."""
-    data_dir = Path(data_dir)
-    target = data_dir / DEMO_DIR_NAME
+    return _ensure(Path(data_dir), DEMO_DIR_NAME, write_demo_model)
+
+
+def _ensure(data_dir: Path, name: str, write: Callable[[Path], Path]) -> Path:
+    target = data_dir / name
     if (target / "model.safetensors").is_file():
         return target
     data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_DIR_NAME}-", dir=data_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=data_dir))
     os.chmod(tmp, 0o755)
     try:
-        write_demo_model(tmp)
+        write(tmp)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -152,3 +161,32 @@ def ensure_demo_model(data_dir: str | Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def write_trained_demo_model(path: str | Path) -> Path:
+    """Expand the committed trained demo model into a standard GPT-NeoX directory at `path` (full 50432-row
+    embedding and output head: each unused id gets the shared row it was trained with; bfloat16 weights)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    src = TRAINED_PACKAGE_DIR
+    config = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    compact = load_file(str(src / "model.safetensors"))
+    used = compact.pop("used_ids").long()
+    V = config["vocab_size"]
+    weights: dict[str, torch.Tensor] = {}
+    for name in ("gpt_neox.embed_in", "embed_out"):
+        full = compact.pop(name + ".shared").expand(V, -1).clone()
+        full[used] = compact.pop(name + ".used")
+        weights[name + ".weight"] = full
+    weights.update(compact)
+    with gzip.open(src / "tokenizer.json.gz", "rb") as f:
+        (path / "tokenizer.json").write_bytes(f.read())
+    (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    shutil.copyfile(src / "README.md", path / "README.md")
+    return path
+
+
+def ensure_trained_demo_model(data_dir: str | Path) -> Path:
+    """data_dir/demo-trained-model, expanded once (like ensure_demo_model)."""
+    return _ensure(Path(data_dir), TRAINED_DIR_NAME, write_trained_demo_model)
