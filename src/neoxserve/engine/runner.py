@@ -11,6 +11,7 @@ from neoxserve.engine.penalties import TokenHistory, needs_history
 from neoxserve.engine.sampler import Sampler, SampleRequest
 from neoxserve.engine.sampling_params import SamplingParams
 from neoxserve.engine.scheduler import ScheduledBatch
+from neoxserve.engine.structured import StructuredOutputs
 from neoxserve.engine.sequence import Sequence
 from neoxserve.model.attention import AttentionMetadata, allocate_kv_cache
 from neoxserve.model.config import NeoXConfig
@@ -27,7 +28,7 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, model: GPTNeoX, config: NeoXConfig, num_blocks: int, block_size: int,
-                 num_token_ids: int | None = None) -> None:
+                 num_token_ids: int | None = None, structured: StructuredOutputs | None = None) -> None:
         """num_token_ids: ids the tokenizer has. The embedding is padded past them (50432 rows for 50277 tokens in
         StableLM-Alpha-7B); those rows stand for no text, so they are never sampled."""
         self.model = model
@@ -38,6 +39,7 @@ class ModelRunner:
         self.device, self.dtype = param.device, param.dtype
         self.kv_caches = allocate_kv_cache(config, num_blocks, block_size, model.cache_dtype(), self.device)
         self.sampler = Sampler()
+        self.structured = structured   # the grammars' masks; None: no sequence is constrained
 
     def warm_up(self, prompt_tokens: int = 32) -> None:
         """One short prefill and one decode step of a scratch sequence, so that what the first call of each code
@@ -98,6 +100,8 @@ class ModelRunner:
             rows = hidden[sample_rows[0]:sample_rows[0] + 1] if len(sample_rows) == 1 else \
                 hidden[torch.tensor(sample_rows, device=dev)]
             logits = self.model.compute_logits(rows)[:, :self.num_token_ids]
+            if self.structured is not None:
+                self.structured.apply_masks(logits, sample_seqs)
             tokens = self.sampler.sample(logits, [self._sample_request(s) for s in sample_seqs])
             scored = self._logprobs(logits, tokens, sample_seqs)
         result.sampled = list(zip(sample_seqs, tokens, scored, strict=True))
