@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from random_neox import write_model  # noqa: E402
+from random_neox import write_model
 
-from neoxserve.commands.engine_config import engine_config  # noqa: E402
-from neoxserve.config import Settings  # noqa: E402
-from neoxserve.engine.core import LLMEngine  # noqa: E402
-from neoxserve.engine.grammar import GrammarCompiler, GrammarSpec, load_tokenizer  # noqa: E402
-from neoxserve.engine.sampling_params import SamplingParams  # noqa: E402
+from neoxserve.commands.engine_config import engine_config
+from neoxserve.config import Settings
+from neoxserve.engine.core import LLMEngine
+from neoxserve.engine.grammar import GrammarCompiler, GrammarSpec, load_tokenizer
+from neoxserve.engine.sampling_params import SamplingParams
 
 ITEM = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
                                          "score": {"type": "integer"}, "tag": {"enum": ["x", "y", "z"]}},
