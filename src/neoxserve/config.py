@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     # requests
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="larger request bodies are refused unread; the "
                                 "default holds the longest prompt a 4096-token context can take, with room to spare")
+    structured_output_compile_timeout: float = Field(
+        2.0, gt=0, description="a response_format or structured_outputs grammar that takes longer to compile is "
+        "refused (400 / 336003)")
     max_header_bytes: int = Field(32 * 1024, ge=1024, description="request line and headers larger than this are "
                                   "refused with 431, the rest unread")
     max_header_count: int = Field(100, ge=8, description="requests with more header fields are refused with 431")

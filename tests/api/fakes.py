@@ -6,7 +6,10 @@ from the interface the API is written against.
 from __future__ import annotations
 
 import asyncio
+import functools
+import tempfile
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from pathlib import Path
 
 from neoxserve.engine.client import EngineClient, TooManyTokens
 from neoxserve.engine.errors import EngineInternalError
@@ -51,11 +54,22 @@ def fake_logprob(token_id: int, position: int, k: int) -> TokenLogprob:
     return TokenLogprob(token_id, logprob, tuple((token_id + j, logprob - j) for j in range(k)))
 
 
+@functools.cache
+def tokenizer_dir() -> str:
+    """A directory holding the demo model's tokenizer.json: where the HTTP side's grammar compiler
+    (api/structured.py) reads the model's vocabulary from."""
+    from neoxserve.model.demo import build_tokenizer
+
+    path = Path(tempfile.mkdtemp(prefix="fake-model-"))
+    build_tokenizer().save(str(path / "tokenizer.json"))
+    return str(path)
+
+
 class FakeEngine:
     def __init__(self, text: str = "Hello world. 你好！ end", delay: float = 0.0, fail: Exception | None = None,
                  fail_after: int | None = None, close_delay: float = 0.0) -> None:
         self.tokenizer = CharTokenizer()
-        self.model_info = ModelInfo(name="fake", path="", max_context=64, is_chat=True)
+        self.model_info = ModelInfo(name="fake", path=tokenizer_dir(), max_context=64, is_chat=True)
         self.text = text
         self.delay = delay
         self.fail = fail

@@ -175,8 +175,23 @@ def test_error_after_output_ends_the_stream_with_an_error_frame(setup):
      "stream_options"),
     ({"top_logprobs": 2}, "top_logprobs needs logprobs: true", "top_logprobs"),
     ({"tools": [{"type": "function"}]}, "tools are not supported: this model does not call functions", "tools"),
-    ({"response_format": {"type": "json_object"}},
-     "response_format type 'json_object' is not supported: only 'text'", "response_format"),
+    ({"response_format": {"type": "xml"}},
+     "response_format type 'xml' is not supported: text, json_object or json_schema", "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objectx"}}}},
+     "response_format cannot be followed: Invalid type: objectx", "response_format"),
+    ({"structured_outputs": {"regex": "[a-"}, "max_tokens": 4},
+     "structured_outputs cannot be followed: at 1(8): invalid regex \"[a-\" (in regex): regex parse error:\n"
+     "    [a-\n    ^\nerror: unclosed character class\n   1 | start: /[a-/\n              ^", "structured_outputs"),
+    ({"structured_outputs": {"regex": "a", "choice": ["b"]}},
+     "structured_outputs must give exactly one of json, regex, choice, grammar, json_object (it gives regex, "
+     "choice)", "structured_outputs"),
+    ({"structured_outputs": {"json": {}, "whitespace_pattern": " "}},
+     "structured_outputs.whitespace_pattern is not supported: give one of json, regex, choice, grammar, "
+     "json_object", "structured_outputs"),
+    ({"structured_outputs": {"choice": []}}, "structured_outputs.choice must be a non-empty list of non-empty "
+     "strings", "structured_outputs.choice"),
+    ({"structured_outputs": {"json": {}}, "response_format": {"type": "json_object"}},
+     "response_format and structured_outputs both ask for a format: give one", "structured_outputs"),
     ({"seed": -1}, "seed is -1, it must be in [0, 2^63)", "seed"),
 ])
 def test_chat_refusals_name_the_field(setup, body, message, param):

@@ -29,6 +29,7 @@ from .call_ledger import CallLedger
 from .errors import INTERNAL, OVERLOADED, ApiError, new_id, out_of_range
 from .metrics import Metrics
 from .inputs import InputPreparer
+from .structured import Grammars
 from .moderation import Moderator
 from .params import max_new_tokens, sampling_params
 from .platform_calls import call
@@ -96,6 +97,7 @@ class ModelCalls:
         self.platform = platform
         self.metrics = metrics
         self.inputs = InputPreparer(engine.tokenizer, engine.model_info, moderator)
+        self.grammars = Grammars(engine.model_info, settings.structured_output_compile_timeout)
 
     def start(self, route: str) -> Call:
         """A new call; `route` is its metrics label."""
@@ -141,7 +143,10 @@ class Call:
         # max_new_tokens refused any prompt too long to have been tokenized
         prompt_ids = inputs.prompt_ids
         assert prompt_ids is not None
-        params = sampling_params(req, service, max_tokens)
+        grammar = None
+        if req.structured is not None:
+            grammar = await calls.grammars.compile(req.structured, req.structured_param)
+        params = sampling_params(req, service, max_tokens, grammar)
         if not inputs.is_safe:
             log.info("request %s: input flagged by moderation (action %s)", self.rid,
                      calls.settings.moderation_action)

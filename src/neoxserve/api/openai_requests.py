@@ -5,15 +5,15 @@ The v2 body is OpenAI's chat body with Qianfan's ranges (temperature in (0, 1], 
 turns); the OpenAI bodies have OpenAI's ranges (temperature in [0, 2], 0 meaning greedy). Both name the service
 in `model`. A field of the wrong type or out of range is a 400 naming the field (api/http_errors.py). Fields that
 change nothing here (`user`, `name`, `logit_bias` when empty, ...) are accepted and ignored; fields asking for
-what this server cannot do (tools, JSON mode, several prompts in one request) are refused by name rather than
-ignored.
+what this server cannot do (tools, several prompts in one request) are refused by name rather than ignored.
+The output formats (`response_format`, `structured_outputs`) are api/structured.py's.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 from ..engine.sampling_params import MAX_LOGPROBS
-from . import fields
+from . import fields, structured
 from .errors import out_of_range
 from .fields import Body
 from .validation import CompletionRequest
@@ -127,17 +127,11 @@ def _n(body: Body, req: CompletionRequest) -> None:
 def _refuse_tools(body: Body) -> None:
     if body.get("tools") or body.get("functions"):
         raise out_of_range("tools are not supported: this model does not call functions", param="tools")
-    response_format = body.get("response_format")
-    if response_format is not None:
-        if not isinstance(response_format, Mapping):
-            raise fields.bad_type("response_format", "an object")
-        if response_format.get("type", "text") != "text":
-            raise out_of_range(f"response_format type {response_format.get('type')!r} is not supported: only "
-                               "'text'", param="response_format")
 
 
 def _openai_common(body: Body, req: CompletionRequest) -> None:
-    """The OpenAI sampling fields both OpenAI routes take."""
+    """The OpenAI sampling fields both OpenAI routes take, and the output format (vLLM's extras included)."""
+    req.structured, req.structured_param = structured.parse(body, vllm_extras=True)
     _stream(body, req)
     req.temperature = fields.number(body, "temperature")
     fields.in_range("temperature", req.temperature, *OPENAI_TEMPERATURE)
@@ -204,4 +198,5 @@ def qianfan_v2_chat(body: Body) -> CompletionRequest:
     _penalties(body, req)
     req.user_id = fields.string(body, "user")
     _refuse_tools(body)
+    req.structured, req.structured_param = structured.parse(body, vllm_extras=False)
     return req

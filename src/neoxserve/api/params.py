@@ -41,8 +41,10 @@ def max_new_tokens(req: CompletionRequest, service_max: int, prompt_tokens: int,
     return asked
 
 
-def sampling_params(req: CompletionRequest, service: Service, max_tokens: int) -> SamplingParams:
+def sampling_params(req: CompletionRequest, service: Service, max_tokens: int,
+                    grammar: str | None = None) -> SamplingParams:
     """The engine adds the model's stop tokens itself (engine/core.py): they are not the API's to pass.
+    `grammar`: the compiled grammar of the request's structured output (api/structured.py), if it asked for one.
     Greedy decoding: top_p 0 (it keeps no candidate but the most likely one) or temperature 0 (OpenAI's)."""
     base = SamplingParams()
     top_p = _pick(req.top_p, service.top_p, base.top_p)
@@ -62,4 +64,5 @@ def sampling_params(req: CompletionRequest, service: Service, max_tokens: int) -
         frequency_penalty=req.frequency_penalty,
         logprobs=req.logprobs,
         prompt_logprobs=req.logprobs if req.echo else None,
+        grammar=grammar,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..engine.grammar import GrammarSpec
 from . import fields
 
 
@@ -37,6 +38,8 @@ class CompletionRequest:
     logprobs: int | None = None                    # None = off; k = the chosen token's logprob + the k most likely
     echo: bool = False                             # completions: the answer's text starts with the prompt
     include_usage: bool = False                    # stream_options.include_usage: a last frame with the usage
+    structured: GrammarSpec | None = None          # response_format / structured_outputs (api/structured.py)
+    structured_param: str = "response_format"      # the field that asked for it, for error messages
 
     def input_text(self) -> str:
         """Everything the caller wrote, for moderation."""

@@ -20,6 +20,7 @@ from neoxserve.engine.scheduler import ScheduledBatch, Scheduler
 from neoxserve.engine.sequence import Sequence, SequenceStatus
 from neoxserve.engine.speculative import SpeculativeConfig, allowed_draft, draft_room, propose_ngram
 from neoxserve.engine.stats import EngineStats, StatsSnapshot
+from neoxserve.engine.structured import StructuredOutputs
 from neoxserve.model.arith import cdiv
 
 if TYPE_CHECKING:
@@ -138,13 +139,24 @@ class LLMEngine:
         if not params.ignore_eos:
             stop_ids |= self._tokenizer_stop_ids
         deadline = time.monotonic() + self.queue_timeout if self.queue_timeout > 0 else None
+        # each sample its own grammar state, built before anything is queued
+        grammars = [self._structured().matcher(params.grammar) for _ in range(samples)] if params.grammar else None
         group = self.requests[request_id] = []
         for index in range(samples):
             seq = Sequence(request_id, prompt_token_ids, sample_params(params, index), stop_ids, deadline, index)
             seq.detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop)
+            if grammars is not None:
+                seq.grammar = grammars[index]
             group.append(seq)
             sched.add(seq)
         self.counters.prompt_tokens_total += n
+
+    def _structured(self) -> StructuredOutputs:
+        """The grammars' tokenizer and masks, loaded with the first constrained request."""
+        if self.runner.structured is None:
+            self.runner.structured = StructuredOutputs(self.loaded.path, self.runner.num_token_ids,
+                                                       tuple(sorted(self._tokenizer_stop_ids)))
+        return self.runner.structured
 
     def abort(self, request_id: str) -> bool:
         """Stop a request (all its samples) and free its blocks at once; the final delta of each sample
@@ -227,6 +239,8 @@ class LLMEngine:
                 counters.queue_time.observe((seq.first_scheduled_time or now) - seq.arrival_time)
             seq.last_token_time = now
             reason: FinishReason | None = None
+            failure: Failure | None = None
+            error: str | None = None
             detokenizer = seq.detokenizer
             assert detokenizer is not None   # every admitted sequence has one
             if token in seq.stop_token_ids:
@@ -235,6 +249,11 @@ class LLMEngine:
                 text = detokenizer.push(token)
                 if detokenizer.stopped:
                     reason = "stop"
+                elif seq.grammar is not None and self._grammar_ends(seq, token):
+                    reason = "stop"        # the grammar is complete: nothing more may follow
+                    text += detokenizer.flush()
+                elif seq.grammar is not None and seq.grammar.is_error():
+                    reason, failure, error = "error", Failure.STEP_FAILED, seq.grammar.get_error()
                 elif seq.num_output_tokens >= seq.params.max_new_tokens:
                     reason = "length"
                     text += detokenizer.flush()
@@ -252,10 +271,22 @@ class LLMEngine:
             if reason is not None:
                 self._retire(seq, reason)
                 delta.finished, delta.finish_reason = True, reason
+                delta.failure, delta.error = failure, error
         for seq, _, _ in result.verified:
             if seq.status is SequenceStatus.RUNNING:
                 bm.register_full_blocks(seq)
                 bm.release_tail(seq)      # the blocks only rejected draft tokens were written to
+
+    @staticmethod
+    def _grammar_ends(seq: Sequence, token: int) -> bool:
+        """Advance the sequence's grammar; True when it is complete. A token it refuses (which the mask rules
+        out: only a row with no finite logit at all could yield one) leaves it in error: logged, and the
+        sequence fails."""
+        try:
+            return StructuredOutputs.advance(seq, token)
+        except RuntimeError as e:
+            log.error("request %s sample %d: %s", seq.request_id, seq.index, e)
+            return False
 
     def _expire_waiting(self, deltas: list[Delta]) -> None:
         now = time.monotonic()

@@ -11,6 +11,7 @@ from neoxserve.engine.penalties import TokenHistory, needs_history
 from neoxserve.engine.sampler import Sampler, SampleRequest
 from neoxserve.engine.sampling_params import SamplingParams
 from neoxserve.engine.scheduler import ScheduledBatch
+from neoxserve.engine.structured import StructuredOutputs
 from neoxserve.engine.sequence import Sequence
 from neoxserve.engine.speculative import accepted_prefix
 from neoxserve.model.attention import AttentionMetadata, allocate_kv_cache
@@ -31,7 +32,7 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, model: GPTNeoX, config: NeoXConfig, num_blocks: int, block_size: int,
-                 num_token_ids: int | None = None) -> None:
+                 num_token_ids: int | None = None, structured: StructuredOutputs | None = None) -> None:
         """num_token_ids: ids the tokenizer has. The embedding is padded past them (50432 rows for 50277 tokens in
         StableLM-Alpha-7B); those rows stand for no text, so they are never sampled."""
         self.model = model
@@ -42,6 +43,7 @@ class ModelRunner:
         self.device, self.dtype = param.device, param.dtype
         self.kv_caches = allocate_kv_cache(config, num_blocks, block_size, model.cache_dtype(), self.device)
         self.sampler = Sampler()
+        self.structured = structured   # the grammars' masks; None: no sequence is constrained
 
     def warm_up(self, prompt_tokens: int = 32) -> None:
         """One short prefill and one decode step of a scratch sequence, so that what the first call of each code
@@ -115,6 +117,10 @@ class ModelRunner:
             rows = hidden[sample_rows[0]:sample_rows[0] + 1] if len(sample_rows) == 1 else \
                 hidden[torch.tensor(sample_rows, device=dev)]
             logits = self.model.compute_logits(rows)[:, :self.num_token_ids]
+            if self.structured is not None:
+                # the first rows are the sequences sampling one token; verify rows never carry a grammar
+                # (speculative.allowed_draft proposes nothing for a constrained sequence)
+                self.structured.apply_masks(logits[:len(sample_seqs)], sample_seqs)
             requests = [self._sample_request(s) for s in sample_seqs]
             row_seqs = list(sample_seqs)
             for seq, k in verify:

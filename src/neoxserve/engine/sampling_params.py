@@ -28,6 +28,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0    # OpenAI's, on output tokens: logit -= frequency * times it was generated
     logprobs: int | None = None       # the chosen token's raw logprob + this many most likely alternatives
     prompt_logprobs: int | None = None   # every prompt token's raw logprob + this many alternatives (first: None)
+    # structured outputs: llguidance grammar text the output must match (engine/grammar.py); None = unconstrained
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         # What the sampler can compute. The ranges a client or a service may ask for (temperature <= 1, penalty in

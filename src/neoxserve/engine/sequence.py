@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from neoxserve.engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
+    from llguidance import LLMatcher
+
     from neoxserve.engine.detokenizer import IncrementalDetokenizer
     from neoxserve.engine.outputs import TokenLogprob
     from neoxserve.engine.penalties import TokenHistory
@@ -27,7 +29,7 @@ class Sequence:
         "request_id", "params", "token_ids", "num_prompt_tokens", "num_computed_tokens", "block_table",
         "num_hashed_blocks", "block_hashes", "status", "arrival_time", "deadline", "first_scheduled_time",
         "first_token_time", "last_token_time", "num_cached_prompt_tokens", "detokenizer",
-        "stop_token_ids", "index", "token_history", "prompt_logprobs", "draft_token_ids",
+        "stop_token_ids", "index", "token_history", "prompt_logprobs", "draft_token_ids", "grammar",
     )
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
@@ -56,6 +58,8 @@ class Sequence:
         self.prompt_logprobs: list[TokenLogprob] = []    # of prompt tokens 1.. so far (params.prompt_logprobs)
         # speculative decoding: tokens proposed to follow token_ids, verified in the next step (engine/speculative.py)
         self.draft_token_ids: list[int] = []
+        # structured outputs: the grammar's state after the output so far (engine/structured.py); None = free
+        self.grammar: LLMatcher | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -84,10 +84,10 @@ def draft_room(seq: Sequence, k: int, max_context: int) -> int:
 
 
 def allowed_draft(seq: Sequence, draft: list[int]) -> list[int]:
-    """Hook for constrained decoding (structured outputs): cut the draft at its first token that the sequence's
-    grammar forbids. No grammar exists in the engine yet, so every draft is allowed. (Verification would reject
-    such a token anyway once the sampler masks each row: the masked row never samples it.)"""
-    return draft
+    """The part of a draft that may be verified. A sequence under a grammar (structured outputs) gets none: its
+    verify rows would each need the mask of the grammar's state after the draft tokens before them, which the
+    step does not compute; it decodes one token a step, masked like any other constrained row."""
+    return [] if seq.grammar is not None else draft
 
 
 def accepted_prefix(draft: Seq[int], sampled: Seq[int]) -> int:
