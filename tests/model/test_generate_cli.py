@@ -29,15 +29,15 @@ def _expected_text(model_dir, max_new_tokens: int) -> str:
     return text
 
 
-def test_generate_on_demo_model(tmp_path, demo_model_dir):
-    result = _cli("generate", "--data-dir", str(tmp_path / "data"), PROMPT, "--max-new-tokens", "12",
-                  "--temperature", "0", cwd=tmp_path)
+def test_generate_on_random_demo_model(tmp_path, demo_model_dir):
+    result = _cli("generate", "--model", "demo-random", "--data-dir", str(tmp_path / "data"), PROMPT,
+                  "--max-new-tokens", "12", "--temperature", "0", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == _expected_text(demo_model_dir, 12) + "\n"   # the text alone
     assert "noise" in result.stderr
     assert "new tokens: 12" in result.stderr and "tokens/s" in result.stderr
     assert f"prompt tokens: {len(Tokenizer.from_dir(demo_model_dir).encode(PROMPT))}," in result.stderr
-    assert (tmp_path / "data" / "demo-model" / "model.safetensors").is_file()
+    assert (tmp_path / "data" / "demo-random-model" / "model.safetensors").is_file()
 
 
 def test_generate_with_model_dir_and_sampling_flags(tmp_path, demo_model_dir):
