@@ -2,6 +2,7 @@
 documented size, and writes mostly real English words where the random demo model writes fragments."""
 from __future__ import annotations
 
+import hashlib
 import re
 
 import pytest
@@ -88,7 +89,13 @@ def test_the_default_model_is_the_trained_one(tmp_path):
 
     config = engine_config(Settings(data_dir=tmp_path))
     assert config.model == "demo" and config.model_name == "demo"
-    assert resolve_model_dir(config) == ensure_trained_demo_model(tmp_path)
+    # a directory expanded from other (older) committed weights is not served after an upgrade
+    stale = tmp_path / "demo-trained-model-000000000000"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"older weights")
+    digest = hashlib.sha256((TRAINED_PACKAGE_DIR / "model.safetensors").read_bytes()).hexdigest()
+    assert resolve_model_dir(config) == ensure_trained_demo_model(tmp_path) == tmp_path / \
+        f"demo-trained-model-{digest[:12]}"
     random = engine_config(Settings(model="demo-random", data_dir=tmp_path))
     assert random.model_name == "demo-random" and resolve_model_dir(random) == tmp_path / "demo-random-model"
     keys = NewKeys(app_id=1, name="default", api_key="k", secret_key="s")
@@ -106,6 +113,6 @@ def test_generate_uses_the_trained_model_by_default(tmp_path):
                             timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "trained" in result.stderr and "noise" not in result.stderr
-    assert (tmp_path / "demo-trained-model" / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.glob("demo-trained-model-*/model.safetensors")] == ["model.safetensors"]
     assert not (tmp_path / "demo-random-model").exists()
     assert WORD.findall(result.stdout), result.stdout

@@ -7,6 +7,7 @@ the same bytes.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -21,7 +22,6 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 from neoxserve.model.arith import cdiv
 
 DEMO_DIR_NAME = "demo-random-model"   # `--model demo-random`; not "demo-model": that name held it before `demo` was trained
-TRAINED_DIR_NAME = "demo-trained-model"
 # the trained demo model as committed (tools/train_demo.py; model card: demo_trained/README.md): its own rows for the
 # ids it saw often, one shared row for every other id; write_trained_demo_model expands it to a standard checkpoint
 TRAINED_PACKAGE_DIR = Path(__file__).resolve().parent / "demo_trained"
@@ -187,6 +187,13 @@ def write_trained_demo_model(path: str | Path) -> Path:
     return path
 
 
+def trained_dir_name() -> str:
+    """The expanded trained model's directory name, from the committed weights' digest: a data directory kept
+    across an upgrade that retrained the model gets the new weights, not the ones expanded before."""
+    digest = hashlib.sha256((TRAINED_PACKAGE_DIR / "model.safetensors").read_bytes()).hexdigest()
+    return f"demo-trained-model-{digest[:12]}"
+
+
 def ensure_trained_demo_model(data_dir: str | Path) -> Path:
-    """data_dir/demo-trained-model (`--model demo`, the default), expanded once (like ensure_demo_model)."""
-    return _ensure(Path(data_dir), TRAINED_DIR_NAME, write_trained_demo_model)
+    """data_dir/demo-trained-model-<digest> (`--model demo`, the default), expanded once (like ensure_demo_model)."""
+    return _ensure(Path(data_dir), trained_dir_name(), write_trained_demo_model)
