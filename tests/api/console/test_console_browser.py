@@ -73,6 +73,9 @@ def test_login_overview_logout(console, cpu_auto_dtype, cpu_auto_kernels):
                      "engine": "ready"}
     c.page.wait_for_function("document.querySelector('[data-testid=tokens-per-second] .value').textContent != '—'")
     c.page.wait_for_selector("[data-testid=tokens-chart] canvas")
+    # speculative decoding is off here: no draft proposed, so no acceptance rate
+    assert c.page.inner_text("[data-testid=speculation] .value") == "—"
+    assert c.page.inner_text("[data-testid=speculation] .note") == "0 of 0 draft tokens accepted"
     c.shot("overview")
     cookie = next(k for k in c.page.context.cookies() if k["name"] == "neoxserve_console")
     assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (True, "Strict", "/console")
