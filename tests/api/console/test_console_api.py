@@ -228,6 +228,8 @@ def test_overview_reports_the_engine(admin, cpu_auto_dtype, cpu_auto_kernels):
     assert o["ready"] is True and o["engine_alive"] is True
     assert {"running", "waiting", "kv_blocks_used", "kv_blocks_total", "generation_tokens_total"} <= set(o["stats"])
     assert not [k for k, v in o["stats"].items() if isinstance(v, dict) and "buckets" in v]
+    # speculative decoding's counters (off by default: nothing proposed) for the overview's speculation card
+    assert (o["stats"]["spec_proposed_tokens_total"], o["stats"]["spec_accepted_tokens_total"]) == (0, 0)
     assert o["restarts"] == o["stats"].get("restarts")     # null until the engine reports restarts
 
 

@@ -73,6 +73,9 @@ def test_login_overview_logout(console, cpu_auto_dtype, cpu_auto_kernels):
                      "engine": "ready"}
     c.page.wait_for_function("document.querySelector('[data-testid=tokens-per-second] .value').textContent != '—'")
     c.page.wait_for_selector("[data-testid=tokens-chart] canvas")
+    # speculative decoding is off here: no draft proposed, so no acceptance rate
+    assert c.page.inner_text("[data-testid=speculation] .value") == "—"
+    assert c.page.inner_text("[data-testid=speculation] .note") == "0 of 0 draft tokens accepted"
     c.shot("overview")
     cookie = next(k for k in c.page.context.cookies() if k["name"] == "neoxserve_console")
     assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (True, "Strict", "/console")
@@ -379,3 +382,33 @@ def test_a_cross_site_post_is_refused(console):
         attacker.shutdown()
     with c.server.platform() as p:
         assert not [a.name for a in p.list_apps() if a.name.startswith("evil")]
+
+
+def test_usage_draws_only_the_latest_answer(console):
+    """The page's first, unfiltered /usage answer arrives after the answer for the app chosen meanwhile: the
+    filtered view stays (a stale answer drawn last showed every app's rows)."""
+    c = console.logged_in()
+    create_app(c, "team-late")
+    close_keys(c)
+    r = httpx.post(c.server.completions_url(), params={"access_token": c.server.token()},
+                   json={"prompt": "Hello", "max_output_tokens": 2}, timeout=60)
+    assert r.status_code == 200 and "result" in r.json(), r.text      # the default app has usage today
+    held = []
+
+    def hold_unfiltered(route):
+        if "app=" not in route.request.url and "since=" in route.request.url and not held:
+            held.append(route)                  # answered after the filtered request below
+        else:
+            route.continue_()
+
+    c.page.route("**/console/api/usage?*", hold_unfiltered)
+    c.go("usage")
+    c.page.wait_for_selector("select[name=app] option[value=team-late]", state="attached")
+    c.page.select_option("select[name=app]", "team-late")
+    expect(c.page.locator("main[data-page=usage] .table-box")).to_have_text("No usage in this range.")
+    assert len(held) == 1, "the first load was never held back"
+    held[0].continue_()
+    c.page.wait_for_timeout(500)               # time for the stale answer to be drawn, were it drawn
+    expect(c.page.locator("main[data-page=usage] .table-box")).to_have_text("No usage in this range.")
+    assert usage_totals(c) == (0, 0, 0, 0, 0)
+    c.page.unroute("**/console/api/usage?*")

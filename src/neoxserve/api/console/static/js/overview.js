@@ -46,6 +46,8 @@ export function render(main) {
     const used = s.kv_blocks_used;
     const total = s.kv_blocks_total;
     const kvShare = total ? `${((100 * used) / total).toFixed(1)} %` : "—";
+    const proposed = s.spec_proposed_tokens_total || 0;
+    const accepted = s.spec_accepted_tokens_total || 0;
     clear(cards,
       card("Model", "model", m.name || "—", m.path),
       card("Device", "device", m.device || "—"),
@@ -62,6 +64,8 @@ export function render(main) {
            o.restarts === null ? "not reported (no engine supervisor)" : "engine restarts since start"),
       card("Requests finished", "finished", number(finished(s)),
            `prefix cache hit rate ${((s.prefix_cache_hit_rate || 0) * 100).toFixed(1)} %`),
+      card("Speculation", "speculation", proposed ? `${((100 * accepted) / proposed).toFixed(1)} %` : "—",
+           `${number(accepted)} of ${number(proposed)} draft tokens accepted`),
       card("Apps / services", "counts", `${number(o.apps)} / ${number(o.services)}`),
     );
     cards.classList.toggle("down", !o.ready);

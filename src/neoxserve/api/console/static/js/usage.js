@@ -114,15 +114,20 @@ export function render(main) {
       h("div", { class: "value" }, number(value)));
   }
 
+  // Filters change while a fetch is in flight; only the answer to the latest request is drawn, so a slower
+  // earlier answer (say, the unfiltered first load) never replaces the filtered one.
+  let latest = 0;
   async function load() {
     const filter = { since: since.value, until: until.value, app: app.value, service: service.value };
+    const ticket = ++latest;
     try {
       const data = await get(`/usage?${query(filter)}`);
+      if (ticket !== latest) return;
       message.clear();
       csv.href = `/console/api/usage.csv?${query(filter)}`;
       const days = daysBetween(filter.since || (data.rows[0] || { day: data.today }).day, filter.until || data.today);
       draw(data.rows, days);
-    } catch (e) { message.show(e.message); }
+    } catch (e) { if (ticket === latest) message.show(e.message); }
   }
 
   (async () => {
