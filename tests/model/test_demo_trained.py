@@ -1,5 +1,5 @@
-"""The trained demo model (`--model demo`, the default; model/demo_trained/README.md): it loads from the package, has the
-documented size, and writes mostly real English words where the random demo model writes fragments."""
+"""The trained demo model (`--model demo`, the default; model/demo_trained/README.md): it loads from the package,
+has the documented size, and writes mostly real English words where the random demo model writes fragments."""
 from __future__ import annotations
 
 import hashlib

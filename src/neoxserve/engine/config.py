@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-DEMO_MODEL = "demo"   # the `model` value of the embedded demo model, trained (model/demo_trained/README.md): the default
-DEMO_RANDOM_MODEL = "demo-random"   # the embedded random-weight model (model/demo.py), for tests that need its properties
+DEMO_MODEL = "demo"   # the default `model`: the embedded trained demo model (model/demo_trained/README.md)
+DEMO_RANDOM_MODEL = "demo-random"   # the embedded random-weight model (model/demo.py), for tests needing its properties
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 
 from neoxserve.model.arith import cdiv
 
-DEMO_DIR_NAME = "demo-random-model"   # `--model demo-random`; not "demo-model": that name held it before `demo` was trained
+# `--model demo-random`; not "demo-model": that name held the random model when it was `demo`
+DEMO_DIR_NAME = "demo-random-model"
 # the trained demo model as committed (tools/train_demo.py; model card: demo_trained/README.md): its own rows for the
 # ids it saw often, one shared row for every other id; write_trained_demo_model expands it to a standard checkpoint
 TRAINED_PACKAGE_DIR = Path(__file__).resolve().parent / "demo_trained"
