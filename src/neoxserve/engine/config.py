@@ -10,15 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-DEMO_MODEL = "demo"   # the `model` value that stands for the embedded demo model (random weights)
-DEMO_TRAINED_MODEL = "demo-trained"   # the embedded trained demo model (model/demo_trained/README.md)
+DEMO_MODEL = "demo"   # the default `model`: the embedded trained demo model (model/demo_trained/README.md)
+DEMO_RANDOM_MODEL = "demo-random"   # the embedded random-weight model (model/demo.py), for tests needing its properties
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     # model
-    model: str                     # Hugging Face model directory, or DEMO_MODEL
-    data_dir: Path                 # where the demo model is written (data_dir/demo-model)
+    model: str                     # Hugging Face model directory, DEMO_MODEL or DEMO_RANDOM_MODEL
+    data_dir: Path                 # where the demo models are expanded or written (model/demo.py)
     device: str                    # auto, cpu, cuda or cuda:N
     dtype: str                     # auto, float32, bfloat16, float16
     torch_threads: int             # 0 = torch's default (all cores)
@@ -45,12 +45,12 @@ class EngineConfig:
         return self.model == DEMO_MODEL
 
     @property
-    def is_trained_demo(self) -> bool:
-        return self.model == DEMO_TRAINED_MODEL
+    def is_random_demo(self) -> bool:
+        return self.model == DEMO_RANDOM_MODEL
 
     @property
     def model_name(self) -> str:
-        """The model's name: "demo", "demo-trained", or the model directory's name."""
-        if self.is_demo or self.is_trained_demo:
+        """The model's name: "demo", "demo-random", or the model directory's name."""
+        if self.is_demo or self.is_random_demo:
             return self.model
         return Path(self.model).name or self.model
