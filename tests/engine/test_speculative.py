@@ -334,6 +334,6 @@ def test_drafts_that_keep_failing_are_proposed_less_and_output_stays_the_same(h,
     off, _ = _run(h, demo_loaded, "none", requests)
     on, stats = _run(h, demo_loaded, "ngram", requests, ngram_min=1)
     _same(h, off, on)
-    rejected_steps = stats["spec_verify_steps_total"]
-    assert 0 < rejected_steps and stats["spec_accepted_tokens_total"] < stats["spec_proposed_tokens_total"]
-    assert rejected_steps < 80 // 2, stats      # without back-off, ngram_min=1 proposes on nearly every step
+    verify_steps = stats["spec_verify_steps_total"]
+    assert verify_steps > 0 and stats["spec_accepted_tokens_total"] < stats["spec_proposed_tokens_total"]
+    assert verify_steps < 80 // 2, stats      # without back-off, ngram_min=1 proposes on nearly every step
