@@ -1,8 +1,11 @@
 """n-gram speculative decoding: decode tokens/s with speculation off and on, 1 and 16 streams.
 
-    .venv/bin/python bench/bench_speculative.py [--new-tokens 96] [--k 4]
+    .venv/bin/python bench/bench_speculative.py [--model demo|demo-random|pythia-160m] [--new-tokens 96] [--k 4]
 
-The demo model (random weights, float32), engine in-process (LLMEngine.step loop, no HTTP):
+--model: the trained demo model (default: real text, so its greedy continuations repeat as a language model's do),
+the random-weight demo model, or a random GPT-NeoX of a real shape (bench/random_neox.py: pythia-160m, whose decode
+step reads 300 MB of float32 weights, where verifying several tokens in one step pays most). Engine in-process
+(LLMEngine.step loop, no HTTP), float32:
 (a) repeating: greedy continuation of a prompt that holds the passage the model will loop through (the prompt is
     a passage plus the model's own first 64 greedy tokens after it, so the continuation repeats what it saw);
 (b) not repeating: seeded sampling (temperature 1, top-p 0.95) after a prompt of distinct tokens.
@@ -19,12 +22,15 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from random_neox import write_model
 
 from neoxserve.commands.engine_config import engine_config
 from neoxserve.config import Settings
 from neoxserve.engine.core import LLMEngine
 from neoxserve.engine.sampling_params import SamplingParams
-from neoxserve.model.demo import write_demo_model
+from neoxserve.model.demo import write_demo_model, write_trained_demo_model
 from neoxserve.model.loader import load_model
 
 
@@ -57,10 +63,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--new-tokens", type=int, default=96)
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--model", default="demo", help="demo, demo-random or a bench/random_neox.py shape")
     args = ap.parse_args()
     d = Path(tempfile.mkdtemp())
-    write_demo_model(d)
+    if args.model == "demo":
+        write_trained_demo_model(d)
+    elif args.model == "demo-random":
+        write_demo_model(d)
+    else:
+        d = write_model(Path(tempfile.gettempdir()) / f"neoxserve-bench-{args.model}", args.model)
     loaded = load_model(d, dtype="float32")
+    print(f"model: {args.model}")
     vocab = loaded.config.vocab_size
     greedy = SamplingParams(greedy=True, max_new_tokens=args.new_tokens, ignore_eos=True)
     rows = []

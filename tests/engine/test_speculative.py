@@ -301,3 +301,39 @@ def test_the_flags_reach_the_engine_config():
     assert (config.speculative_method, config.num_speculative_tokens, config.ngram_min, config.ngram_max) == \
         ("ngram", 6, 1, 5)
     assert engine_config(Settings()).speculative_method == "none"
+
+
+# ---- backing off after rejected drafts -------------------------------------------------------------------------
+
+def test_a_rejected_draft_backs_off_doubling_and_an_accepted_token_resets():
+    from neoxserve.engine.sequence import Sequence
+    from neoxserve.engine.speculative import MAX_DRAFT_BACKOFF, after_verification, wants_draft
+
+    seq = Sequence("r", [1, 2, 3], GREEDY)
+    skipped = []
+    for _ in range(7):          # seven rejected drafts in a row: skips of 1, 2, 4, 8, 16, 16, 16 steps
+        assert wants_draft(seq)
+        after_verification(seq, 0)
+        n = 0
+        while not wants_draft(seq):
+            n += 1
+        skipped.append(n)
+        seq.draft_wait = 0
+    assert skipped == [1, 2, 4, 8, 16, 16, 16] and MAX_DRAFT_BACKOFF == 16
+    after_verification(seq, 2)
+    assert (seq.draft_backoff, seq.draft_wait) == (0, 0) and wants_draft(seq)
+    after_verification(seq, 0)
+    assert seq.draft_wait == 1    # the back-off starts over
+
+
+def test_drafts_that_keep_failing_are_proposed_less_and_output_stays_the_same(h, demo_loaded):
+    """Seeded sampling at temperature 1 after distinct tokens rejects most drafts: the engine stops verifying
+    on most steps, and the tokens are those of speculation off."""
+    params = SamplingParams(seed=3, temperature=1.0, top_p=0.95, max_new_tokens=80, ignore_eos=True)
+    requests = [("r", [(37 * j) % 250 + 5 for j in range(30)], params)]
+    off, _ = _run(h, demo_loaded, "none", requests)
+    on, stats = _run(h, demo_loaded, "ngram", requests, ngram_min=1)
+    _same(h, off, on)
+    verify_steps = stats["spec_verify_steps_total"]
+    assert verify_steps > 0 and stats["spec_accepted_tokens_total"] < stats["spec_proposed_tokens_total"]
+    assert verify_steps < 80 // 2, stats      # without back-off, ngram_min=1 proposes on nearly every step

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from neoxserve.model.attention import AttentionMetadata, paged_attention
 
-NH, HD, BLOCK, NUM_BLOCKS = 2, 8, 4, 48
+NH, HD, BLOCK, NUM_BLOCKS = 2, 8, 4, 64
 
 
 def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -28,7 +28,8 @@ def batches(draw):
     seqs = []
     for _ in range(num_seqs):
         cached = draw(st.integers(1 if decode else 0, 30))
-        new = 1 if decode else draw(st.integers(1, 12))
+        # up to 16 new tokens attend as decode rows (attention.DECODE_ROW_MAX_QUERY), more per sequence
+        new = 1 if decode else draw(st.one_of(st.integers(1, 12), st.integers(13, 24)))
         seqs.append((cached, new))
     return seqs, draw(st.randoms(use_true_random=False))
 

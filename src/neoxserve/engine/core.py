@@ -18,7 +18,8 @@ from neoxserve.engine.runner import ModelRunner, StepResult
 from neoxserve.engine.sampling_params import SamplingParams, sample_params
 from neoxserve.engine.scheduler import ScheduledBatch, Scheduler
 from neoxserve.engine.sequence import Sequence, SequenceStatus
-from neoxserve.engine.speculative import SpeculativeConfig, allowed_draft, draft_room, propose_ngram
+from neoxserve.engine.speculative import (SpeculativeConfig, after_verification, allowed_draft, draft_room,
+                                          propose_ngram, wants_draft)
 from neoxserve.engine.stats import EngineStats, StatsSnapshot
 from neoxserve.engine.structured import StructuredOutputs
 from neoxserve.model.arith import cdiv
@@ -202,7 +203,8 @@ class LLMEngine:
         to what the step can take."""
         spec = self.speculative
         for seq in self.scheduler.running:
-            room = draft_room(seq, spec.num_tokens, self.max_context) if seq.num_uncomputed_tokens == 1 else 0
+            decodes = seq.num_uncomputed_tokens == 1
+            room = draft_room(seq, spec.num_tokens, self.max_context) if decodes and wants_draft(seq) else 0
             seq.draft_token_ids = allowed_draft(
                 seq, propose_ngram(seq.token_ids, spec.ngram_min, spec.ngram_max, room)) if room else []
 
@@ -216,9 +218,10 @@ class LLMEngine:
             seq.prompt_logprobs += scored
         now = time.monotonic()
         counters = self.counters
-        for _, proposed, accepted in result.verified:
+        for seq, proposed, accepted in result.verified:
             counters.spec_proposed_tokens_total += proposed
             counters.spec_accepted_tokens_total += accepted
+            after_verification(seq, accepted)
         counters.spec_verify_steps_total += len(result.verified)
         step_deltas: dict[int, Delta] = {}    # id(sequence) -> its delta of this step (several tokens: a draft)
         for seq, token, logprob in result.sampled:

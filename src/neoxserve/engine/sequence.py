@@ -29,7 +29,8 @@ class Sequence:
         "request_id", "params", "token_ids", "num_prompt_tokens", "num_computed_tokens", "block_table",
         "num_hashed_blocks", "block_hashes", "status", "arrival_time", "deadline", "first_scheduled_time",
         "first_token_time", "last_token_time", "num_cached_prompt_tokens", "detokenizer",
-        "stop_token_ids", "index", "token_history", "prompt_logprobs", "draft_token_ids", "grammar",
+        "stop_token_ids", "index", "token_history", "prompt_logprobs", "draft_token_ids", "draft_backoff",
+        "draft_wait", "grammar",
     )
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
@@ -58,6 +59,8 @@ class Sequence:
         self.prompt_logprobs: list[TokenLogprob] = []    # of prompt tokens 1.. so far (params.prompt_logprobs)
         # speculative decoding: tokens proposed to follow token_ids, verified in the next step (engine/speculative.py)
         self.draft_token_ids: list[int] = []
+        self.draft_backoff = 0     # steps to skip after the next fully rejected draft (speculative.after_verification)
+        self.draft_wait = 0        # steps left before this sequence proposes again
         # structured outputs: the grammar's state after the output so far (engine/structured.py); None = free
         self.grammar: LLMatcher | None = None
 

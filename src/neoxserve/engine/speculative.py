@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from neoxserve.engine.sequence import Sequence
 
 METHODS = ("none", "ngram")
+# A sequence whose whole draft was rejected skips proposing for 1, 2, 4, ... up to this many steps; an accepted
+# draft token resets it. Verifying costs a step more rows (and on CPU, wider products), so text that does not
+# repeat itself soon stops paying for drafts that fail, while text that does keeps its drafts.
+MAX_DRAFT_BACKOFF = 16
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,24 @@ def draft_room(seq: Sequence, k: int, max_context: int) -> int:
     max_new_tokens and in the model's context."""
     left = seq.params.max_new_tokens - seq.num_output_tokens - 1
     return max(0, min(k, left, max_context - seq.num_tokens - 1))
+
+
+def wants_draft(seq: Sequence) -> bool:
+    """Whether `seq` proposes this step (False while it backs off after rejected drafts); counts the wait down."""
+    if seq.draft_wait > 0:
+        seq.draft_wait -= 1
+        return False
+    return True
+
+
+def after_verification(seq: Sequence, accepted: int) -> None:
+    """Back off after a draft with no token accepted (doubling, at most MAX_DRAFT_BACKOFF steps); reset on one
+    accepted. Only speed depends on it: which tokens are drafted never changes which tokens are emitted."""
+    if accepted:
+        seq.draft_backoff = seq.draft_wait = 0
+    else:
+        seq.draft_backoff = min(MAX_DRAFT_BACKOFF, max(1, 2 * seq.draft_backoff))
+        seq.draft_wait = seq.draft_backoff
 
 
 def allowed_draft(seq: Sequence, draft: list[int]) -> list[int]:

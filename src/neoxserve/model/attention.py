@@ -18,6 +18,11 @@ from neoxserve.model.config import NeoXConfig
 
 KVCache = tuple[Tensor, Tensor]  # (k_cache, v_cache), each [num_blocks, block_size, num_heads, head_dim]
 
+# A sequence with at most this many new tokens attends one decode row per token, in the batched decode path, so
+# that a speculative verification (K + 1 tokens) does not send its whole batch through one attention call per
+# sequence. Longer rows (prefill chunks) take the per-sequence path, whose flash kernel wins there.
+DECODE_ROW_MAX_QUERY = 16
+
 
 @dataclass
 class AttentionMetadata:
@@ -27,12 +32,18 @@ class AttentionMetadata:
     slot_mapping: Tensor      # [T] flat slot (block * block_size + offset) of each new token
     query_lens: list[int]     # the same as Python lists, so loops need no device sync
     seq_lens_list: list[int]
+    # One decode row per new token when no sequence has more than DECODE_ROW_MAX_QUERY of them (None otherwise):
+    # the row's sequence's block table, and how many cached tokens it attends over (itself included).
+    row_block_tables: Tensor | None = None   # [T, max_blocks]
+    row_seq_lens: Tensor | None = None       # [T]
+    row_seq_lens_list: list[int] | None = None
     # Derived once per step and shared by every layer (built lazily by paged_attention).
     _decode_plan: tuple[Tensor, Tensor | None] | None = field(default=None, init=False, repr=False)
 
     @property
     def is_decode(self) -> bool:
-        return all(q == 1 for q in self.query_lens)
+        """Every new token attends as a decode row (plain decode, speculative verification, short chunks)."""
+        return self.row_seq_lens_list is not None
 
     @classmethod
     def build(cls, query_lens: list[int], seq_lens: list[int], block_tables: list[list[int]], block_size: int,
@@ -55,9 +66,19 @@ class AttentionMetadata:
         def long(values: list[int] | list[list[int]]) -> Tensor:
             return torch.tensor(values, dtype=torch.long, device=device)
 
-        return cls(query_start_loc=long(starts), seq_lens=long(seq_lens),
-                   block_tables=long(padded).view(len(block_tables), width), slot_mapping=long(slots),
-                   query_lens=list(query_lens), seq_lens_list=list(seq_lens))
+        tables_t, seq_lens_t = long(padded).view(len(block_tables), width), long(seq_lens)
+        row_tables, row_lens, row_lens_list = None, None, None
+        if all(q == 1 for q in query_lens):
+            row_tables, row_lens, row_lens_list = tables_t, seq_lens_t, list(seq_lens)
+        elif max(query_lens) <= DECODE_ROW_MAX_QUERY:
+            # query i of a sequence with n tokens after the step sits at position n - q + i and sees n - q + i + 1
+            # tokens: causal attention without a mask, the K/V of every new token being written before the reads
+            row_lens_list = [n - q + i + 1 for q, n in zip(query_lens, seq_lens, strict=True) for i in range(q)]
+            row_lens = long(row_lens_list)
+            row_tables = tables_t.repeat_interleave(torch.tensor(query_lens, device=device), dim=0)
+        return cls(query_start_loc=long(starts), seq_lens=seq_lens_t, block_tables=tables_t,
+                   slot_mapping=long(slots), query_lens=list(query_lens), seq_lens_list=list(seq_lens),
+                   row_block_tables=row_tables, row_seq_lens=row_lens, row_seq_lens_list=row_lens_list)
 
 
 def allocate_kv_cache(cfg: NeoXConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
@@ -83,8 +104,8 @@ def paged_attention(q: Tensor, k: Tensor, v: Tensor, kv_cache: KVCache, meta: At
         k_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
         v_cache.view(-1, nh, hd).index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
         if meta.is_decode:
-            return kernels.ops().paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
-                                                        scale)
+            return kernels.ops().paged_decode_attention(q, k_cache, v_cache, meta.row_block_tables,
+                                                        meta.row_seq_lens, scale)
     else:
         # The cache holds finite values only: the batched decode of _decode_attention reads slots it masks out
         # (block-table padding, the stale tail of a reused block), and a masked NaN or inf still turns a softmax
@@ -138,23 +159,25 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float, q_len: int, n: int) -> 
 
 def _decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, meta: AttentionMetadata,
                       scale: float) -> Tensor:
-    """Every sequence has one new token: one batched SDPA over contexts padded to the longest, masked."""
-    num_seqs = len(meta.seq_lens_list)
+    """Every new token is a decode row: one batched SDPA over the rows' contexts padded to the longest, masked."""
+    assert meta.row_seq_lens_list is not None and meta.row_block_tables is not None and meta.row_seq_lens is not None
+    row_lens = meta.row_seq_lens_list
+    num_seqs = len(row_lens)      # decode rows
     _, block_size, nh, hd = k_cache.shape
     if meta._decode_plan is None:
-        nb = cdiv(max(meta.seq_lens_list), block_size)
-        blocks = meta.block_tables[:, :nb]
+        nb = cdiv(max(row_lens), block_size)
+        blocks = meta.row_block_tables[:, :nb]
         mask = None
-        if num_seqs > 1 and min(meta.seq_lens_list) != nb * block_size:
+        if num_seqs > 1 and min(row_lens) != nb * block_size:
             positions = torch.arange(nb * block_size, device=q.device)
-            mask = (positions[None, :] < meta.seq_lens[:, None]).view(num_seqs, 1, 1, -1)
+            mask = (positions[None, :] < meta.row_seq_lens[:, None]).view(num_seqs, 1, 1, -1)
         elif num_seqs == 1:  # single stream: slice the exact context instead of masking
             blocks = blocks[0]
         meta._decode_plan = (blocks, mask)
     blocks, mask = meta._decode_plan
 
     if num_seqs == 1:
-        n = meta.seq_lens_list[0]
+        n = row_lens[0]
         ks = k_cache[blocks].view(-1, nh, hd)[:n].transpose(0, 1)     # [nh, n, hd]
         vs = v_cache[blocks].view(-1, nh, hd)[:n].transpose(0, 1)
         out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], ks[None], vs[None], scale=scale)  # [1, nh, 1, hd]
