@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from neoxserve.commands.engine_config import engine_config
 from neoxserve.config import Settings
-from neoxserve.engine.core import LLMEngine
+from neoxserve.engine.worker.core import LLMEngine
 from neoxserve.engine.sampling_params import SamplingParams
 from neoxserve.model.demo import write_demo_model
 from neoxserve.model.loader import load_model

@@ -9,7 +9,7 @@ from multiprocessing import Pipe
 
 import pytest
 
-from neoxserve.engine import process
+from neoxserve.engine.worker import loop as process
 from neoxserve.engine.client import AsyncEngineClient, failure_error
 from neoxserve.engine.errors import (EngineDead, EngineInternalError, EngineOverloaded, QueueTimeout,
                                      RequestRejected)
@@ -175,7 +175,7 @@ def _client_without_process() -> AsyncEngineClient:
 
 _GEMM_CACHE_PROBE = """
 import os, random, sys
-from neoxserve.engine.process import GEMM_CACHE_VARIABLES, bound_gemm_caches
+from neoxserve.engine.worker.loop import GEMM_CACHE_VARIABLES, bound_gemm_caches
 bound_gemm_caches()
 print([os.environ[name] for name in GEMM_CACHE_VARIABLES])
 import torch, torch.nn.functional as F

@@ -25,7 +25,7 @@ from neoxserve.engine.config import EngineConfig
 from neoxserve.engine.errors import (EngineDead, EngineError, EngineInternalError, EngineOverloaded, QueueTimeout,
                                      RequestRejected)
 from neoxserve.engine.outputs import Delta, Failure
-from neoxserve.engine.process import engine_main
+from neoxserve.engine.worker.loop import engine_main
 from neoxserve.engine.protocol import (AbortRequest, Ack, AckError, AddRequest, ClientMessage, Failed, ModelInfo,
                                        Output, ProtocolError, Ready, Shutdown)
 from neoxserve.engine.readiness import EngineState, Readiness

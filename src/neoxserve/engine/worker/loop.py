@@ -20,7 +20,7 @@ from neoxserve.engine.protocol import (STATS_INTERVAL, Ack, AckError, AbortReque
                                        Output, ProtocolError, Ready, Shutdown)
 
 if TYPE_CHECKING:
-    from neoxserve.engine.core import LLMEngine
+    from neoxserve.engine.worker.core import LLMEngine
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def engine_main(config: EngineConfig, requests: Connection, outputs: Connection)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
     bound_gemm_caches()
     try:
-        from neoxserve.engine.core import LLMEngine
+        from neoxserve.engine.worker.core import LLMEngine
 
         engine = LLMEngine.from_config(config)
     except BaseException as e:
