@@ -1,8 +1,9 @@
 """The engine process: loads the model, then loops `LLMEngine.step()` and talks to the client over two pipes
-(the messages are in engine/protocol.py).
+(the messages are in engine/protocol.py). engine/process.py's `engine_main`, the spawned process's target, calls
+`run_engine`.
 
-This module is imported by the HTTP process too (it names `engine_main` as the spawned process's target), so it
-imports torch and the engine core only inside `engine_main`, in the child.
+The engine core (and with it torch) is imported inside `run_engine`, after `bound_gemm_caches`: both caches read
+their variable once, when torch loads.
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ GEMM_CACHE_CAPACITY = "128"
 GEMM_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 
 
-def engine_main(config: EngineConfig, requests: Connection, outputs: Connection) -> None:
-    """Entry point of the spawned process."""
+def run_engine(config: EngineConfig, requests: Connection, outputs: Connection) -> None:
+    """Load the model, report Ready (or Failed), then serve the client until Shutdown or until the pipe closes."""
     # Ctrl-C in a terminal reaches the whole process group: let the HTTP process decide when the engine stops
     # (it sends Shutdown; if it dies instead, the pipe closes and this loop ends)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
