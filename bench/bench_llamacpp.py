@@ -69,7 +69,7 @@ def has_quantization() -> bool:
 def neox_engine(model_dir: Path, config: str, threads: int, group_size: int | None, kernels: str = "auto"):
     from neoxserve.commands.engine_config import engine_config
     from neoxserve.config import Settings
-    from neoxserve.engine.core import LLMEngine
+    from neoxserve.engine.worker.core import LLMEngine
 
     dtype, quant, _ = NEOX[config]
     fields = dict(model=str(model_dir), device="cpu", dtype=dtype, torch_threads=threads, max_num_seqs=1,

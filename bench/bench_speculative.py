@@ -28,7 +28,7 @@ from random_neox import write_model
 
 from neoxserve.commands.engine_config import engine_config
 from neoxserve.config import Settings
-from neoxserve.engine.core import LLMEngine
+from neoxserve.engine.worker.core import LLMEngine
 from neoxserve.engine.sampling_params import SamplingParams
 from neoxserve.model.demo import write_demo_model, write_trained_demo_model
 from neoxserve.model.loader import load_model

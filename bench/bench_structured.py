@@ -25,7 +25,7 @@ from random_neox import write_model
 
 from neoxserve.commands.engine_config import engine_config
 from neoxserve.config import Settings
-from neoxserve.engine.core import LLMEngine
+from neoxserve.engine.worker.core import LLMEngine
 from neoxserve.engine.grammar import GrammarCompiler, GrammarSpec, load_tokenizer
 from neoxserve.engine.sampling_params import SamplingParams
 

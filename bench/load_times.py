@@ -48,7 +48,7 @@ elif what == "quantize":
 else:
     from neoxserve.commands.engine_config import engine_config
     from neoxserve.config import Settings
-    from neoxserve.engine.core import LLMEngine
+    from neoxserve.engine.worker.core import LLMEngine
     from neoxserve.engine.sampling_params import SamplingParams
     t = time.perf_counter()
     fields = dict(model=path, device="cpu", dtype=spec["dtype"], torch_threads=int(sys.argv[4]))

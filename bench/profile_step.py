@@ -24,10 +24,17 @@ from torch.profiler import ProfilerActivity, profile
 _src = sys.argv[sys.argv.index("--src") + 1] if "--src" in sys.argv else str(Path(__file__).resolve().parents[1] / "src")
 sys.path.insert(0, _src)
 
-from neoxserve.engine.runner import ModelRunner  # noqa: E402
 from neoxserve.engine.sampling_params import SamplingParams  # noqa: E402
-from neoxserve.engine.scheduler import ScheduledBatch  # noqa: E402
-from neoxserve.engine.sequence import Sequence  # noqa: E402
+
+try:
+    from neoxserve.engine.worker.runner import ModelRunner
+    from neoxserve.engine.worker.scheduler import ScheduledBatch
+    from neoxserve.engine.worker.sequence import Sequence
+except ModuleNotFoundError:   # a --src tree from before engine/worker/ (issue 18), e.g. compare_trees.py's --before
+    from neoxserve.engine.runner import ModelRunner
+    from neoxserve.engine.scheduler import ScheduledBatch
+    from neoxserve.engine.sequence import Sequence
+
 from neoxserve.model.config import NeoXConfig  # noqa: E402
 from neoxserve.model.neox import GPTNeoX  # noqa: E402
 

@@ -10,7 +10,7 @@ import torch
 from neoxserve.commands.engine_config import engine_config
 from neoxserve.config import Settings
 from neoxserve.engine.config import EngineConfig
-from neoxserve.engine.core import LLMEngine
+from neoxserve.engine.worker.core import LLMEngine
 from neoxserve.engine.outputs import Delta
 
 MAX_STEPS = 5000

@@ -1,85 +1,64 @@
-"""The seam between the HTTP process and the engine process: torch-free imports, typed messages, loud failures."""
+"""The seam between the HTTP process and the engine process: what the HTTP side imports (no torch, nothing of
+engine/worker/), typed messages, loud failures."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from multiprocessing import Pipe
 
 import pytest
 
-from neoxserve.engine import process
 from neoxserve.engine.client import AsyncEngineClient, failure_error
-from neoxserve.engine.errors import (EngineDead, EngineInternalError, EngineOverloaded, QueueTimeout,
-                                     RequestRejected)
+from neoxserve.engine.errors import EngineDead, EngineInternalError, QueueTimeout
 from neoxserve.engine.outputs import Delta, Failure
-from neoxserve.engine.protocol import (AbortRequest, Ack, AckError, AddRequest, ModelInfo, Output, ProtocolError,
-                                       Ready, Shutdown)
+from neoxserve.engine.protocol import Ack, AckError, ModelInfo, Output, Ready
 from neoxserve.engine.sampling_params import SamplingParams
 
+# Imports the modules named on the command line (or, with --every, every module of api/ and engine/ outside
+# engine/worker/), then prints the engine process's modules that got loaded: torch and engine/worker/.
+_ENGINE_SIDE_LOADED = """
+import importlib, pkgutil, sys
 
-@pytest.mark.parametrize("module", ["neoxserve.engine.client", "neoxserve.engine.supervisor", "neoxserve.api.app",
-                                    "neoxserve.commands.serve"])
-def test_the_http_side_imports_no_torch(module):
-    code = f"import sys, {module}; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+def walk(package):
+    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        if info.name != "neoxserve.engine.worker":
+            module = importlib.import_module(info.name)
+            if info.ispkg:
+                walk(module)
+
+if sys.argv[1:] == ["--every"]:
+    walk(importlib.import_module("neoxserve.api"))
+    walk(importlib.import_module("neoxserve.engine"))
+else:
+    for name in sys.argv[1:]:
+        importlib.import_module(name)
+loaded = {"torch" if m.split(".")[0] == "torch" else m for m in sys.modules}
+print(sorted(m for m in loaded if m == "torch" or m.startswith("neoxserve.engine.worker")))
+"""
+
+
+def _engine_side_loaded(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-c", _ENGINE_SIDE_LOADED, *args], capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    return result.stdout.strip()
 
 
-class _StubEngine:
-    """Just enough of LLMEngine for the process loop: add_request behaves as told, nothing ever runs."""
-
-    def __init__(self, add_error: Exception | None = None) -> None:
-        self.add_error = add_error
-        self.aborted: list[str] = []
-
-    def add_request(self, request_id, prompt_token_ids, params) -> None:
-        if self.add_error is not None:
-            raise self.add_error
-
-    def abort(self, request_id: str) -> bool:
-        self.aborted.append(request_id)
-        return True
-
-    def has_unfinished(self) -> bool:
-        return False
-
-    def stats(self) -> dict:
-        return {}
+@pytest.mark.parametrize("module", ["neoxserve.engine.client", "neoxserve.engine.supervisor",
+                                    "neoxserve.engine.spawn", "neoxserve.engine.process", "neoxserve.api.app",
+                                    "neoxserve.commands.serve"])
+def test_the_http_side_imports_no_torch_and_nothing_of_the_engine_process(module):
+    assert _engine_side_loaded(module) == "[]"
 
 
-def _run_loop(engine, *messages) -> list:
-    """Feed messages to the engine loop; what it sent back until it returned (on Shutdown)."""
-    requests_read, requests_write = Pipe(duplex=False)
-    outputs_read, outputs_write = Pipe(duplex=False)
-    for msg in messages:
-        requests_write.send(msg)
-    process._loop(engine, requests_read, outputs_write)
-    sent = []
-    while outputs_read.poll(0):
-        sent.append(outputs_read.recv())
-    return sent
+def test_no_module_of_the_http_side_imports_torch_or_the_engine_process():
+    assert _engine_side_loaded("--every") == "[]"
 
 
-@pytest.mark.parametrize("error,kind", [
-    (EngineOverloaded("queue full"), AckError.OVERLOADED),
-    (RequestRejected("too long"), AckError.REJECTED),
-    (KeyError("a bug"), AckError.INTERNAL),
-])
-def test_add_errors_are_acked_by_kind(error, kind):
-    ack = process._add(_StubEngine(error), AddRequest("r1", [1, 2], SamplingParams()))
-    assert ack == Ack("r1", kind, str(error) if kind is not AckError.INTERNAL else "KeyError: 'a bug'")
-    assert process._add(_StubEngine(), AddRequest("r2", [1], SamplingParams())) == Ack("r2")
-
-
-def test_the_loop_aborts_stops_on_shutdown_and_raises_on_unknown_messages():
-    engine = _StubEngine()
-    assert _run_loop(engine, AbortRequest("a1"), Shutdown()) == [Output(stats={})]   # the idle stats push
-    assert engine.aborted == ["a1"]
-    with pytest.raises(ProtocolError, match="unknown message: \\('add', 'r1'\\)"):
-        _run_loop(engine, ("add", "r1"))
+def test_the_import_check_sees_the_engine_process():
+    loaded = _engine_side_loaded("neoxserve.engine.worker.core")
+    assert "'torch'" in loaded and "'neoxserve.engine.worker.core'" in loaded and "'neoxserve.engine.worker'" in loaded
 
 
 @pytest.mark.parametrize("failure,error", [(Failure.QUEUE_TIMEOUT, QueueTimeout),
@@ -171,49 +150,3 @@ def _client_without_process() -> AsyncEngineClient:
                                asyncio.get_running_loop())
     client._engine_ends = (requests_read, outputs_write)   # kept open: the stand-in engine's side of the pipes
     return client
-
-
-_GEMM_CACHE_PROBE = """
-import os, random, sys
-from neoxserve.engine.process import GEMM_CACHE_VARIABLES, bound_gemm_caches
-bound_gemm_caches()
-print([os.environ[name] for name in GEMM_CACHE_VARIABLES])
-import torch, torch.nn.functional as F
-def rss_mb():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-torch.set_num_threads(1)
-w = torch.randn(1536, 512, dtype=torch.bfloat16)
-token_counts = random.Random(0).sample(range(1, 1500), 600)
-for m in token_counts[:200]:
-    F.linear(torch.randn(m, 512, dtype=torch.bfloat16), w)
-filled = rss_mb()
-for m in token_counts[200:]:
-    F.linear(torch.randn(m, 512, dtype=torch.bfloat16), w)
-print(round(rss_mb() - filled, 1))
-"""
-
-
-def _run_gemm_cache_probe(env_overrides: dict[str, str]) -> tuple[str, float]:
-    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
-    # a fixed mmap threshold: glibc's heap fragmentation under activations of every size is not what is measured
-    env.update(env_overrides, MALLOC_MMAP_THRESHOLD_="65536")
-    result = subprocess.run([sys.executable, "-c", _GEMM_CACHE_PROBE], capture_output=True, text=True, timeout=300,
-                            env=env)
-    assert result.returncode == 0, result.stderr
-    values, growth = result.stdout.strip().splitlines()
-    return values, float(growth)
-
-
-def test_the_engine_bounds_the_per_shape_gemm_caches():
-    # 400 bf16 GEMMs of token counts not seen before, once 200 have filled the caches: bounded caches evict
-    values, growth = _run_gemm_cache_probe({})
-    assert values == "['128', '128']"
-    assert growth < 20, f"RSS grew {growth} MB over 400 new GEMM shapes with the caches bounded"
-
-
-def test_an_operators_gemm_cache_capacity_wins():
-    # oneDNN's and ideep's defaults (1024 entries each): the same 400 shapes keep the memory they were given
-    values, growth = _run_gemm_cache_probe({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "LRU_CACHE_CAPACITY": "1024"})
-    assert values == "['1024', '1024']"
-    assert growth > 100, f"RSS grew only {growth} MB with unbounded caches: the probe no longer shows the growth"

@@ -9,7 +9,7 @@ import pytest
 
 from neoxserve.commands.engine_config import engine_config
 from neoxserve.config import Settings
-from neoxserve.engine.core import LLMEngine
+from neoxserve.engine.worker.core import LLMEngine
 from neoxserve.engine.sampling_params import SamplingParams
 from neoxserve.model.demo import TRAINED_PACKAGE_DIR, ensure_trained_demo_model
 

@@ -7,7 +7,7 @@ import sys
 
 from neoxserve.commands.engine_config import engine_config
 from neoxserve.config import Settings
-from neoxserve.engine.core import LLMEngine
+from neoxserve.engine.worker.core import LLMEngine
 from neoxserve.engine.sampling_params import SamplingParams
 from neoxserve.model.tokenizer import Tokenizer
 

@@ -5,8 +5,9 @@ message), a sender (so a full pipe never blocks the event loop), and a watchdog 
 engine process dies, every pending request fails with EngineDead at once and `is_alive()` turns false; one
 AsyncEngineClient never comes back (engine/supervisor.py's EngineSupervisor starts a new one).
 
-Importing this module does not import torch: only the spawned engine process does (engine/process.py imports
-the engine core inside `engine_main`); this side speaks the protocol and loads the tokenizer.
+Importing this module does not import torch: only the spawned engine process does (it runs engine/worker/, which
+nothing in the HTTP process imports; engine/spawn.py starts it); this side speaks the protocol and loads the
+tokenizer.
 """
 from __future__ import annotations
 
@@ -14,9 +15,7 @@ import asyncio
 import logging
 import multiprocessing as mp
 import queue
-import signal
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Protocol
@@ -25,11 +24,11 @@ from neoxserve.engine.config import EngineConfig
 from neoxserve.engine.errors import (EngineDead, EngineError, EngineInternalError, EngineOverloaded, QueueTimeout,
                                      RequestRejected)
 from neoxserve.engine.outputs import Delta, Failure
-from neoxserve.engine.process import engine_main
-from neoxserve.engine.protocol import (AbortRequest, Ack, AckError, AddRequest, ClientMessage, Failed, ModelInfo,
-                                       Output, ProtocolError, Ready, Shutdown)
+from neoxserve.engine.protocol import (AbortRequest, Ack, AckError, AddRequest, ClientMessage, ModelInfo, Output,
+                                       ProtocolError, Shutdown)
 from neoxserve.engine.readiness import EngineState, Readiness
 from neoxserve.engine.sampling_params import SamplingParams
+from neoxserve.engine.spawn import exit_reason, spawn_engine, stop_process
 from neoxserve.engine.stats import StatsSnapshot
 from neoxserve.model.tokenizer import Tokenizer, TooManyTokens as TooManyTokens  # re-exported for the API
 
@@ -138,14 +137,44 @@ class RequestStream:
     or a failed sample aborts the request in the engine.
     """
 
-    def __init__(self, client: AsyncEngineClient, request_id: str, samples: int = 1) -> None:
-        self._client = client
+    def __init__(self, request_id: str, samples: int, loop: asyncio.AbstractEventLoop) -> None:
         self.request_id = request_id
         self._unfinished = samples   # samples whose final delta has not come yet
         self._queue: asyncio.Queue[Delta | EngineError] = asyncio.Queue()
-        self._ack: asyncio.Future[Ack] = client._loop.create_future()
+        self._ack: asyncio.Future[Ack] = loop.create_future()
         self._done = False
-        self._registered = False     # sent to the engine (a refused duplicate id never is)
+        # set once the request is sent to the engine (a refused one never is): called once when the stream closes,
+        # with whether the request must be aborted in the engine
+        self._on_close: Callable[[RequestStream, bool], None] | None = None
+
+    # ---- what the client tells the stream (on the event loop) -------------------------------------------------
+
+    def sent(self, on_close: Callable[[RequestStream, bool], None]) -> None:
+        """The request went to the engine: closing the stream calls `on_close(self, abort)`."""
+        self._on_close = on_close
+
+    def acknowledge(self, ack: Ack) -> None:
+        """The engine's answer to the add (a refusal raises on the first `__anext__`); a later one is ignored."""
+        if not self._ack.done():
+            self._ack.set_result(ack)
+
+    def refuse(self, error: EngineError) -> None:
+        """Refused before it reached the engine: the first `__anext__` raises `error`."""
+        self._ack.set_exception(error)
+        self._ack.exception()   # mark retrieved; __anext__ raises it
+
+    def put(self, delta: Delta) -> None:
+        """One of the request's deltas, in the engine's order."""
+        self._queue.put_nowait(delta)
+
+    def fail(self, error: EngineError) -> None:
+        """The engine is gone: the next `__anext__` raises `error` (in place of the ack if none came yet)."""
+        if not self._ack.done():
+            self._ack.set_exception(error)
+        else:
+            self._queue.put_nowait(error)
+
+    # ---- what the API sees ------------------------------------------------------------------------------------
 
     def __aiter__(self) -> RequestStream:
         return self
@@ -184,13 +213,8 @@ class RequestStream:
         if self._done:
             return
         self._done = True
-        if not self._registered:
-            return
-        streams = self._client._streams
-        if streams.get(self.request_id) is self:
-            del streams[self.request_id]
-        if abort:
-            self._client._send(AbortRequest(self.request_id))
+        if self._on_close is not None:
+            self._on_close(self, abort)
 
     def __del__(self) -> None:
         if not self._done:
@@ -221,39 +245,23 @@ class AsyncEngineClient:
     async def start(cls, config: EngineConfig, startup_timeout: float | None = None) -> AsyncEngineClient:
         """Spawn the engine process and return once its model is loaded. A load failure raises EngineDead
         with the engine's error text (e.g. the CheckpointError message)."""
-        loop = asyncio.get_running_loop()
-        ctx = mp.get_context("spawn")
-        req_read, req_write = ctx.Pipe(duplex=False)
-        out_read, out_write = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=engine_main, args=(config, req_read, out_write),
-                              name="neoxserve-engine", daemon=True)
-        process.start()
-        req_read.close()
-        out_write.close()   # so that the engine's death reads as EOF here
-        try:
-            info = await loop.run_in_executor(None, _wait_ready, process, out_read, startup_timeout)
-            tokenizer = await loop.run_in_executor(None, Tokenizer.from_dir, info.path)
-        except BaseException:
-            _stop_process(process)
-            req_write.close()
-            out_read.close()
-            raise
-        return cls(process, req_write, out_read, info, tokenizer, loop)
+        engine = await spawn_engine(config, startup_timeout)
+        return cls(engine.process, engine.requests, engine.outputs, engine.model_info, engine.tokenizer,
+                   asyncio.get_running_loop())
 
     # ---- requests ---------------------------------------------------------------------------------------
 
     def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> RequestStream:
         """Submit a request; iterate the result for its deltas (errors surface on the first `__anext__`)."""
-        stream = RequestStream(self, request_id, params.n)
+        stream = RequestStream(request_id, params.n, self._loop)
         if self._dead is not None:
-            stream._ack.set_exception(EngineDead(self._dead))
-            stream._ack.exception()   # mark retrieved; __anext__ raises it
+            stream.refuse(EngineDead(self._dead))
             return stream
         if request_id in self._streams:
-            stream._ack.set_result(Ack(request_id, AckError.REJECTED, f"request id {request_id!r} is already in use"))
+            stream.acknowledge(Ack(request_id, AckError.REJECTED, f"request id {request_id!r} is already in use"))
             return stream
         self._streams[request_id] = stream
-        stream._registered = True
+        stream.sent(self._stream_closed)
         self._send(AddRequest(request_id, list(prompt_token_ids), params))
         return stream
 
@@ -265,7 +273,7 @@ class AsyncEngineClient:
             return Readiness(EngineState.READY)
         if self._shutting_down:
             return Readiness(EngineState.STOPPED, "the engine was shut down")
-        return Readiness(EngineState.FAILED, self._dead or _exit_reason(self._process.exitcode))
+        return Readiness(EngineState.FAILED, self._dead or exit_reason(self._process.exitcode))
 
     def stats(self) -> Mapping[str, object]:
         """The latest stats snapshot pushed by the engine (engine/stats.py), {} before the first one."""
@@ -297,11 +305,19 @@ class AsyncEngineClient:
         try:
             await self._loop.run_in_executor(None, self._process.join, timeout)
         finally:
-            _stop_process(self._process)
+            stop_process(self._process)
             self._mark_dead("the engine was shut down")
             self._outbox.put(None)
 
     # ---- threads and plumbing ---------------------------------------------------------------------------
+
+    def _stream_closed(self, stream: RequestStream, abort: bool) -> None:
+        """A sent request's stream closed (the stream calls this once): forget it, and abort it in the engine if
+        asked."""
+        if self._streams.get(stream.request_id) is stream:
+            del self._streams[stream.request_id]
+        if abort:
+            self._send(AbortRequest(stream.request_id))
 
     def _send(self, msg: ClientMessage) -> None:
         if self._dead is None:
@@ -327,23 +343,23 @@ class AsyncEngineClient:
         except ProtocolError as e:   # a bug: stop the engine, so that every pending request fails now
             log.error("%s; stopping the engine", e)
             self._died(str(e))
-            _stop_process(self._process)
+            stop_process(self._process)
             return
         except RuntimeError:   # the event loop is closed
             return
         except Exception as e:   # a message that cannot be read (unpickling failed, no memory): as a bug above
             log.exception("the engine client cannot read the engine's messages; stopping the engine")
             self._died(f"the engine's messages cannot be read: {type(e).__name__}: {e}")
-            _stop_process(self._process)
+            stop_process(self._process)
             return
         self._process.join(0.5)
-        self._died(_exit_reason(self._process.exitcode))
+        self._died(exit_reason(self._process.exitcode))
 
     def _watchdog(self) -> None:
         wait([self._process.sentinel])
         # let the reader hand over what the engine sent before it died, then fail whatever is still pending
         self._threads[0].join(timeout=1.0)
-        self._died(_exit_reason(self._process.exitcode))
+        self._died(exit_reason(self._process.exitcode))
 
     def _died(self, reason: str) -> None:
         try:
@@ -363,11 +379,7 @@ class AsyncEngineClient:
             self._dead = reason
             self._outbox.put(None)
         for stream in list(self._streams.values()):
-            error = EngineDead(self._dead)
-            if not stream._ack.done():
-                stream._ack.set_exception(error)
-            else:
-                stream._queue.put_nowait(error)
+            stream.fail(EngineDead(self._dead))
             self._streams.pop(stream.request_id, None)
         if died:
             for callback in self._death_callbacks:
@@ -377,53 +389,11 @@ class AsyncEngineClient:
         streams = self._streams
         for ack in msg.acks:
             stream = streams.get(ack.request_id)
-            if stream is not None and not stream._ack.done():
-                stream._ack.set_result(ack)
+            if stream is not None:
+                stream.acknowledge(ack)
         for delta in msg.deltas:
             stream = streams.get(delta.request_id)
             if stream is not None:
-                stream._queue.put_nowait(delta)
+                stream.put(delta)
         if msg.stats is not None:
             self._stats = msg.stats
-
-
-def _wait_ready(process: mp.process.BaseProcess, outputs: Connection, timeout: float | None) -> ModelInfo:
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        if outputs.poll(0.1):
-            try:
-                msg = outputs.recv()
-            except EOFError:
-                raise EngineDead(f"the engine process exited while loading (exit code {process.exitcode})") from None
-            match msg:
-                case Ready():
-                    return msg.model_info
-                case Failed():
-                    raise EngineDead(f"the engine failed to start: {msg.error}")
-                case _:
-                    raise ProtocolError(f"the client got an unexpected message while the engine loads: {msg!r}")
-        if not process.is_alive():
-            if outputs.poll(0):
-                continue
-            raise EngineDead(f"the engine process exited while loading (exit code {process.exitcode})")
-        if deadline is not None and time.monotonic() > deadline:
-            raise EngineDead(f"the engine did not load within {timeout} s")
-
-
-def _exit_reason(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return f"the engine process was killed by {name}"
-    return f"the engine process exited (exit code {exitcode})"
-
-
-def _stop_process(process: mp.process.BaseProcess) -> None:
-    if process.is_alive():
-        process.terminate()
-        process.join(5)
-    if process.is_alive():
-        process.kill()
-        process.join(5)

@@ -1,7 +1,7 @@
 """Structured outputs' grammars: what a request asks for (GrammarSpec) -> llguidance's grammar text, validated
 against the model's tokenizer. No torch here: the HTTP process compiles and refuses grammars with this module
 (api/model_call.py, in a worker thread with a time limit); the engine builds each sequence's matcher from the
-grammar text it receives (engine/structured.py). docs/engine.md, "Structured outputs", says why llguidance.
+grammar text it receives (engine/worker/structured.py). docs/engine.md, "Structured outputs", says why llguidance.
 """
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ The snapshot dict (StatsSnapshot: what `AsyncEngineClient.stats()` returns; all 
     prompt_tokens_total                 counter: prompt tokens of accepted requests
     generation_tokens_total             counter: tokens generated
     preemptions_total                   counter: sequences preempted (recomputed later)
-    spec_proposed_tokens_total          counter: draft tokens verified (speculative decoding, engine/speculative.py)
+    spec_proposed_tokens_total          counter: draft tokens verified (speculative decoding,
+                                        engine/worker/speculative.py)
     spec_accepted_tokens_total          counter: of those, accepted (acceptance rate = accepted / proposed)
     spec_verify_steps_total             counter: sequence-steps that verified a draft (proposed / this = draft
                                         tokens per verification)

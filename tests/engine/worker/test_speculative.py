@@ -1,4 +1,4 @@
-"""N-gram speculative decoding: proposals, and output the same as without speculation (engine/speculative.py)."""
+"""N-gram speculative decoding: proposals, and output the same as without speculation (engine/worker/speculative.py)."""
 from __future__ import annotations
 
 import math
@@ -11,10 +11,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neoxserve.engine.core import LLMEngine
-from neoxserve.engine.sampler import Sampler, SampleRequest
+from neoxserve.engine.worker.core import LLMEngine
+from neoxserve.engine.worker.sampler import Sampler, SampleRequest
 from neoxserve.engine.sampling_params import SamplingParams
-from neoxserve.engine.speculative import SpeculativeConfig, accepted_prefix, propose_ngram
+from neoxserve.engine.worker.speculative import SpeculativeConfig, accepted_prefix, propose_ngram
 from neoxserve.model.arith import cdiv
 
 GREEDY = SamplingParams(greedy=True, max_new_tokens=60, ignore_eos=True)   # the demo model loops a little by then

@@ -1,7 +1,7 @@
 """How the engine sizes its KV cache, and which token ids it may sample."""
 from __future__ import annotations
 
-from neoxserve.engine import kv_cache
+from neoxserve.engine.worker import kv_cache
 from neoxserve.engine.sampling_params import SamplingParams
 
 

@@ -1,8 +1,8 @@
 """Batched sampling of the next token for many sequences, each with its own parameters.
 
-Order per row (docs/sampling.md): penalties (engine/penalties.py), then argmax if greedy, else temperature, top-k,
-top-p (all as transformers' logits processors define them; a row whose temperature is too small for float32 takes
-the argmax), then an exponential race: `argmax(probs / q)` with `q ~ Exp(1)` picks token i with probability
+Order per row (docs/sampling.md): penalties (engine/worker/penalties.py), then argmax if greedy, else temperature,
+top-k, top-p (all as transformers' logits processors define them; a row whose temperature is too small for float32
+takes the argmax), then an exponential race: `argmax(probs / q)` with `q ~ Exp(1)` picks token i with probability
 probs[i]. A seeded request draws its `q` from a generator seeded with a hash of (seed, index of the token), so its
 token depends only on that and its own logits: not on what else is in the batch, nor on whether it was preempted
 and recomputed.
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from neoxserve.engine.penalties import TokenHistory, apply_penalties, needs_history
+from neoxserve.engine.worker.penalties import TokenHistory, apply_penalties, needs_history
 from neoxserve.engine.sampling_params import SamplingParams
 
 _NEG_INF = float("-inf")
@@ -27,7 +27,7 @@ class SampleRequest:
     params: SamplingParams
     token_ids: Sequence[int]     # prompt + generated so far (what the penalties look at)
     num_generated: int           # index of the token being sampled among the generated ones (0 = first)
-    # the sequence's counts of its tokens, kept across steps (engine/penalties.py); None: counted afresh
+    # the sequence's counts of its tokens, kept across steps (engine/worker/penalties.py); None: counted afresh
     history: TokenHistory | None = None
 
 
@@ -41,7 +41,7 @@ def apply_repetition_penalty(logits: torch.Tensor, token_ids: Sequence[Sequence[
                              penalties: Sequence[float]) -> torch.Tensor:
     """transformers' RepetitionPenaltyLogitsProcessor per row: every token id present in the row's `token_ids`
     has its logit multiplied by the penalty if negative, else divided by it. Returns a new tensor unless no row
-    is penalized. (The sampler's own path, with histories kept across steps, is engine/penalties.py.)"""
+    is penalized. (The sampler's own path, with histories kept across steps, is engine/worker/penalties.py.)"""
     params = [SamplingParams(penalty_score=p) for p in penalties]
     return apply_penalties(logits, params, _histories(
         [SampleRequest(p, ids, 0) for p, ids in zip(params, token_ids, strict=True)], logits.shape[1]))

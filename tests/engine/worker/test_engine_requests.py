@@ -190,7 +190,7 @@ def test_waiting_past_the_deadline_fails_with_queue_timeout(h, make_engine):
 
 
 def test_model_demo_setting_loads_the_demo_model(h, tmp_path):
-    from neoxserve.engine.core import LLMEngine
+    from neoxserve.engine.worker.core import LLMEngine
 
     engine = LLMEngine.from_config(h.config(model="demo", data_dir=tmp_path, kv_cache_memory_mb=4))
     assert engine.loaded.path.is_relative_to(tmp_path)
@@ -201,7 +201,7 @@ def test_model_demo_setting_loads_the_demo_model(h, tmp_path):
 def test_a_step_that_can_run_nothing_is_an_error_not_a_spin(make_engine, monkeypatch):
     """Admission guarantees every queued request can run; if the scheduler still runs nothing, that is a bug and
     step() says so instead of letting the engine loop spin."""
-    from neoxserve.engine.scheduler import ScheduledBatch
+    from neoxserve.engine.worker.scheduler import ScheduledBatch
 
     engine = make_engine()
     engine.add_request("stuck", _prompt(8), GREEDY)

@@ -5,15 +5,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from neoxserve.engine.logprobs import prompt_logprobs, token_logprobs
+from neoxserve.engine.worker.logprobs import prompt_logprobs, token_logprobs
 from neoxserve.engine.outputs import TokenLogprob
-from neoxserve.engine.penalties import TokenHistory, needs_history
-from neoxserve.engine.sampler import Sampler, SampleRequest
+from neoxserve.engine.worker.penalties import TokenHistory, needs_history
+from neoxserve.engine.worker.sampler import Sampler, SampleRequest
 from neoxserve.engine.sampling_params import SamplingParams
-from neoxserve.engine.scheduler import ScheduledBatch
-from neoxserve.engine.structured import StructuredOutputs
-from neoxserve.engine.sequence import Sequence
-from neoxserve.engine.speculative import accepted_prefix
+from neoxserve.engine.worker.scheduler import ScheduledBatch
+from neoxserve.engine.worker.structured import StructuredOutputs
+from neoxserve.engine.worker.sequence import Sequence
+from neoxserve.engine.worker.speculative import accepted_prefix
 from neoxserve.model.attention import AttentionMetadata, allocate_kv_cache
 from neoxserve.model.config import NeoXConfig
 from neoxserve.model.neox import GPTNeoX
@@ -76,7 +76,7 @@ class ModelRunner:
             c = seq.num_computed_tokens
             end = c + n
             drafts = batch.drafts(i)
-            if drafts:    # the last token and the draft's: drafts + 1 rows to sample (engine/speculative.py)
+            if drafts:    # the last token and the draft's: drafts + 1 rows to sample (engine/worker/speculative.py)
                 input_ids += seq.token_ids[c:]
                 input_ids += seq.draft_token_ids[:drafts]
                 positions += range(c, end)

@@ -17,8 +17,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from neoxserve.engine.block_manager import BlockManager
-from neoxserve.engine.sequence import Sequence, SequenceStatus
+from neoxserve.engine.worker.block_manager import BlockManager
+from neoxserve.engine.worker.sequence import Sequence, SequenceStatus
 from neoxserve.model.arith import cdiv
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from neoxserve.engine.sequence import Sequence
+from neoxserve.engine.worker.sequence import Sequence
 from neoxserve.model.arith import cdiv
 
 

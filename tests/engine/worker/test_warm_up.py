@@ -2,7 +2,7 @@
 real request pays no first-call costs; the warm-up must leave no trace a request could see."""
 from __future__ import annotations
 
-from neoxserve.engine.runner import ModelRunner
+from neoxserve.engine.worker.runner import ModelRunner
 from neoxserve.engine.sampling_params import SamplingParams
 
 PROMPT = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]

@@ -1,5 +1,5 @@
 """Structured outputs in the engine: masks in the batched step, per-sample grammar state, grammar ends the
-sequence, logprobs of the masked distribution, penalties, preemption (engine/structured.py)."""
+sequence, logprobs of the masked distribution, penalties, preemption (engine/worker/structured.py)."""
 from __future__ import annotations
 
 import json
@@ -13,8 +13,8 @@ import torch
 from neoxserve.engine.errors import RequestRejected
 from neoxserve.engine.grammar import GrammarCompiler, GrammarError, GrammarSpec, load_tokenizer, to_llguidance
 from neoxserve.engine.sampling_params import SamplingParams
-from neoxserve.engine.sequence import Sequence
-from neoxserve.engine.structured import StructuredOutputs
+from neoxserve.engine.worker.sequence import Sequence
+from neoxserve.engine.worker.structured import StructuredOutputs
 
 SCHEMA = {
     "type": "object",

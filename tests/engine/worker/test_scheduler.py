@@ -1,10 +1,10 @@
 """The one-budget scheduler, without a model: chunked prefill, decode-first order, preemption."""
 from __future__ import annotations
 
-from neoxserve.engine.block_manager import BlockManager
+from neoxserve.engine.worker.block_manager import BlockManager
 from neoxserve.engine.sampling_params import SamplingParams
-from neoxserve.engine.scheduler import Scheduler
-from neoxserve.engine.sequence import SequenceStatus, Sequence
+from neoxserve.engine.worker.scheduler import Scheduler
+from neoxserve.engine.worker.sequence import SequenceStatus, Sequence
 
 
 def _run_step(sched: Scheduler, next_token: int = 1):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from neoxserve.engine.penalties import TokenHistory, apply_penalties
-from neoxserve.engine.sampler import SampleRequest, Sampler
+from neoxserve.engine.worker.penalties import TokenHistory, apply_penalties
+from neoxserve.engine.worker.sampler import SampleRequest, Sampler
 from neoxserve.engine.sampling_params import SamplingParams
 
 transformers = pytest.importorskip("transformers")
@@ -134,7 +134,7 @@ def test_non_finite_penalties_are_refused(name, value):
 def test_the_engine_generates_what_the_formula_on_the_reference_models_logits_picks(h, make_hf_model):
     """End to end: greedy generation with both penalties equals a reference loop that applies the formula to
     transformers' logits of the same weights and takes the argmax (the penalties change the tokens here)."""
-    from neoxserve.engine.core import LLMEngine
+    from neoxserve.engine.worker.core import LLMEngine
     from neoxserve.model.loader import load_model
 
     vocab = 905                                     # the demo tokenizer's ids: no padded rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from neoxserve.engine.detokenizer import IncrementalDetokenizer
+from neoxserve.engine.worker.detokenizer import IncrementalDetokenizer
 from neoxserve.model.tokenizer import Tokenizer
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from neoxserve.engine.sampler import (
+from neoxserve.engine.worker.sampler import (
     SampleRequest, Sampler, apply_repetition_penalty, apply_temperature, apply_top_k_top_p, row_seed,
 )
 from neoxserve.engine.sampling_params import SamplingParams

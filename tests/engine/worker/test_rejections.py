@@ -6,11 +6,11 @@ import re
 import pytest
 import torch
 
-from neoxserve.engine.block_manager import BlockManager
+from neoxserve.engine.worker.block_manager import BlockManager
 from neoxserve.engine.errors import RequestRejected
-from neoxserve.engine.sampler import Sampler, SampleRequest
+from neoxserve.engine.worker.sampler import Sampler, SampleRequest
 from neoxserve.engine.sampling_params import SamplingParams
-from neoxserve.engine.sequence import Sequence
+from neoxserve.engine.worker.sequence import Sequence
 
 
 @pytest.mark.parametrize("kwargs,message", [

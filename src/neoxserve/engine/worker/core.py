@@ -7,21 +7,21 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from neoxserve.engine.block_manager import BlockManager
+from neoxserve.engine.worker.block_manager import BlockManager
 from neoxserve.engine.config import EngineConfig
-from neoxserve.engine.detokenizer import IncrementalDetokenizer
+from neoxserve.engine.worker.detokenizer import IncrementalDetokenizer
 from neoxserve.engine.errors import EngineOverloaded, RequestRejected
-from neoxserve.engine.kv_cache import num_kv_blocks
+from neoxserve.engine.worker.kv_cache import num_kv_blocks
 from neoxserve.engine.outputs import Delta, Failure, FinishReason, TokenLogprob
 from neoxserve.engine.protocol import ModelInfo
-from neoxserve.engine.runner import ModelRunner, StepResult
+from neoxserve.engine.worker.runner import ModelRunner, StepResult
 from neoxserve.engine.sampling_params import SamplingParams, sample_params
-from neoxserve.engine.scheduler import ScheduledBatch, Scheduler
-from neoxserve.engine.sequence import Sequence, SequenceStatus
-from neoxserve.engine.speculative import (SpeculativeConfig, after_verification, allowed_draft, draft_room,
-                                          propose_ngram, wants_draft)
+from neoxserve.engine.worker.scheduler import ScheduledBatch, Scheduler
+from neoxserve.engine.worker.sequence import Sequence, SequenceStatus
+from neoxserve.engine.worker.speculative import (SpeculativeConfig, after_verification, allowed_draft, draft_room,
+                                                 propose_ngram, wants_draft)
 from neoxserve.engine.stats import EngineStats, StatsSnapshot
-from neoxserve.engine.structured import StructuredOutputs
+from neoxserve.engine.worker.structured import StructuredOutputs
 from neoxserve.model.arith import cdiv
 
 if TYPE_CHECKING:
@@ -199,7 +199,7 @@ class LLMEngine:
         return deltas
 
     def _propose(self) -> None:
-        """A draft for every running sequence that decodes next (engine/speculative.py); the scheduler trims it
+        """A draft for every running sequence that decodes next (engine/worker/speculative.py); the scheduler trims it
         to what the step can take."""
         spec = self.speculative
         for seq in self.scheduler.running:

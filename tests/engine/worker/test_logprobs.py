@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from neoxserve.engine import runner as runner_module
-from neoxserve.engine.core import LLMEngine
-from neoxserve.engine.logprobs import token_logprobs
+from neoxserve.engine.worker import runner as runner_module
+from neoxserve.engine.worker.core import LLMEngine
+from neoxserve.engine.worker.logprobs import token_logprobs
 from neoxserve.engine.outputs import TokenLogprob
 from neoxserve.engine.sampling_params import MAX_LOGPROBS, SamplingParams
 

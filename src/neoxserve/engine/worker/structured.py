@@ -6,7 +6,7 @@ first sequence with a given text builds a matcher (the lexer over the vocabulary
 JSON schema); it is kept, by that text, as a prototype that later sequences copy (n > 1, the same schema again).
 This happens when the request is added, between steps, never inside one.
 
-In the step (engine/runner.py) the masks of all constrained rows are computed together, in llguidance's own
+In the step (engine/worker/runner.py) the masks of all constrained rows are computed together, in llguidance's own
 threads, into one bitmask, and the forbidden logits of those rows set to -inf before anything else reads them:
 the penalties, the sampler, and the logprobs (so logprobs are those of the masked distribution, as vLLM's).
 Unconstrained rows are not touched. A sequence keeps its matcher through preemption: recompute rebuilds the K/V
@@ -23,7 +23,7 @@ import torch
 
 from neoxserve.engine.errors import RequestRejected
 from neoxserve.engine.grammar import load_tokenizer
-from neoxserve.engine.sequence import Sequence
+from neoxserve.engine.worker.sequence import Sequence
 
 MAX_PROTOTYPES = 64
 _BITS = torch.arange(32, dtype=torch.int32)

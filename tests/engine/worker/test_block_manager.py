@@ -1,9 +1,9 @@
 """Block pool, ref counts and the prefix cache, without a model."""
 from __future__ import annotations
 
-from neoxserve.engine.block_manager import BlockManager
+from neoxserve.engine.worker.block_manager import BlockManager
 from neoxserve.engine.sampling_params import SamplingParams
-from neoxserve.engine.sequence import Sequence
+from neoxserve.engine.worker.sequence import Sequence
 
 
 def _seq(tokens, rid="r"):

@@ -10,9 +10,9 @@ from neoxserve.engine.sampling_params import SamplingParams
 if TYPE_CHECKING:
     from llguidance import LLMatcher
 
-    from neoxserve.engine.detokenizer import IncrementalDetokenizer
+    from neoxserve.engine.worker.detokenizer import IncrementalDetokenizer
     from neoxserve.engine.outputs import TokenLogprob
-    from neoxserve.engine.penalties import TokenHistory
+    from neoxserve.engine.worker.penalties import TokenHistory
 
 
 class SequenceStatus(enum.Enum):
@@ -57,11 +57,12 @@ class Sequence:
         self.stop_token_ids = stop_token_ids
         self.token_history: TokenHistory | None = None   # for the penalties, kept by the runner
         self.prompt_logprobs: list[TokenLogprob] = []    # of prompt tokens 1.. so far (params.prompt_logprobs)
-        # speculative decoding: tokens proposed to follow token_ids, verified in the next step (engine/speculative.py)
+        # speculative decoding: tokens proposed to follow token_ids, verified in the next step
+        # (engine/worker/speculative.py)
         self.draft_token_ids: list[int] = []
         self.draft_backoff = 0     # steps to skip after the next fully rejected draft (speculative.after_verification)
         self.draft_wait = 0        # steps left before this sequence proposes again
-        # structured outputs: the grammar's state after the output so far (engine/structured.py); None = free
+        # structured outputs: the grammar's state after the output so far (engine/worker/structured.py); None = free
         self.grammar: LLMatcher | None = None
 
     @property

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from neoxserve.engine.sequence import Sequence
+    from neoxserve.engine.worker.sequence import Sequence
 
 METHODS = ("none", "ngram")
 # A sequence whose whole draft was rejected skips proposing for 1, 2, 4, ... up to this many steps; an accepted
