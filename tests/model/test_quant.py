@@ -73,9 +73,9 @@ def test_config_refusals(kwargs, message):
 
 def test_settings_offer_exactly_what_the_model_supports():
     from neoxserve.commands.model_flags import setting_choices
-    from neoxserve.model.quant_format import GROUP_SIZES, METHODS
+    from neoxserve.choices import GROUP_SIZES, QUANTIZATION_METHODS
 
-    assert setting_choices("quantization") == METHODS
+    assert setting_choices("quantization") == QUANTIZATION_METHODS
     assert setting_choices("quantization_group_size") == GROUP_SIZES
 
 

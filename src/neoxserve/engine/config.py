@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-DEMO_MODEL = "demo"   # the `model` value that stands for the embedded demo model (random weights)
-DEMO_TRAINED_MODEL = "demo-trained"   # the embedded trained demo model (model/demo_trained/README.md)
+from neoxserve.choices import DEMO_MODEL, DEMO_TRAINED_MODEL, Dtype, Kernels, QuantizationMethod
 
 
 @dataclass(frozen=True)
@@ -20,11 +19,11 @@ class EngineConfig:
     model: str                     # Hugging Face model directory, or DEMO_MODEL
     data_dir: Path                 # where the demo model is written (data_dir/demo-model)
     device: str                    # auto, cpu, cuda or cuda:N
-    dtype: str                     # auto, float32, bfloat16, float16
+    dtype: Dtype
     torch_threads: int             # 0 = torch's default (all cores)
-    quantization: Literal["none", "int8", "int4"]   # weight-only quantization (model/quant_format.py)
+    quantization: QuantizationMethod   # weight-only quantization (model/quant_format.py)
     quantization_group_size: int   # int4: input columns sharing one scale and zero
-    kernels: str                   # native CPU kernels: auto or a model/kernels VARIANTS name
+    kernels: Kernels               # native CPU kernels: auto or a model/kernels VARIANTS name
     # KV cache and scheduler
     kv_cache_memory_mb: int        # 0 = auto (engine/kv_cache.py)
     kv_block_size: int
