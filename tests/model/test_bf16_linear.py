@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from neoxserve.model import kernels, weight_tiles
-from neoxserve.model.loader import load_model, uses_bf16_weight_kernel
+from neoxserve.model.dtype_policy import uses_bf16_weight_kernel
+from neoxserve.model.loader import load_model
 from neoxserve.model.neox import Linear
 
 

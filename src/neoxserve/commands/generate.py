@@ -55,7 +55,7 @@ def _out_of_range(args: argparse.Namespace, greedy: bool) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from ..engine.core import LLMEngine
     from ..engine.errors import RequestRejected
-    from ..model.loader import CheckpointError
+    from ..model.errors import CheckpointError
 
     from pydantic import ValidationError
 
