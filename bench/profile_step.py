@@ -45,7 +45,7 @@ def build_model(shape: str, dtype: torch.dtype, quantization: str, group_size: i
     try:
         from neoxserve.model import dtype_policy as policy
     except ImportError:     # older trees (--src): the loader held the dtype policy
-        from neoxserve.model import loader as policy   # type: ignore[no-redef]
+        from neoxserve.model import loader as policy
     cfg = NeoXConfig(**SHAPES[shape])
     torch.manual_seed(0)
     # bf16 on a CPU without bf16 units: bf16 linears with float32 arithmetic, as the loader builds it
