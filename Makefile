@@ -141,9 +141,9 @@ chromium:
 
 # The trained demo model's data (tools/train_demo.py, src/neoxserve/model/demo_trained/README.md): Debian's fortune
 # cookie packages unpacked into build/demo-data with `apt-get download` and `dpkg-deb -x`, as `nginx` does above.
-# `make demo-model` retrains the committed weights from it (about 25 minutes on 2 cores).
+# `make demo-model` retrains the committed weights from it (about 8 minutes on 2 quiet cores).
 DEMO_DATA := build/demo-data
-DEMO_PACKAGES := fortunes fortunes-min fortunes-zh
+DEMO_PACKAGES := fortunes fortunes-min
 demo-data:
 	@if [ -f $(DEMO_DATA)/.unpacked ]; then exit 0; fi; \
 	rm -rf $(DEMO_DATA) $(DEMO_DATA).deb && mkdir -p $(DEMO_DATA).deb && cd $(DEMO_DATA).deb && \

@@ -19,5 +19,5 @@ DEFAULT_GROUP_SIZE: GroupSize = 128
 # The native CPU kernels' instruction set: auto or one of model/kernels' VARIANTS (a test checks the two agree).
 Kernels = Literal["auto", "avx2", "avx512", "avx512_vnni", "avx512_bf16"]
 
-DEMO_MODEL = "demo"   # the `model` value that stands for the embedded demo model (random weights)
-DEMO_TRAINED_MODEL = "demo-trained"   # the embedded trained demo model (model/demo_trained/README.md)
+DEMO_MODEL = "demo"   # the default `model`: the embedded trained demo model (model/demo_trained/README.md)
+DEMO_RANDOM_MODEL = "demo-random"   # the embedded random-weight model (model/demo.py), for tests needing its properties

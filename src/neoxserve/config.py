@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NEOXSERVE_", extra="forbid")
 
     # model
-    model: str = Field(DEMO_MODEL, description="Hugging Face model directory, or 'demo' for the embedded demo model")
+    model: str = Field(DEMO_MODEL, description="Hugging Face model directory, 'demo' (the embedded trained demo "
+                       "model) or 'demo-random' (random weights)")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     dtype: Dtype = "auto"
     torch_threads: int = Field(0, ge=0, description="threads for the engine's torch ops; 0 = all cores")

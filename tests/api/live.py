@@ -103,9 +103,15 @@ KEY_LINES = {"API Key:": "api_key", "Secret Key:": "secret_key", "IAM Access Key
              "IAM Secret Key:": "secret_access_key", "Admin key:": "admin_key"}
 
 
+# The API tests rely on the random-weight model's properties (its small vocabulary and fast steps, streams that run
+# their full length for a seed), published under the name they call: "demo". --model / --api-name override both.
+RANDOM_MODEL_ENV = {"NEOXSERVE_MODEL": "demo-random", "NEOXSERVE_API_NAME": "demo"}
+
+
 def start_server(data_dir: Path, env: dict[str, str] | None = None, args: list[str] | None = None) -> LiveServer:
     port = free_port()
-    full_env = {**os.environ, "NEOXSERVE_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, **RANDOM_MODEL_ENV, "NEOXSERVE_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                **(env or {})}
     process = subprocess.Popen([*serve_command(), "--data-dir", str(data_dir), "--port", str(port), *(args or [])],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env)
     live = LiveServer(process, port, data_dir)

@@ -185,8 +185,8 @@ def test_out_of_range_336003(server, token, extra, msg):
 def test_prompt_longer_than_context_336003(server, token):
     from neoxserve.model.tokenizer import Tokenizer
 
-    tok = Tokenizer.from_dir(server.data_dir / "demo-model")
-    config = json.loads((server.data_dir / "demo-model" / "config.json").read_text())
+    tok = Tokenizer.from_dir(server.data_dir / "demo-random-model")
+    config = json.loads((server.data_dir / "demo-random-model" / "config.json").read_text())
     context = config["max_position_embeddings"]
     prompt = "Beijing " * (context + 10)
     n = len(tok.encode(prompt))

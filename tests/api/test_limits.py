@@ -121,12 +121,12 @@ def test_refusals_are_counted_in_metrics(server, token):
 # ---- the prompt length bound -------------------------------------------------------------------------------
 
 def demo_tokenizer(server) -> Tokenizer:
-    return Tokenizer.from_dir(server.data_dir / "demo-model")
+    return Tokenizer.from_dir(server.data_dir / "demo-random-model")
 
 
 def test_prompt_over_the_character_bound_is_refused_before_tokenizing(server, token):
     tok = demo_tokenizer(server)
-    context = json.loads((server.data_dir / "demo-model" / "config.json").read_text())["max_position_embeddings"]
+    context = json.loads((server.data_dir / "demo-random-model" / "config.json").read_text())["max_position_embeddings"]
     longest = max(len(tok.token_bytes(i, False)) for i in range(tok.vocab_size))
     max_chars = int(longest * MAX_CHARS_PER_NORMALIZED_BYTE * (context - 1))
     assert max_prompt_chars(tok.max_chars_per_token, ModelInfo("demo", "", context, False)) == max_chars

@@ -79,7 +79,7 @@ def test_completion_finds_the_service_by_its_model_name(server, app, tmp_path):
 
 def test_remote_token_count_is_the_models_tokenizer(server, app, tmp_path):
     text = "Introduce the city Beijing 北京 <|endoftext|>"
-    expected = len(Tokenizer.from_dir(server.data_dir / "demo-model").encode(text))
+    expected = len(Tokenizer.from_dir(server.data_dir / "demo-random-model").encode(text))
     for model in (MODEL, app["api_name"]):
         out = run(server, "count_tokens", QIANFAN_AK=app["keys"].api_key, QIANFAN_SK=app["keys"].secret_key,
                   QIANFAN_CACHE_DIR=str(tmp_path), TEST_TEXT=text, TEST_MODEL=model)

@@ -148,7 +148,7 @@ def _tokenizer(server):
     if server.port not in _TOKENIZERS:
         from neoxserve.model.tokenizer import Tokenizer
 
-        _TOKENIZERS[server.port] = Tokenizer.from_dir(server.data_dir / "demo-model")
+        _TOKENIZERS[server.port] = Tokenizer.from_dir(server.data_dir / "demo-random-model")
     return _TOKENIZERS[server.port]
 
 

@@ -53,7 +53,7 @@ def test_first_start_banner_then_quiet_restart_and_clean_shutdown(tmp_path):
         assert token_curl in out
         assert (f"curl -XPOST 'http://127.0.0.1:{live.port}/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/demo"
                 f"?access_token=ACCESS_TOKEN' -d '{{\"prompt\":\"Introduce the city Beijing\"}}'") in out
-        assert "random noise" in out
+        assert "random noise" in out   # live.py pins the random-weight model
         # the printed curl pair works as printed
         token = subprocess.run(token_curl.replace("curl ", "curl -s ", 1), shell=True, capture_output=True,
                                text=True).stdout

@@ -21,8 +21,8 @@ from neoxserve.config import Settings
 from neoxserve.platform import Limits, Platform
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-COMPLETIONS = "/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/demo"
-# With this seed the demo model does not emit end-of-text early: a stream runs its full length unless cut.
+COMPLETIONS = "/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/demo-random"
+# With this seed the random-weight demo model does not emit end-of-text early: a stream runs its full length unless cut.
 LONG = {"prompt": "Beijing", "max_output_tokens": 256, "seed": 1, "stream": True}
 SHORT = {"prompt": "hi", "max_output_tokens": 2}
 
@@ -39,7 +39,7 @@ def _need(binary: str | None, what: str) -> None:
 def cluster(tmp_path_factory):
     _need(find_nginx(), "nginx")
     _need(find_redis_server(), "redis-server")
-    c = LocalCluster.start(tmp_path_factory.mktemp("cluster"), replicas=2)
+    c = LocalCluster.start(tmp_path_factory.mktemp("cluster"), replicas=2, model="demo-random")
     try:
         yield c
     finally:
@@ -96,7 +96,7 @@ def test_the_cluster_serves_through_nginx_and_spreads_the_load(cluster, keys):
 def test_quotas_exact_through_the_load_balancer(cluster, tmp_path):
     name = f"total20-{secrets.token_hex(3)}"
     with _platform(cluster, tmp_path) as p:
-        app = p.create_app(name, services=["demo"], limits=Limits(total=20))
+        app = p.create_app(name, services=["demo-random"], limits=Limits(total=20))
     token = _token(cluster, app.api_key, app.secret_key)
     results: list[tuple[dict, str]] = []
     lock = threading.Lock()
@@ -161,7 +161,7 @@ def test_rolling_restart_under_steady_load_fails_nothing(cluster, keys):
 def test_redis_restart_replicas_recover_and_nothing_is_charged_twice(cluster, tmp_path):
     name = f"redis-{secrets.token_hex(3)}"
     with _platform(cluster, tmp_path) as p:
-        app = p.create_app(name, services=["demo"], limits=Limits(total=1000))
+        app = p.create_app(name, services=["demo-random"], limits=Limits(total=1000))
     token = _token(cluster, app.api_key, app.secret_key)
     before = 0
     for _ in range(4):

@@ -111,7 +111,7 @@ def test_the_rules_and_the_dashboard_name_only_exported_metrics():
 
 # ---- a real Prometheus on the local cluster
 
-COMPLETIONS = "/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/demo"
+COMPLETIONS = "/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/demo-random"   # the random-weight model: fast steps
 ADMIN_KEY = "monitoring-test-admin-key-0123456789"   # as a Kubernetes Secret would give it (NEOXSERVE_ADMIN_KEY)
 WAIT = 60.0    # scrapes every 2 s, rules evaluated every 2 s: well within this
 
@@ -131,7 +131,8 @@ def monitored(tmp_path_factory):
     _need(find_prometheus(), "prometheus", "promtool")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("NEOXSERVE_ADMIN_KEY", ADMIN_KEY)      # the replicas' environment
-        c = LocalCluster.start(tmp_path_factory.mktemp("monitored"), replicas=2, prometheus=True)
+        c = LocalCluster.start(tmp_path_factory.mktemp("monitored"), replicas=2, prometheus=True,
+                              model="demo-random")
     try:
         yield c
     finally:
@@ -189,7 +190,7 @@ def test_prometheus_scrapes_every_replica(monitored):
     running = _until("vllm:num_requests_running of every replica",
                      lambda: _query(monitored, "vllm:num_requests_running"))
     assert {s["metric"]["instance"] for s in running} == replicas
-    assert {s["metric"]["model_name"] for s in running} == {"demo"}
+    assert {s["metric"]["model_name"] for s in running} == {"demo-random"}
     kv = _query(monitored, "neoxserve_engine_kv_blocks_total")
     assert {s["metric"]["instance"] for s in kv} == replicas and all(float(s["value"][1]) > 0 for s in kv)
 

@@ -45,9 +45,10 @@ def tiny_loaded(demo_model_dir):
 
 
 def small_config(**overrides) -> EngineConfig:
-    """The engine config of the default settings, with a small KV pool (allocating 512 MB per engine is slow)
+    """The engine config of the default settings on the random-weight model (the engines here get demo_loaded or
+    tiny_loaded), with a small KV pool (allocating 512 MB per engine is slow)
     unless overridden."""
-    return replace(engine_config(Settings(kv_cache_memory_mb=16)), **overrides)
+    return replace(engine_config(Settings(model="demo-random", kv_cache_memory_mb=16)), **overrides)
 
 
 @pytest.fixture

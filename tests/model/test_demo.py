@@ -64,8 +64,8 @@ def test_logits_are_not_degenerate(demo_model_dir, runner_cls):
 
 def test_ensure_demo_model_writes_once(tmp_path):
     path = ensure_demo_model(tmp_path)
-    assert path == tmp_path / "demo-model" and (path / "model.safetensors").is_file()
+    assert path == tmp_path / "demo-random-model" and (path / "model.safetensors").is_file()
     mtime = (path / "model.safetensors").stat().st_mtime_ns
     assert ensure_demo_model(tmp_path) == path
     assert (path / "model.safetensors").stat().st_mtime_ns == mtime
-    assert [p.name for p in tmp_path.iterdir()] == ["demo-model"]  # no temporary directory left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["demo-random-model"]  # no temporary directory left behind

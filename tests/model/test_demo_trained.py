@@ -1,7 +1,8 @@
-"""The trained demo model (`--model demo-trained`, model/demo_trained/README.md): it loads from the package, has the
-documented size, and writes mostly real English words where the random demo model writes fragments."""
+"""The trained demo model (`--model demo`, the default; model/demo_trained/README.md): it loads from the package,
+has the documented size, and writes mostly real English words where the random demo model writes fragments."""
 from __future__ import annotations
 
+import hashlib
 import re
 
 import pytest
@@ -29,7 +30,7 @@ def english_words() -> set[str]:
 @pytest.fixture(scope="module")
 def trained_engine(tmp_path_factory) -> LLMEngine:
     data_dir = tmp_path_factory.mktemp("data")
-    return LLMEngine.from_config(engine_config(Settings.load(None, model="demo-trained", data_dir=str(data_dir))))
+    return LLMEngine.from_config(engine_config(Settings.load(None, model="demo", data_dir=str(data_dir))))
 
 
 def _greedy(engine: LLMEngine, prompt_ids: list[int], n: int, stop: tuple[str, ...] = ()) -> tuple[str, str | None]:
@@ -66,7 +67,7 @@ def test_trained_model_writes_real_words(trained_engine, english_words):
 
 
 def test_random_demo_model_fails_the_same_check(tmp_path, english_words):
-    engine = LLMEngine.from_config(engine_config(Settings.load(None, model="demo", data_dir=str(tmp_path))))
+    engine = LLMEngine.from_config(engine_config(Settings.load(None, model="demo-random", data_dir=str(tmp_path))))
     text, _ = _greedy(engine, engine.tokenizer.encode(PROMPT), 40)
     assert _real_word_fraction(text, english_words) < MIN_REAL_WORDS, text
 
@@ -79,3 +80,39 @@ def test_chat_answer_is_words_and_stop_string_cuts_it(trained_engine, english_wo
     first_word = WORD.findall(text)[1] if len(WORD.findall(text)) > 1 else WORD.findall(text)[0]
     cut, reason = _greedy(trained_engine, ids, 48, stop=(first_word,))
     assert reason == "stop" and first_word not in cut and text.startswith(cut), (text, cut)
+
+
+def test_the_default_model_is_the_trained_one(tmp_path):
+    from neoxserve.commands.serve import banner
+    from neoxserve.engine.core import resolve_model_dir
+    from neoxserve.platform import NewKeys
+
+    config = engine_config(Settings(data_dir=tmp_path))
+    assert config.model == "demo" and config.model_name == "demo"
+    # a directory expanded from other (older) committed weights is not served after an upgrade
+    stale = tmp_path / "demo-trained-model-000000000000"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"older weights")
+    digest = hashlib.sha256((TRAINED_PACKAGE_DIR / "model.safetensors").read_bytes()).hexdigest()
+    assert resolve_model_dir(config) == ensure_trained_demo_model(tmp_path) == tmp_path / \
+        f"demo-trained-model-{digest[:12]}"
+    random = engine_config(Settings(model="demo-random", data_dir=tmp_path))
+    assert random.model_name == "demo-random" and resolve_model_dir(random) == tmp_path / "demo-random-model"
+    keys = NewKeys(app_id=1, name="default", api_key="k", secret_key="s")
+    assert "trained" in banner(Settings(), "demo", keys, config.model)
+    assert "random noise" in banner(Settings(), "demo-random", keys, random.model)
+    assert "noise" not in banner(Settings(), "demo", keys, config.model)
+
+
+def test_generate_uses_the_trained_model_by_default(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "neoxserve.cli", "generate", "--data-dir", str(tmp_path), PROMPT,
+                             "--max-new-tokens", "24", "--temperature", "0"], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "trained" in result.stderr and "noise" not in result.stderr
+    assert [p.name for p in tmp_path.glob("demo-trained-model-*/model.safetensors")] == ["model.safetensors"]
+    assert not (tmp_path / "demo-random-model").exists()
+    assert WORD.findall(result.stdout), result.stdout

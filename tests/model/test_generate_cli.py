@@ -29,15 +29,15 @@ def _expected_text(model_dir, max_new_tokens: int) -> str:
     return text
 
 
-def test_generate_on_demo_model(tmp_path, demo_model_dir):
-    result = _cli("generate", "--data-dir", str(tmp_path / "data"), PROMPT, "--max-new-tokens", "12",
-                  "--temperature", "0", cwd=tmp_path)
+def test_generate_on_random_demo_model(tmp_path, demo_model_dir):
+    result = _cli("generate", "--model", "demo-random", "--data-dir", str(tmp_path / "data"), PROMPT,
+                  "--max-new-tokens", "12", "--temperature", "0", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == _expected_text(demo_model_dir, 12) + "\n"   # the text alone
     assert "noise" in result.stderr
     assert "new tokens: 12" in result.stderr and "tokens/s" in result.stderr
     assert f"prompt tokens: {len(Tokenizer.from_dir(demo_model_dir).encode(PROMPT))}," in result.stderr
-    assert (tmp_path / "data" / "demo-model" / "model.safetensors").is_file()
+    assert (tmp_path / "data" / "demo-random-model" / "model.safetensors").is_file()
 
 
 def test_generate_with_model_dir_and_sampling_flags(tmp_path, demo_model_dir):
@@ -57,11 +57,17 @@ def test_generate_rejects_bad_flags(tmp_path, demo_model_dir):
 
 
 def test_demo_write(tmp_path, demo_model_dir):
-    result = _cli("demo", "write", str(tmp_path / "d"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md"):
-        assert (hashlib.sha256((tmp_path / "d" / name).read_bytes()).digest()
-                == hashlib.sha256((demo_model_dir / name).read_bytes()).digest())
+    from neoxserve.model.demo import write_trained_demo_model
+
+    trained = write_trained_demo_model(tmp_path / "expected-trained")
+    for args, expected in ((("--random",), demo_model_dir), ((), trained)):
+        out = tmp_path / f"d{len(args)}"
+        result = _cli("demo", "write", str(out), *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert ("random" in result.stderr) == bool(args), result.stderr
+        for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md"):
+            assert (hashlib.sha256((out / name).read_bytes()).digest()
+                    == hashlib.sha256((expected / name).read_bytes()).digest()), (args, name)
 
 
 def test_generate_refuses_a_prompt_the_engine_rejects(tmp_path, demo_model_dir):

@@ -609,7 +609,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     actions = p.add_subparsers(dest="cluster_command", required=True)
     start = actions.add_parser("start", help="start Redis, the replicas and nginx; print the URL")
     start.add_argument("--replicas", type=int, default=2, help="how many replicas (default 2)")
-    start.add_argument("--model", default="demo", help="model directory, or 'demo' (default)")
+    start.add_argument("--model", default="demo",
+                       help="model directory, 'demo' (default: the trained toy) or 'demo-random'")
     start.add_argument("--port", type=int, default=0, help="nginx's port (default: a free one)")
     start.add_argument("--torch-threads", type=int, default=1, dest="torch_threads",
                        help="torch threads per replica's engine (default 1)")

@@ -19,7 +19,8 @@ from .speculative_flags import SPECULATIVE_FLAGS, add_speculative_arguments
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("generate", help="complete one prompt locally (no server)", description=__doc__)
     p.add_argument("prompt", help="the prompt text")
-    p.add_argument("--model", help="Hugging Face model directory, 'demo' (default: random weights) or 'demo-trained'")
+    p.add_argument("--model", help="Hugging Face model directory, 'demo' (default: the embedded trained toy model) or "
+                   "'demo-random' (random weights)")
     p.add_argument("--data-dir", dest="data_dir", help="where the demo model is written")
     p.add_argument("--max-new-tokens", type=int, default=128)
     # the service's defaults (docs/sampling.md), so that generate and the API sample alike
@@ -81,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"neoxserve generate: {e}", file=sys.stderr)
         return 2
     if config.is_demo:
-        print("Using the demo model: its weights are random, so its text is noise.", file=sys.stderr)
+        print("Using the demo model: a toy trained here for minutes (model/demo_trained/README.md): English-looking "
+              "phrases, no knowledge.", file=sys.stderr)
+    elif config.is_random_demo:
+        print("Using the random-weight demo model: its text is noise.", file=sys.stderr)
 
     try:
         engine = LLMEngine.from_config(config)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from ..choices import DTYPES
+from ..choices import DEMO_MODEL, DEMO_RANDOM_MODEL, DTYPES
 from ..config import Settings
 from .model_flags import LOAD_FLAGS, add_load_arguments
 from .speculative_flags import SPECULATIVE_FLAGS, add_speculative_arguments
@@ -38,7 +38,8 @@ ENGINE_FAILED = 3   # exit code: the engine cannot be brought back (engine_failu
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("serve", help="serve the Qianfan v1 completions API",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="Hugging Face model directory, 'demo' (default: random weights) or 'demo-trained'")
+    p.add_argument("--model", help="Hugging Face model directory, 'demo' (default: the embedded trained toy model) or "
+                   "'demo-random' (random weights)")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8360)")
     p.add_argument("--data-dir", dest="data_dir", help="apps, tokens, usage and the demo model live here")
@@ -80,7 +81,7 @@ def base_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}"
 
 
-def banner(settings: Settings, api_name: str, keys: NewKeys, is_demo: bool) -> str:
+def banner(settings: Settings, api_name: str, keys: NewKeys, model: str) -> str:
     base = base_url(settings)
     token_url = (f"{base}/oauth/2.0/token?grant_type=client_credentials"
                  f"&client_id={keys.api_key}&client_secret={keys.secret_key}")
@@ -98,8 +99,11 @@ def banner(settings: Settings, api_name: str, keys: NewKeys, is_demo: bool) -> s
         f"  curl {shlex.quote(token_url)}",
         f"  curl -XPOST {shlex.quote(completion_url)} -d '{{\"prompt\":\"Introduce the city Beijing\"}}'",
     ]
-    if is_demo:
-        lines.append("The demo model has random weights: its output is random noise.")
+    if model == DEMO_MODEL:
+        lines.append("The demo model is a toy trained here for minutes: it writes English-looking phrases, "
+                     "not knowledge.")
+    elif model == DEMO_RANDOM_MODEL:
+        lines.append("The demo-random model has random weights: its output is random noise.")
     return "\n".join(lines)
 
 
@@ -136,7 +140,7 @@ async def serve(settings: Settings) -> int:
         api_name = settings.api_name or info.name   # the one place the published name is decided
         keys = platform.bootstrap(api_name, info.name)
         if keys is not None:
-            print(banner(settings, api_name, keys, config.is_demo), flush=True)
+            print(banner(settings, api_name, keys, config.model), flush=True)
         admin_key = None
         if settings.console and settings.admin_key:
             platform.admin.apply_configured_key()

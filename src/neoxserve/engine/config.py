@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from neoxserve.choices import DEMO_MODEL, DEMO_TRAINED_MODEL, Dtype, Kernels, QuantizationMethod
+from neoxserve.choices import DEMO_MODEL, DEMO_RANDOM_MODEL, Dtype, Kernels, QuantizationMethod
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     # model
-    model: str                     # Hugging Face model directory, or DEMO_MODEL
-    data_dir: Path                 # where the demo model is written (data_dir/demo-model)
+    model: str                     # Hugging Face model directory, DEMO_MODEL or DEMO_RANDOM_MODEL
+    data_dir: Path                 # where the demo models are expanded or written (model/demo.py)
     device: str                    # auto, cpu, cuda or cuda:N
     dtype: Dtype
     torch_threads: int             # 0 = torch's default (all cores)
@@ -44,12 +44,12 @@ class EngineConfig:
         return self.model == DEMO_MODEL
 
     @property
-    def is_trained_demo(self) -> bool:
-        return self.model == DEMO_TRAINED_MODEL
+    def is_random_demo(self) -> bool:
+        return self.model == DEMO_RANDOM_MODEL
 
     @property
     def model_name(self) -> str:
-        """The model's name: "demo", "demo-trained", or the model directory's name."""
-        if self.is_demo or self.is_trained_demo:
+        """The model's name: "demo", "demo-random", or the model directory's name."""
+        if self.is_demo or self.is_random_demo:
             return self.model
         return Path(self.model).name or self.model

@@ -31,11 +31,11 @@ log = logging.getLogger(__name__)
 
 def resolve_model_dir(config: EngineConfig) -> Path:
     if config.is_demo:
-        from neoxserve.model.demo import ensure_demo_model
-        return Path(ensure_demo_model(config.data_dir))
-    if config.is_trained_demo:
         from neoxserve.model.demo import ensure_trained_demo_model
         return Path(ensure_trained_demo_model(config.data_dir))
+    if config.is_random_demo:
+        from neoxserve.model.demo import ensure_demo_model
+        return Path(ensure_demo_model(config.data_dir))
     return Path(config.model)
 
 

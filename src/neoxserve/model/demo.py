@@ -7,6 +7,7 @@ the same bytes.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -20,8 +21,8 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 
 from neoxserve.model.arith import cdiv
 
-DEMO_DIR_NAME = "demo-model"
-TRAINED_DIR_NAME = "demo-trained-model"
+# `--model demo-random`; not "demo-model": that name held the random model when it was `demo`
+DEMO_DIR_NAME = "demo-random-model"
 # the trained demo model as committed (tools/train_demo.py; model card: demo_trained/README.md): its own rows for the
 # ids it saw often, one shared row for every other id; write_trained_demo_model expands it to a standard checkpoint
 TRAINED_PACKAGE_DIR = Path(__file__).resolve().parent / "demo_trained"
@@ -67,7 +68,7 @@ CORPUS = [
 README = """# neoxserve demo model
 
 A small GPT-NeoX model (hidden 256, 4 layers) written by neoxserve (`neoxserve demo write DIR`, or on first use
-of `--model demo`). **Its weights are random: the text it generates is noise.** It exists so the service, the API
+of `--model demo-random`). **Its weights are random: the text it generates is noise.** It exists so the service, the API
 and the CLI can be tried without downloading a real model. The byte-level BPE tokenizer was trained on a few
 embedded paragraphs of English and Chinese and includes the tuned chat tokens `<|USER|>`, `<|ASSISTANT|>` and
 `<|SYSTEM|>`.
@@ -127,7 +128,7 @@ def write_demo_model(path: str | Path, seed: int = 0) -> Path:
 
 
 def ensure_demo_model(data_dir: str | Path) -> Path:
-    """data_dir/demo-model, written once (to a temporary directory renamed into place, so never half-written)."""
+    """data_dir/demo-random-model, written once (to a temporary directory renamed into place, so never half-written)."""
     return _ensure(Path(data_dir), DEMO_DIR_NAME, write_demo_model)
 
 
@@ -174,6 +175,13 @@ def write_trained_demo_model(path: str | Path) -> Path:
     return path
 
 
+def trained_dir_name() -> str:
+    """The expanded trained model's directory name, from the committed weights' digest: a data directory kept
+    across an upgrade that retrained the model gets the new weights, not the ones expanded before."""
+    digest = hashlib.sha256((TRAINED_PACKAGE_DIR / "model.safetensors").read_bytes()).hexdigest()
+    return f"demo-trained-model-{digest[:12]}"
+
+
 def ensure_trained_demo_model(data_dir: str | Path) -> Path:
-    """data_dir/demo-trained-model, expanded once (like ensure_demo_model)."""
-    return _ensure(Path(data_dir), TRAINED_DIR_NAME, write_trained_demo_model)
+    """data_dir/demo-trained-model-<digest> (`--model demo`, the default), expanded once (like ensure_demo_model)."""
+    return _ensure(Path(data_dir), trained_dir_name(), write_trained_demo_model)

@@ -31,8 +31,10 @@ def unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def console_server(tmp_path_factory) -> LiveServer:
+    # the trained demo model, so that the playground and its screenshot show what a new user sees
     live = start_server(tmp_path_factory.mktemp("console-data"),
-                        env={"NEOXSERVE_CONSOLE_LOGIN_ATTEMPTS_PER_MINUTE": str(LOGIN_LIMIT)})
+                        env={"NEOXSERVE_CONSOLE_LOGIN_ATTEMPTS_PER_MINUTE": str(LOGIN_LIMIT),
+                             "NEOXSERVE_MODEL": "demo"})
     assert live.keys.get("admin_key"), live.stdout_lines
     yield live
     code = live.stop()

@@ -272,10 +272,12 @@ def test_usage_moves_after_calls(console):
     expect(c.page.locator("main[data-page=usage] .table-box")).to_have_text("No usage in this range.")
     assert usage_totals(c) == (0, 0, 0, 0, 0)
     token = c.server.token(keys["API Key"], keys["Secret Key"])
+    completion_tokens = 0       # the trained demo model may end on end-of-text before 5 tokens
     for _ in range(3):
         r = httpx.post(c.server.completions_url(), params={"access_token": token},
                        json={"prompt": "Hello there", "max_output_tokens": 5}, timeout=60)
-        assert r.json()["usage"]["completion_tokens"] == 5, r.text
+        assert 1 <= r.json()["usage"]["completion_tokens"] <= 5, r.text
+        completion_tokens += r.json()["usage"]["completion_tokens"]
     prompt_tokens = r.json()["usage"]["prompt_tokens"]
     r = httpx.post(c.server.completions_url(), params={"access_token": token},
                    json={"prompt": "Hello there", "temperature": 5}, timeout=60)
@@ -284,10 +286,10 @@ def test_usage_moves_after_calls(console):
     c.page.wait_for_selector("select[name=app] option[value=team-usage]", state="attached")
     c.page.select_option("select[name=app]", "team-usage")
     expect(c.page.locator("[data-testid=total-calls] .value")).to_have_text("4")
-    assert usage_totals(c) == (4, 3, 1, 3 * prompt_tokens, 15)
+    assert usage_totals(c) == (4, 3, 1, 3 * prompt_tokens, completion_tokens)
     row = c.page.locator("[data-testid=usage-table] tbody tr").first.inner_text().split("\t")
-    assert row[1:] == ["team-usage", "demo", "4", "3", "1", str(3 * prompt_tokens), "15",
-                       str(3 * prompt_tokens + 15)]
+    assert row[1:] == ["team-usage", "demo", "4", "3", "1", str(3 * prompt_tokens), str(completion_tokens),
+                       str(3 * prompt_tokens + completion_tokens)]
     c.page.wait_for_selector("[data-testid=calls-chart] canvas")
     csv_url = c.page.get_attribute("[data-testid=csv]", "href")
     with c.page.expect_download() as download:
