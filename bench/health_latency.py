@@ -89,7 +89,7 @@ def main() -> int:
     parser.add_argument("--baseline-src", help="also measure a server running this tree's code (its src/)")
     args = parser.parse_args()
 
-    from neoxserve.model.demo import write_tiny_model
+    from tiny_model import write_tiny_model
 
     trees = [("this tree", None)] + ([("baseline " + args.baseline_src, args.baseline_src)] if args.baseline_src
                                      else [])

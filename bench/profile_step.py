@@ -49,17 +49,20 @@ BLOCK_SIZE = 16
 
 def build_model(shape: str, dtype: torch.dtype, quantization: str, group_size: int) -> GPTNeoX:
     """Random weights in the layout the loader gives that dtype (fp32 linears split across the threads)."""
-    from neoxserve.model import loader
+    try:
+        from neoxserve.model import dtype_policy as policy
+    except ImportError:     # older trees (--src): the loader held the dtype policy
+        from neoxserve.model import loader as policy
     cfg = NeoXConfig(**SHAPES[shape])
     torch.manual_seed(0)
     # bf16 on a CPU without bf16 units: bf16 linears with float32 arithmetic, as the loader builds it
-    bf16_linears = quantization == "none" and getattr(loader, "uses_bf16_weight_kernel", lambda *a: False)(
+    bf16_linears = quantization == "none" and getattr(policy, "uses_bf16_weight_kernel", lambda *a: False)(
         dtype, torch.device("cpu"), cfg)
     if bf16_linears:
         dtype = torch.float32
     with torch.device("meta"):
         layout = dict(bf16_linears=True) if bf16_linears else dict(
-            linear_splits=0 if quantization != "none" else loader.linear_splits(dtype, torch.device("cpu")))
+            linear_splits=0 if quantization != "none" else policy.linear_splits(dtype, torch.device("cpu")))
         model = GPTNeoX(cfg, **layout)
     model = model.to_empty(device="cpu")
     with torch.no_grad():
@@ -69,7 +72,7 @@ def build_model(shape: str, dtype: torch.dtype, quantization: str, group_size: i
         model = model.to(dtype)
     model.init_rotary()
     model.eval().requires_grad_(False)
-    if dtype == torch.float32 and hasattr(model, "use_native_attention"):   # as the loader does (older trees: no)
+    if dtype == torch.float32 and hasattr(model, "use_native_attention"):   # as a loaded model has it (older trees: no)
         from neoxserve.model import kernels
         model.use_native_attention(kernels.load())
     if quantization == "none":

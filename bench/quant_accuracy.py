@@ -1,5 +1,5 @@
 """The accuracy of int8 and int4 weights against the float32 model, on the check's models and inputs
-(neoxserve.model.quant_check; tests/model/test_quant_accuracy.py enforces thresholds on the same values).
+(bench/quant_check.py; tests/model/test_quant_accuracy.py enforces thresholds on the same values).
 
     .venv/bin/python bench/quant_accuracy.py [--group-sizes 32 64 128 256]
 
@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from neoxserve.model.quant_check import (CHECK_CONFIGS, check_model, check_token_ids,
-                                         compare_logits, teacher_forced_logits)
-from neoxserve.model.quant_format import GROUP_SIZES, QuantConfig
+from quant_check import CHECK_CONFIGS, check_model, check_token_ids, compare_logits, teacher_forced_logits
+from neoxserve.choices import GROUP_SIZES
+from neoxserve.model.quant_format import QuantConfig
 from neoxserve.model.quant_linear import choose_kernel, quantize_model
 
 

@@ -41,13 +41,13 @@ def native_kernels() -> bool:
 
 @pytest.fixture(scope="session")
 def cpu_auto_dtype() -> str:
-    """The dtype `--dtype auto` picks on this machine's CPU (loader.resolve_dtype: bfloat16 where the CPU has bf16
+    """The dtype `--dtype auto` picks on this machine's CPU (dtype_policy.resolve_dtype: bfloat16 where the CPU has bf16
     units, float32 elsewhere), for tests that check what a server reports rather than one machine's answer."""
     import torch
 
     from neoxserve.model.config import NeoXConfig
     from neoxserve.model.demo import BPE_VOCAB_SIZE, demo_config
-    from neoxserve.model.loader import DTYPES, resolve_dtype
+    from neoxserve.model.dtype_policy import DTYPES, resolve_dtype
 
     picked = resolve_dtype("auto", NeoXConfig.from_dict(demo_config(BPE_VOCAB_SIZE)), torch.device("cpu"))
     return next(name for name, dtype in DTYPES.items() if dtype == picked)

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
-from .engine.config import DEMO_MODEL
+from .choices import DEFAULT_GROUP_SIZE, DEMO_MODEL, Dtype, GroupSize, Kernels, QuantizationMethod
 
 
 MIN_ADMIN_KEY_LENGTH = 24    # a configured admin key is only as strong as what the operator chose
@@ -25,14 +25,14 @@ class Settings(BaseSettings):
     model: str = Field(DEMO_MODEL, description="Hugging Face model directory, 'demo' (the embedded trained demo "
                        "model) or 'demo-random' (random weights)")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Dtype = "auto"
     torch_threads: int = Field(0, ge=0, description="threads for the engine's torch ops; 0 = all cores")
-    quantization: Literal["none", "int8", "int4"] = Field(
+    quantization: QuantizationMethod = Field(
         "none", description="weight-only quantization of every linear, done while loading; a directory written by "
         "`neoxserve quantize` loads as stored")
-    quantization_group_size: Literal[32, 64, 128, 256] = Field(
-        128, description="int4: input columns that share one scale and zero")
-    kernels: Literal["auto", "avx2", "avx512", "avx512_vnni", "avx512_bf16"] = Field(
+    quantization_group_size: GroupSize = Field(
+        DEFAULT_GROUP_SIZE, description="int4: input columns that share one scale and zero")
+    kernels: Kernels = Field(
         "auto", description="the native CPU kernels' instruction set; auto = the widest this CPU has "
         "(docs/quantization.md, \"Kernels per instruction set\"); one the CPU lacks is refused at start-up")
 

@@ -3,8 +3,10 @@ length bound checked before tokenizing, and the event loop answering /health whi
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,12 +14,14 @@ import pytest
 from neoxserve.api.inputs import max_prompt_chars
 from neoxserve.config import Settings
 from neoxserve.engine.protocol import ModelInfo
-from neoxserve.model.demo import write_tiny_model
 from neoxserve.model.tokenizer import MAX_CHARS_PER_NORMALIZED_BYTE, Tokenizer
 
 import rawhttp
 from live import start_server
 from test_errors import business
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))   # tiny_model: shared with a bench script
+from tiny_model import write_tiny_model
 
 LIMIT = Settings().max_body_bytes
 TOO_LARGE = f"request body is larger than {LIMIT} bytes, the limit set by max_body_bytes"

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from neoxserve.model import kernels, weight_tiles
-from neoxserve.model.loader import load_model, uses_bf16_weight_kernel
+from neoxserve.model.dtype_policy import uses_bf16_weight_kernel
+from neoxserve.model.loader import load_model
 from neoxserve.model.neox import Linear
 
 
@@ -52,7 +53,7 @@ def test_tiles_invert():
     w = torch.randn(37, 24).to(torch.bfloat16)
     tiles = weight_tiles.bf16_tiles(w)
     assert tiles.shape == (5, 24, 8) and tiles.dtype == torch.bfloat16
-    assert torch.equal(weight_tiles.bf16_untiled(tiles, 37), w)
+    assert torch.equal(weight_tiles.group_untiled(tiles, 37), w)   # the same [N/8, K, 8] interleaving
     assert torch.equal(tiles[4, :, 5:], torch.zeros(24, 3, dtype=torch.bfloat16))   # padding rows
 
 

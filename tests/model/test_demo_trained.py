@@ -84,7 +84,7 @@ def test_chat_answer_is_words_and_stop_string_cuts_it(trained_engine, english_wo
 
 def test_the_default_model_is_the_trained_one(tmp_path):
     from neoxserve.commands.serve import banner
-    from neoxserve.engine.core import resolve_model_dir
+    from neoxserve.engine.worker.core import resolve_model_dir
     from neoxserve.platform import NewKeys
 
     config = engine_config(Settings(data_dir=tmp_path))

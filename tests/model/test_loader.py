@@ -125,10 +125,10 @@ def test_loaded_model_fields(reference):
 def test_bfloat16_load(bf16_linears, reference, runner_cls, monkeypatch):
     """bfloat16 as PyTorch computes it (CPUs with bf16 units, CUDA; forced here) and as bf16 linears with float32
     arithmetic (CPUs without bf16 units, where the native kernels build: this machine's default for bfloat16)."""
-    from neoxserve.model import loader
+    from neoxserve.model import dtype_policy
     if not bf16_linears:
-        monkeypatch.setattr(loader, "uses_bf16_weight_kernel", lambda *a: False)
-    elif not loader.uses_bf16_weight_kernel(torch.bfloat16, torch.device("cpu"), reference[0].config):
+        monkeypatch.setattr(dtype_policy, "uses_bf16_weight_kernel", lambda *a: False)
+    elif not dtype_policy.uses_bf16_weight_kernel(torch.bfloat16, torch.device("cpu"), reference[0].config):
         pytest.skip("this CPU has bf16 units or no native kernels: bfloat16 runs PyTorch's own products here")
     _, path, ref = reference
     model = load_model(path, dtype="bfloat16").model
@@ -150,18 +150,18 @@ def test_bfloat16_load(bf16_linears, reference, runner_cls, monkeypatch):
     ("fpu avx2 amx_bf16 amx_tile", torch.bfloat16),
 ])
 def test_auto_dtype_on_cpu_is_bfloat16_only_with_bf16_units(flags, expected, reference, monkeypatch, tmp_path):
-    from neoxserve.model import loader
+    from neoxserve.model import dtype_policy
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\n")
     real_open = open
     monkeypatch.setattr("builtins.open", lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k))
-    loader.cpu_has_native_bf16.cache_clear()
+    dtype_policy.cpu_has_native_bf16.cache_clear()
     try:
         model = load_model(reference[1], dtype="auto").model
     finally:
         monkeypatch.undo()
-        loader.cpu_has_native_bf16.cache_clear()
+        dtype_policy.cpu_has_native_bf16.cache_clear()
     assert {p.dtype for p in model.parameters()} == {expected}
 
 

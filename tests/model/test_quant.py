@@ -73,9 +73,9 @@ def test_config_refusals(kwargs, message):
 
 def test_settings_offer_exactly_what_the_model_supports():
     from neoxserve.commands.model_flags import setting_choices
-    from neoxserve.model.quant_format import GROUP_SIZES, METHODS
+    from neoxserve.choices import GROUP_SIZES, QUANTIZATION_METHODS
 
-    assert setting_choices("quantization") == METHODS
+    assert setting_choices("quantization") == QUANTIZATION_METHODS
     assert setting_choices("quantization_group_size") == GROUP_SIZES
 
 
@@ -405,11 +405,10 @@ def test_a_failed_native_build_falls_back_to_pytorchs_kernels(float_dir, monkeyp
 def test_cuda_says_at_start_up_that_it_has_no_quantized_kernel(caplog):
     import logging
 
-    from neoxserve.model.loader import log_quantization
-    from neoxserve.model.quant_linear import choose_kernel
+    from neoxserve.model.quant_linear import choose_kernel, log_quantization
 
     assert choose_kernel(torch.device("cuda")) == "dequant"
-    with caplog.at_level(logging.WARNING, logger="neoxserve.model.loader"):
+    with caplog.at_level(logging.WARNING, logger="neoxserve.model.quant_linear"):
         log_quantization(INT8, "dequant", torch.device("cuda:0"))
     assert caplog.messages == [
         "quantization int8 on cuda:0: there is no quantized kernel for this device; the weights stay int8 in memory "

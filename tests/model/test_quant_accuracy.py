@@ -1,21 +1,25 @@
 """Quantized against unquantized, same inputs: 256 positions (a 16-token prefill, then 240 decode steps) on three
 model configurations, with the thresholds below; and the check fails when a scale or the group order is wrong.
 
-The models are structured random stand-ins for trained ones (quant_check.structured_random_model); the thresholds
-leave a margin over the values bench/quant_accuracy.py measures on them, which docs/engine.md ("Quantized weights:
-accuracy") reports.
+The models are structured random stand-ins for trained ones (bench/quant_check.py: structured_random_model); the
+thresholds leave a margin over the values bench/quant_accuracy.py measures on them, which docs/engine.md
+("Quantized weights: accuracy") reports.
 """
 from __future__ import annotations
 
 import copy
 import functools
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor
 
-from neoxserve.model.quant_check import (CHECK_CONFIGS, CHECK_POSITIONS, LogitAgreement, check_model,
-                                         check_token_ids, compare_logits, teacher_forced_logits)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))   # quant_check: shared with the bench script
+
+from quant_check import (CHECK_CONFIGS, CHECK_POSITIONS, LogitAgreement, check_model, check_token_ids,
+                         compare_logits, teacher_forced_logits)
 from neoxserve.model.quant_format import QuantConfig
 from neoxserve.model.quant_linear import quantize_model
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from neoxserve.model.config import NeoXConfig, UnsupportedModelError
-from neoxserve.model.loader import CheckpointError, load_model, resolve_dtype
+from neoxserve.model.dtype_policy import resolve_dtype
+from neoxserve.model.loader import CheckpointError, load_model
 
 BASE = dict(architectures=["GPTNeoXForCausalLM"], vocab_size=960, hidden_size=64, num_hidden_layers=2,
             num_attention_heads=4, intermediate_size=256)

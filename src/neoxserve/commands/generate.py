@@ -8,6 +8,7 @@ import argparse
 import sys
 import time
 
+from ..choices import DTYPES
 from ..config import Settings
 from ..engine.sampling_params import SamplingParams
 from .engine_config import engine_config
@@ -31,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    help="repetition penalty in [1, 2]")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); never printed")
     p.add_argument("--seed", type=int, help="same seed, same text")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", choices=DTYPES)
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     add_load_arguments(p)
     add_speculative_arguments(p)
@@ -55,7 +56,7 @@ def _out_of_range(args: argparse.Namespace, greedy: bool) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from ..engine.worker.core import LLMEngine
     from ..engine.errors import RequestRejected
-    from ..model.loader import CheckpointError
+    from ..model.errors import CheckpointError
 
     from pydantic import ValidationError
 

@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     from ..config import Settings
-    from ..model.loader import CheckpointError
+    from ..model.errors import CheckpointError
     from ..model.quant_format import QuantConfig
     from ..model.quantize_dir import write_quantized
 

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from ..choices import DEMO_MODEL, DEMO_RANDOM_MODEL, DTYPES
 from ..config import Settings
-from ..engine.config import DEMO_MODEL, DEMO_RANDOM_MODEL
 from .model_flags import LOAD_FLAGS, add_load_arguments
 from .speculative_flags import SPECULATIVE_FLAGS, add_speculative_arguments
 
@@ -44,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--port", type=int, help="port to listen on (default 8360)")
     p.add_argument("--data-dir", dest="data_dir", help="apps, tokens, usage and the demo model live here")
     p.add_argument("--api-name", dest="api_name", help="name the model is published under")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", choices=DTYPES)
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     add_load_arguments(p)
     add_speculative_arguments(p)

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-DEMO_MODEL = "demo"   # the default `model`: the embedded trained demo model (model/demo_trained/README.md)
-DEMO_RANDOM_MODEL = "demo-random"   # the embedded random-weight model (model/demo.py), for tests needing its properties
+from neoxserve.choices import DEMO_MODEL, DEMO_RANDOM_MODEL, Dtype, Kernels, QuantizationMethod
 
 
 @dataclass(frozen=True)
@@ -20,13 +19,13 @@ class EngineConfig:
     model: str                     # Hugging Face model directory, DEMO_MODEL or DEMO_RANDOM_MODEL
     data_dir: Path                 # where the demo models are expanded or written (model/demo.py)
     device: str                    # auto, cpu, cuda or cuda:N
-    dtype: str                     # auto, float32, bfloat16, float16
+    dtype: Dtype
     torch_threads: int             # 0 = torch's default (all cores)
-    quantization: Literal["none", "int8", "int4"]   # weight-only quantization (model/quant_format.py)
+    quantization: QuantizationMethod   # weight-only quantization (model/quant_format.py)
     quantization_group_size: int   # int4: input columns sharing one scale and zero
-    kernels: str                   # native CPU kernels: auto or a model/kernels VARIANTS name
+    kernels: Kernels               # native CPU kernels: auto or a model/kernels VARIANTS name
     # KV cache and scheduler
-    kv_cache_memory_mb: int        # 0 = auto (engine/kv_cache.py)
+    kv_cache_memory_mb: int        # 0 = auto (engine/worker/kv_cache.py)
     kv_block_size: int
     max_num_seqs: int
     max_num_batched_tokens: int
@@ -34,7 +33,7 @@ class EngineConfig:
     max_queued_tokens: int
     queue_timeout_seconds: float   # 0 = none
     enable_prefix_caching: bool
-    # speculative decoding (engine/speculative.py)
+    # speculative decoding (engine/worker/speculative.py)
     speculative_method: Literal["none", "ngram"]
     num_speculative_tokens: int    # K: draft tokens verified per sequence and step
     ngram_min: int                 # prompt lookup: shortest suffix matched

@@ -15,8 +15,9 @@ from torch import Tensor
 from neoxserve.model import kernels
 from neoxserve.model.arith import cdiv
 from neoxserve.model.config import NeoXConfig
+from neoxserve.model.kv_layout import kv_cache_shape
 
-KVCache = tuple[Tensor, Tensor]  # (k_cache, v_cache), each [num_blocks, block_size, num_heads, head_dim]
+KVCache = tuple[Tensor, Tensor]  # (k_cache, v_cache), each as kv_layout.kv_cache_shape
 
 # A sequence with at most this many new tokens attends one decode row per token, in the batched decode path, so
 # that a speculative verification (K + 1 tokens) does not send its whole batch through one attention call per
@@ -83,7 +84,7 @@ class AttentionMetadata:
 
 def allocate_kv_cache(cfg: NeoXConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
                       device: torch.device | str) -> list[KVCache]:
-    shape = (num_blocks, block_size, cfg.num_attention_heads, cfg.head_dim)
+    shape = kv_cache_shape(cfg, num_blocks, block_size)
     return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
             for _ in range(cfg.num_hidden_layers)]
 

@@ -127,19 +127,6 @@ def write_demo_model(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
-def write_tiny_model(path: str | Path, tokenizer_file: str | Path, seed: int = 0) -> Path:
-    """A one-layer random GPT-NeoX (hidden 64) around an existing tokenizer.json: for tests and benchmarks that
-    need that tokenizer's behaviour (the real GPT-NeoX vocabulary, say), not a model's."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(tokenizer_file, path / "tokenizer.json")
-    vocab = Tokenizer.from_file(str(path / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
-    config = {**demo_config(vocab), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1}
-    (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    save_file(random_weights(config, seed), str(path / "model.safetensors"), metadata={"format": "pt"})
-    return path
-
-
 def ensure_demo_model(data_dir: str | Path) -> Path:
     """data_dir/demo-random-model, written once (to a temporary directory renamed into place, so never half-written)."""
     return _ensure(Path(data_dir), DEMO_DIR_NAME, write_demo_model)

@@ -12,8 +12,6 @@ loaded as they are, never quantized again.
 """
 from __future__ import annotations
 
-import ctypes
-import functools
 import json
 import logging
 import sys
@@ -26,20 +24,18 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from neoxserve.model import dtype_policy
+from neoxserve.model.checkpoint_names import LEGACY_SUFFIXES, checkpoint_name, module_name
 from neoxserve.model.config import NeoXConfig, UnsupportedModelError
+from neoxserve.model.errors import CheckpointError
+from neoxserve.model.heap_trim import release_freed_memory
 from neoxserve.model.neox import GPTNeoX, Linear
 from neoxserve.model.tokenizer import Tokenizer
 from neoxserve.model.quant_format import PART_DTYPES, PARTS, QuantConfig, QuantizationError, part_shapes, quantize
-from neoxserve.model.quant_linear import QuantLinear, swap_linears
+from neoxserve.model.quant_linear import QuantLinear, log_quantization, swap_linears
+from neoxserve.model.stored_quantization import read_quantization, resolve_quantization
 
 log = logging.getLogger(__name__)
-# Buffers some checkpoints carry that are not parameters (causal mask, rotary frequencies): skipped.
-LEGACY_SUFFIXES = (".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class CheckpointError(Exception):
-    """The model directory cannot be loaded; the message names the file (and tensor)."""
 
 
 @dataclass
@@ -70,10 +66,10 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
         raise CheckpointError(f"{tokenizer_file} is missing (the model directory needs its tokenizer.json)")
     device = torch.device(device)
     variant = native_kernels.select(kernels) if device.type == "cpu" else None
-    torch_dtype = resolve_dtype(dtype, config, device)
+    torch_dtype = dtype_policy.resolve_dtype(dtype, config, device)
     stored = read_quantization(path)
     quant = resolve_quantization(path, quantization or QuantConfig(), stored)
-    bf16_linears = not quant.enabled and uses_bf16_weight_kernel(torch_dtype, device, config)
+    bf16_linears = not quant.enabled and dtype_policy.uses_bf16_weight_kernel(torch_dtype, device, config)
     if bf16_linears:
         log.info("bfloat16 on a CPU without bf16 units: the linears hold bfloat16 weights and the K/V cache is "
                  "bfloat16, both widened to float32 by the native kernels; the arithmetic is float32")
@@ -81,7 +77,8 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
 
     with torch.device("meta"):
         model = GPTNeoX(config, linear_splits=0 if quant.enabled or bf16_linears else
-                        linear_splits(torch_dtype, device), bf16_linears=bf16_linears)
+                        dtype_policy.linear_splits(torch_dtype, device), bf16_linears=bf16_linears,
+                        device=device, dtype=torch_dtype, native_kernels=variant is not None)
     if quant.enabled:
         try:
             kernel = swap_linears(model, quant, torch_dtype, device)
@@ -92,46 +89,10 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
     model.load_state_dict(state, assign=True, strict=True)
     model.init_rotary()
     model.eval().requires_grad_(False)
-    if device.type == "cpu" and torch_dtype == torch.float32:
-        model.use_native_attention(variant is not None)
-    if device.type == "cpu" and torch_dtype == torch.bfloat16 and not quant.enabled:
-        model.use_native_gemv(native_kernels.has_bf16_gemv())
-    if bf16_linears:
-        model.kv_dtype = torch.bfloat16     # read by the native decode kernel, widened to float32 like the weights
 
     dtype_name = "bfloat16" if bf16_linears else str(torch_dtype).removeprefix("torch.")
     return LoadedModel(model=model, config=config, tokenizer=Tokenizer.from_dir(path), path=path,
                        quantization=quant, dtype=dtype_name, kernels=variant or "none")
-
-
-def log_quantization(quant: QuantConfig, kernel: str, device: torch.device) -> None:
-    if kernel == "dequant":
-        log.warning("quantization %s on %s: there is no quantized kernel for this device; the weights stay %s in "
-                    "memory and are expanded for every product, which saves memory but is slower than unquantized "
-                    "weights", quant.describe(), device, quant.method)
-    else:
-        log.info("quantization %s: linears run the %s kernel", quant.describe(), kernel)
-
-
-def read_quantization(path: Path) -> QuantConfig | None:
-    """The quantization a directory's config.json declares (`quantization_config`), or None for float weights."""
-    raw = json.loads((path / "config.json").read_text(encoding="utf-8")).get("quantization_config")
-    if raw is None:
-        return None
-    try:
-        return QuantConfig.from_hf(raw)
-    except (QuantizationError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / 'config.json'}: {e}") from None
-
-
-def resolve_quantization(path: Path, requested: QuantConfig, stored: QuantConfig | None) -> QuantConfig:
-    if stored is None:
-        return requested
-    if requested.enabled and requested != stored:
-        raise CheckpointError(f"{path} holds weights quantized as {stored.describe()}; they cannot be loaded as "
-                              f"{requested.describe()} (quantize the float checkpoint instead, or leave "
-                              f"quantization at none to load them as they are)")
-    return stored
 
 
 def read_config(path: Path) -> NeoXConfig:
@@ -142,57 +103,6 @@ def read_config(path: Path) -> NeoXConfig:
         return NeoXConfig.from_file(config_file)
     except UnsupportedModelError as e:
         raise CheckpointError(f"{config_file}: {e}") from None
-
-
-def resolve_dtype(dtype: str, config: NeoXConfig, device: torch.device) -> torch.dtype:
-    """`auto` is, on CPU, bfloat16 where the CPU has bf16 units (cpu_has_native_bf16) and float32 elsewhere; on
-    CUDA the checkpoint's 16-bit dtype, else bfloat16.
-
-    On CPUs without bf16 units (AVX2 only) every bf16 product is converted in software and float32 is faster (and
-    matches the reference exactly); on CPUs with them bf16 measured faster. The figures are in docs/engine.md,
-    "The model on CPU".
-    """
-    if dtype != "auto":
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be auto, {', '.join(DTYPES)}; got {dtype!r}")
-        return DTYPES[dtype]
-    if device.type == "cpu":
-        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-    if config.torch_dtype in ("bfloat16", "float16"):
-        return DTYPES[config.torch_dtype]
-    return torch.bfloat16
-
-
-def uses_bf16_weight_kernel(dtype: torch.dtype, device: torch.device, config: NeoXConfig) -> bool:
-    """bfloat16 on a CPU without bf16 units runs as bf16 weights with float32 arithmetic (neox.Linear's bf16 tiles)
-    where the native kernels build: PyTorch's own bf16 products there convert every operand in software, and took
-    4x (decode) to 5x (prefill) the time of float32 on the Pythia-160M shape (docs/benchmarks.md)."""
-    if dtype != torch.bfloat16 or device.type != "cpu" or cpu_has_native_bf16():
-        return False
-    if config.hidden_size % 8 or config.intermediate_size % 8:
-        return False
-    from neoxserve.model import kernels
-    return kernels.load()
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """The CPU computes bf16 products in hardware: `avx512_bf16` or `amx_bf16` among /proc/cpuinfo's flags
-    (x86 Linux; False where the file cannot be read)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
-def linear_splits(dtype: torch.dtype, device: torch.device) -> int:
-    """float32 on CPU splits linear weights across the torch threads (see neox.Linear); others keep nn.Linear's."""
-    return max(1, torch.get_num_threads()) if device.type == "cpu" and dtype == torch.float32 else 0
 
 
 def checkpoint_entries(model: GPTNeoX, quant: QuantConfig, prequantized: bool) -> dict[str, tuple[int, ...]]:
@@ -219,7 +129,7 @@ def iter_checkpoint(path: Path, expected: dict[str, tuple[int, ...]],
             for ckpt_name, read in _tensors(file):
                 if ckpt_name.endswith(LEGACY_SUFFIXES):
                     continue
-                name = _module_name(ckpt_name)
+                name = module_name(ckpt_name)
                 if name not in expected:
                     raise CheckpointError(f"{file}: unexpected tensor {ckpt_name!r} (not part of GPTNeoXForCausalLM)")
                 tensor = _read(file, ckpt_name, read)
@@ -233,7 +143,7 @@ def iter_checkpoint(path: Path, expected: dict[str, tuple[int, ...]],
     missing = [n for n in expected if n not in done]
     if missing:
         where = ", ".join(f.name for f in files)
-        raise CheckpointError(f"{path}: tensor {_checkpoint_name(missing[0])!r} is missing from {where}"
+        raise CheckpointError(f"{path}: tensor {checkpoint_name(missing[0])!r} is missing from {where}"
                               + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
 
 
@@ -251,7 +161,7 @@ def load_state_dict(path: Path, config: NeoXConfig, model: GPTNeoX, dtype: torch
             state[name] = _convert(name, tensor, config, dtype, device, module)
             if isinstance(module, Linear) and module.bf16_tiles and part == "weight":
                 del tensor
-                _release_freed_memory()     # the float weight and the tiling's temporaries (see below)
+                release_freed_memory()     # the float weight and the tiling's temporaries (see below)
             continue
         want = PART_DTYPES.get(part, {}).get(quant.method) if prequantized else None
         if want is not None and tensor.dtype != want:
@@ -268,27 +178,8 @@ def load_state_dict(path: Path, config: NeoXConfig, model: GPTNeoX, dtype: torch
         for key, value in module.runtime_tensors(parts, dtype, device).items():
             state[f"{lname}.{key}"] = value
         del tensor, parts
-        _release_freed_memory()
+        release_freed_memory()
     return state
-
-
-@functools.cache
-def _malloc_trim() -> Any:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):     # not glibc
-        return None
-
-
-def _release_freed_memory() -> None:
-    """Give the float weight and the quantization temporaries just freed back to the OS. glibc keeps freed blocks
-    below its mmap threshold (up to 32 MB) in the heap, and the pattern of one float tensor read, several
-    temporaries and a smaller quantized result per linear fragments it: loading a model of 4 MB tensors as int8
-    was measured to hold up to 130 MB of freed memory, as much as half the fp32 checkpoint (tests/model/
-    test_loader.py checks the peak). Larger tensors are mmapped by glibc and released on free anyway."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -337,16 +228,6 @@ def _read(file: Path, name: str, read) -> Tensor:
     if not isinstance(tensor, Tensor):
         raise CheckpointError(f"{file}: entry {name!r} is not a tensor")
     return tensor
-
-
-def _module_name(ckpt_name: str) -> str:
-    if ckpt_name == "lm_head.weight":  # transformers 5's in-memory name for embed_out
-        return "embed_out.weight"
-    return ckpt_name.removeprefix("gpt_neox.")
-
-
-def _checkpoint_name(name: str) -> str:
-    return name if name.startswith("embed_out.") else f"gpt_neox.{name}"
 
 
 def _reorder_qkv(name: str, tensor: Tensor, config: NeoXConfig) -> Tensor:

@@ -141,9 +141,13 @@ class Layer(nn.Module):
 
 
 class GPTNeoX(nn.Module):
-    def __init__(self, cfg: NeoXConfig, linear_splits: int = 0, bf16_linears: bool = False):
-        """linear_splits, bf16_linears: the weight layout of every Linear (0, False = as nn.Linear; see Linear; the
-        loader picks it)."""
+    def __init__(self, cfg: NeoXConfig, linear_splits: int = 0, bf16_linears: bool = False,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 native_kernels: bool = False):
+        """linear_splits, bf16_linears: the weight layout of every Linear (0, False = as nn.Linear; see Linear;
+        model/dtype_policy.py picks it). device, dtype: where the model runs and its parameters' dtype, as they will
+        be once loaded (the loader builds it on the meta device). native_kernels: the native CPU kernels are
+        selected and built (model/kernels). From these the model sets its attention, bf16 products and K/V dtype."""
         super().__init__()
         self.cfg = cfg
         self.embed_in = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
@@ -152,8 +156,11 @@ class GPTNeoX(nn.Module):
         self.embed_out = Linear(cfg.hidden_size, cfg.vocab_size, bias=False, splits=linear_splits,
                                 bf16_tiles=bf16_linears)
         # the K/V cache's dtype when it is not the parameters' (bf16 linears: bfloat16 K/V, half the bytes to read
-        # per decode step; the loader sets it)
-        self.kv_dtype: torch.dtype | None = None
+        # per decode step, widened to float32 by the native decode kernel like the weights)
+        self.kv_dtype: torch.dtype | None = torch.bfloat16 if bf16_linears else None
+        on_cpu = torch.device(device).type == "cpu"
+        self.use_native_attention(on_cpu and dtype == torch.float32 and native_kernels)
+        self.use_native_gemv(on_cpu and dtype == torch.bfloat16 and native_kernels and kernels.has_bf16_gemv())
         self.register_buffer("rotary_cos", torch.empty(0), persistent=False)
         self.register_buffer("rotary_sin", torch.empty(0), persistent=False)
         if self.embed_in.weight.device.type != "meta":
@@ -177,18 +184,17 @@ class GPTNeoX(nn.Module):
         return self.kv_dtype or self.embed_in.weight.dtype
 
     def use_native_attention(self, enabled: bool) -> None:
-        """Decode attention through kernels/wq_gemm.cpp (float32 on CPU, kernels loaded: the loader checks)."""
+        """Decode attention through kernels/wq_gemm.cpp (float32 on CPU, kernels loaded: the constructor checks)."""
         for module in self.modules():
             if isinstance(module, Attention):
                 module.native = enabled
 
     def use_native_gemv(self, enabled: bool) -> None:
-        """The few-row products of bfloat16 Linears (nn.Linear layout) through the native bf16 GEMV (the loader
+        """The few-row products of bfloat16 Linears (nn.Linear layout) through the native bf16 GEMV (the constructor
         turns it on for a bfloat16 model when the selected kernels have it: kernels.has_bf16_gemv)."""
         for module in self.modules():
             if isinstance(module, Linear):
-                module.native_gemv = enabled and not module.splits and not module.bf16_tiles and \
-                    module.weight.dtype == torch.bfloat16
+                module.native_gemv = enabled and not module.splits and not module.bf16_tiles
 
     def forward(self, input_ids: Tensor, positions: Tensor, meta: AttentionMetadata,
                 kv_caches: list[KVCache]) -> Tensor:

@@ -14,15 +14,13 @@ float checkpoint's rows, so reordering rows (as the loader does for the fused QK
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
-Method = Literal["none", "int8", "int4"]
-METHODS: tuple[str, ...] = ("none", "int8", "int4")
-GROUP_SIZES = (32, 64, 128, 256)
-DEFAULT_GROUP_SIZE = 128
+from neoxserve.choices import DEFAULT_GROUP_SIZE, GROUP_SIZES, QUANTIZATION_METHODS, QuantizationMethod
+
 QUANT_METHOD_NAME = "neoxserve"      # config.json quantization_config.quant_method of our files
 FORMAT_VERSION = 1
 # The tensors a quantized linear weight is stored as, after the linear's name (e.g. "...dense" + ".weight").
@@ -35,12 +33,13 @@ class QuantizationError(ValueError):
 
 @dataclass(frozen=True)
 class QuantConfig:
-    method: Method = "none"
+    method: QuantizationMethod = "none"
     group_size: int = DEFAULT_GROUP_SIZE     # int4 only
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise QuantizationError(f"quantization must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.method not in QUANTIZATION_METHODS:
+            raise QuantizationError(f"quantization must be one of {', '.join(QUANTIZATION_METHODS)}; "
+                                    f"got {self.method!r}")
         if self.method == "int4" and self.group_size not in GROUP_SIZES:
             raise QuantizationError(f"quantization_group_size must be one of {', '.join(map(str, GROUP_SIZES))}; "
                                     f"got {self.group_size}")

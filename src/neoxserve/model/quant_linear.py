@@ -39,6 +39,16 @@ def choose_kernel(device: torch.device) -> str:
     return "native" if kernels.load() else "aten"
 
 
+def log_quantization(quant: QuantConfig, kernel: str, device: torch.device) -> None:
+    """Say at start-up which kernel the quantized linears run (and that "dequant" only saves memory)."""
+    if kernel == "dequant":
+        log.warning("quantization %s on %s: there is no quantized kernel for this device; the weights stay %s in "
+                    "memory and are expanded for every product, which saves memory but is slower than unquantized "
+                    "weights", quant.describe(), device, quant.method)
+    else:
+        log.info("quantization %s: linears run the %s kernel", quant.describe(), kernel)
+
+
 class QuantLinear(nn.Module):
     """y = x W^T + b with W held as int8 (per-row scales) or int4 (per-group scales and zeros).
 

@@ -16,10 +16,11 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from neoxserve.model.loader import (CheckpointError, checkpoint_entries, iter_checkpoint, read_config,
-                                    read_quantization)
+from neoxserve.model.errors import CheckpointError
+from neoxserve.model.loader import checkpoint_entries, iter_checkpoint, read_config
 from neoxserve.model.neox import GPTNeoX, Linear
 from neoxserve.model.quant_format import QuantConfig, QuantizationError, check_shape, quantize
+from neoxserve.model.stored_quantization import read_quantization
 
 # Copied beside the weights when present (tokenizer.json is required, as the loader requires it).
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",

@@ -68,16 +68,13 @@ def group_tiles(values: Tensor) -> Tensor:
 
 
 def group_untiled(tiles: Tensor, n: int) -> Tensor:
+    """[N/8, G, 8] -> [N, G]; also the inverse of bf16_tiles ([N/8, K, 8], the same interleaving)."""
     return tiles.transpose(1, 2).reshape(-1, tiles.shape[1])[:n].contiguous()
 
 
 def bf16_tiles(weight: Tensor) -> Tensor:
     rows = _pad_rows(weight.to(torch.bfloat16))
     return rows.view(rows.shape[0] // TILE, TILE, rows.shape[1]).transpose(1, 2).contiguous()
-
-
-def bf16_untiled(tiles: Tensor, n: int) -> Tensor:
-    return tiles.transpose(1, 2).reshape(-1, tiles.shape[1])[:n].contiguous()
 
 
 

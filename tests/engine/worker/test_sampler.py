@@ -5,9 +5,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from neoxserve.engine.worker.sampler import (
-    SampleRequest, Sampler, apply_repetition_penalty, apply_temperature, apply_top_k_top_p, row_seed,
-)
+from neoxserve.engine.worker.penalties import TokenHistory, apply_penalties, needs_history
+from neoxserve.engine.worker.sampler import SampleRequest, Sampler, apply_temperature, apply_top_k_top_p, row_seed
 from neoxserve.engine.sampling_params import SamplingParams
 
 transformers = pytest.importorskip("transformers")
@@ -21,6 +20,17 @@ def random_logits(seed: int, rows: int, vocab: int = V, scale: float = 3.0) -> t
 
 def req(params: SamplingParams, token_ids=(), n: int = 0) -> SampleRequest:
     return SampleRequest(params=params, token_ids=list(token_ids), num_generated=n)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, token_ids: list[list[int]], penalties: list[float]) -> torch.Tensor:
+    """The sampler's penalty step (engine/penalties.py) with only the repetition penalty, each row's history counted
+    afresh: transformers' RepetitionPenaltyLogitsProcessor per row. A new tensor unless no row is penalized."""
+    params = [SamplingParams(penalty_score=p) for p in penalties]
+    histories = [TokenHistory(logits.shape[1], p) if needs_history(p) else None for p in params]
+    for history, ids in zip(histories, token_ids, strict=True):
+        if history is not None:
+            history.update(ids, 0)
+    return apply_penalties(logits, params, histories)
 
 
 def reference_warp(row: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:

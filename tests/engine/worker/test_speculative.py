@@ -306,8 +306,8 @@ def test_the_flags_reach_the_engine_config():
 # ---- backing off after rejected drafts -------------------------------------------------------------------------
 
 def test_a_rejected_draft_backs_off_doubling_and_an_accepted_token_resets():
-    from neoxserve.engine.sequence import Sequence
-    from neoxserve.engine.speculative import MAX_DRAFT_BACKOFF, after_verification, wants_draft
+    from neoxserve.engine.worker.sequence import Sequence
+    from neoxserve.engine.worker.speculative import MAX_DRAFT_BACKOFF, after_verification, wants_draft
 
     seq = Sequence("r", [1, 2, 3], GREEDY)
     skipped = []

@@ -126,24 +126,22 @@ class BlockManager:
         """Let go of the blocks past the sequence's tokens (speculative decoding: those of rejected draft tokens,
         allocated this step, never shared nor cached)."""
         keep = cdiv(seq.num_tokens, self.block_size)
-        for bid in reversed(seq.block_table[keep:]):
-            block = self.blocks[bid]
-            block.ref_count -= 1
-            if block.ref_count == 0:
-                self.free[bid] = None
-                if block.hash is None:
-                    self.free.move_to_end(bid, last=False)
+        self._release(seq.block_table[keep:])
         del seq.block_table[keep:]
 
     def free_sequence(self, seq: Sequence) -> None:
         """Let go of all the sequence's blocks (finish, abort, preemption)."""
+        self._release(seq.block_table)
+        seq.block_table = []
+        seq.num_hashed_blocks = 0
+
+    def _release(self, table: list[int]) -> None:
+        """One reference fewer to each block of `table`; a block no one holds is free again."""
         # the tail of a chain goes nearest the front so it is evicted before the shared head
-        for bid in reversed(seq.block_table):
+        for bid in reversed(table):
             block = self.blocks[bid]
             block.ref_count -= 1
             if block.ref_count == 0:
                 self.free[bid] = None
                 if block.hash is None:
                     self.free.move_to_end(bid, last=False)
-        seq.block_table = []
-        seq.num_hashed_blocks = 0

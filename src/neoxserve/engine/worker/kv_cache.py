@@ -8,16 +8,12 @@ from typing import TYPE_CHECKING
 from neoxserve.engine.config import EngineConfig
 from neoxserve.model.arith import cdiv
 from neoxserve.model.config import NeoXConfig
+from neoxserve.model.kv_layout import bytes_per_block
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
-
-
-def bytes_per_block(model: NeoXConfig, block_size: int, dtype_size: int) -> int:
-    """K and V of `block_size` tokens in every layer."""
-    return 2 * model.num_hidden_layers * block_size * model.num_attention_heads * model.head_dim * dtype_size
 
 
 def num_kv_blocks(model: NeoXConfig, config: EngineConfig, dtype_size: int, device: torch.device) -> int:

@@ -14,6 +14,7 @@ from neoxserve.engine.worker.scheduler import ScheduledBatch
 from neoxserve.engine.worker.structured import StructuredOutputs
 from neoxserve.engine.worker.sequence import Sequence
 from neoxserve.engine.worker.speculative import accepted_prefix
+from neoxserve.model.arith import cdiv
 from neoxserve.model.attention import AttentionMetadata, allocate_kv_cache
 from neoxserve.model.config import NeoXConfig
 from neoxserve.model.neox import GPTNeoX
@@ -54,7 +55,7 @@ class ModelRunner:
         capacity = self.kv_caches[0][0].shape[0] * self.block_size
         n = max(1, min(prompt_tokens, capacity - 1, self.num_token_ids))
         seq = Sequence("warm-up", list(range(n)), SamplingParams(max_new_tokens=2))
-        seq.block_table = list(range(-(-(n + 1) // self.block_size)))
+        seq.block_table = list(range(cdiv(n + 1, self.block_size)))
         batch = ScheduledBatch(seqs=[seq], num_new_tokens=[n])
         for seq_, token, _ in self.run(batch).sampled:
             seq_.token_ids.append(token)

@@ -37,16 +37,6 @@ def row_seed(seed: int, n: int) -> int:
     return int.from_bytes(digest, "little")
 
 
-def apply_repetition_penalty(logits: torch.Tensor, token_ids: Sequence[Sequence[int]],
-                             penalties: Sequence[float]) -> torch.Tensor:
-    """transformers' RepetitionPenaltyLogitsProcessor per row: every token id present in the row's `token_ids`
-    has its logit multiplied by the penalty if negative, else divided by it. Returns a new tensor unless no row
-    is penalized. (The sampler's own path, with histories kept across steps, is engine/worker/penalties.py.)"""
-    params = [SamplingParams(penalty_score=p) for p in penalties]
-    return apply_penalties(logits, params, _histories(
-        [SampleRequest(p, ids, 0) for p, ids in zip(params, token_ids, strict=True)], logits.shape[1]))
-
-
 def _histories(requests: Sequence[SampleRequest], vocab: int) -> list[TokenHistory | None]:
     """Each penalized row's history brought up to date (a fresh one for a request that brings none)."""
     out: list[TokenHistory | None] = []

@@ -75,7 +75,7 @@ _AVX512 = Variant("avx512", (*_AVX2.cpu_flags, "avx512f", "avx512bw", "avx512vl"
 _VNNI = Variant("avx512_vnni", (*_AVX512.cpu_flags, "avx512_vnni"), (*_AVX512.cflags, "-mavx512vnni"))
 _BF16 = Variant("avx512_bf16", (*_VNNI.cpu_flags, "avx512_bf16"), (*_VNNI.cflags, "-mavx512bf16"))
 # Narrowest first; `auto` takes the last one the CPU can run. The names are the `kernels` setting's values
-# (config.py; a test checks that the two agree).
+# (choices.py: Kernels; a test checks that the two agree).
 VARIANTS: dict[str, Variant] = {v.name: v for v in (_AVX2, _AVX512, _VNNI, _BF16)}
 
 _active: str | None = None

@@ -2,6 +2,7 @@
 
 The models and inputs of the check are defined here once: the accuracy tests (tests/model/test_quant_accuracy.py)
 enforce thresholds on them and bench/quant_accuracy.py prints the measured values that docs/engine.md reports.
+It imports neoxserve from the path its importer set up (bench/quant_accuracy.py: this checkout's src).
 """
 from __future__ import annotations
 
@@ -74,10 +75,11 @@ def teacher_forced_logits(model: GPTNeoX, token_ids: list[int], prefill: int = 1
     """float32 logits [len(token_ids), V]: the first `prefill` positions from one prefill step, then one decode step
     per position (the model reads the given ids, not its own samples), so both the many-row and the one-row paths
     of the linears are measured."""
+    from neoxserve.model.arith import cdiv
     from neoxserve.model.attention import AttentionMetadata, allocate_kv_cache
 
     n = len(token_ids)
-    blocks = -(-n // block_size)
+    blocks = cdiv(n, block_size)
     dtype = model.embed_in.weight.dtype
     kv = allocate_kv_cache(model.cfg, blocks, block_size, dtype, model.embed_in.weight.device)
     table = list(range(blocks))
