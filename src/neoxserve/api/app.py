@@ -28,16 +28,14 @@ from .moderation import Moderator
 from .oauth import issue_token
 from . import openai_openapi, openapi
 from .openai_routes import OPENAI_CHAT, OPENAI_COMPLETION, QIANFAN_V2_CHAT, OpenAIRoutes
-from .token_counts import TOKENIZER_ROUTE, TokenCounts
-from .console_api import V1_DETAILS, V1_LIST, V2_SERVICE, ConsoleApi
+from . import routes
+from .token_counts import TokenCounts
+from .console_api import ConsoleApi
 
 log = logging.getLogger("neoxserve.api")
 
 ALLOW_CANDIDATES = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-MODEL_ROUTE = "/rpc/2.0/ai_custom/v1/wenxinworkshop/{kind}/{api_name}"
-COMPLETIONS_ROUTE = MODEL_ROUTE.format(kind="completions", api_name="{api_name}")
-CHAT_ROUTE = MODEL_ROUTE.format(kind="chat", api_name="{api_name}")
 
 
 class RequestIdMiddleware:
@@ -97,19 +95,20 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     async def token(request: Request) -> Response:
         started = time.monotonic()
         response, outcome = await issue_token(platform, request)
-        metrics.observe("oauth", outcome, time.monotonic() - started)
+        metrics.observe(routes.OAUTH_TOKEN.label, outcome, time.monotonic() - started)
         return response
 
-    for method in ("GET", "POST"):
-        add("/oauth/2.0/token", token, methods=[method], **openapi.token(method))
+    for method in routes.OAUTH_TOKEN.methods:
+        add(routes.OAUTH_TOKEN.path, token, methods=[method], **openapi.token(method))
 
     async def bce_bearer_token(request: Request) -> Response:
         started = time.monotonic()
         response, outcome = await bearer_token(platform, request)
-        metrics.observe("bearer_token", outcome, time.monotonic() - started)
+        metrics.observe(routes.BCE_BEARER_TOKEN.label, outcome, time.monotonic() - started)
         return response
 
-    add("/v1/BCE-BEARER/token", bce_bearer_token, methods=["GET"], **openapi.bearer_token())
+    add(routes.BCE_BEARER_TOKEN.path, bce_bearer_token, methods=list(routes.BCE_BEARER_TOKEN.methods),
+        **openapi.bearer_token())
 
     async def completion(request: Request, api_name: str) -> Response:
         return await completions.handle(request, api_name, chat=False)
@@ -117,8 +116,9 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     async def chat(request: Request, api_name: str) -> Response:
         return await completions.handle(request, api_name, chat=True)
 
-    add(COMPLETIONS_ROUTE, completion, methods=["POST"], **openapi.model_call(chat=False))
-    add(CHAT_ROUTE, chat, methods=["POST"], **openapi.model_call(chat=True))
+    add(routes.V1_COMPLETION.path, completion, methods=list(routes.V1_COMPLETION.methods),
+        **openapi.model_call(chat=False))
+    add(routes.V1_CHAT.path, chat, methods=list(routes.V1_CHAT.methods), **openapi.model_call(chat=True))
 
     # Token counting (api/token_counts.py): Qianfan's tokenizer route and vLLM's /tokenize and /detokenize.
     async def erniebot_tokens(request: Request) -> Response:
@@ -130,9 +130,9 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     async def detokenize(request: Request) -> Response:
         return await counts.detokenize(request)
 
-    add(TOKENIZER_ROUTE, erniebot_tokens, methods=["POST"], include_in_schema=False)
-    add("/tokenize", tokenize, methods=["POST"], include_in_schema=False)
-    add("/detokenize", detokenize, methods=["POST"], include_in_schema=False)
+    for entry, handler in ((routes.V1_TOKENIZER, erniebot_tokens), (routes.TOKENIZE, tokenize),
+                           (routes.DETOKENIZE, detokenize)):
+        add(entry.path, handler, methods=list(entry.methods), include_in_schema=False)
 
     # The console API the SDK calls with IAM keys (api/console_api.py).
     async def console_v1(request: Request) -> Response:
@@ -141,9 +141,10 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     async def console_v2(request: Request) -> Response:
         return await console_api.v2(request)
 
-    for path in (V1_LIST, *V1_DETAILS):
-        add(path, console_v1, methods=["POST"], include_in_schema=False)
-    add(V2_SERVICE, console_v2, methods=["POST"], include_in_schema=False)
+    for entry in (routes.CONSOLE_V1_LIST, routes.CONSOLE_V1_DETAIL, routes.CONSOLE_V1_GET):
+        add(entry.path, console_v1, methods=list(entry.methods), include_in_schema=False)
+    add(routes.CONSOLE_V2_SERVICE.path, console_v2, methods=list(routes.CONSOLE_V2_SERVICE.methods),
+        include_in_schema=False)
 
     # The OpenAI and Qianfan v2 routes (api/openai_routes.py).
     async def models(request: Request) -> Response:
@@ -161,21 +162,23 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     async def v2_chat(request: Request) -> Response:
         return await openai.handle(request, QIANFAN_V2_CHAT)
 
-    add("/v1/models", models, methods=["GET"], **openai_openapi.models(one=False))
-    add("/v1/models/{model}", model, methods=["GET"], **openai_openapi.models(one=True))
-    add("/v1/completions", openai_completion, methods=["POST"], **openai_openapi.openai_call(chat=False))
-    add("/v1/chat/completions", openai_chat, methods=["POST"], **openai_openapi.openai_call(chat=True))
-    add("/v2/chat/completions", v2_chat, methods=["POST"], **openai_openapi.v2_chat())
+    for entry, handler, doc in (
+            (routes.OPENAI_MODELS, models, openai_openapi.models(one=False)),
+            (routes.OPENAI_MODEL, model, openai_openapi.models(one=True)),
+            (routes.OPENAI_COMPLETION, openai_completion, openai_openapi.openai_call(chat=False)),
+            (routes.OPENAI_CHAT, openai_chat, openai_openapi.openai_call(chat=True)),
+            (routes.V2_CHAT, v2_chat, openai_openapi.v2_chat())):
+        add(entry.path, handler, methods=list(entry.methods), **doc)
 
     async def wrong_method(request: Request) -> Response:
-        metrics.observe("other", INVALID_HTTP_METHOD, 0.0)
+        metrics.observe(routes.OTHER_LABEL, INVALID_HTTP_METHOD, 0.0)
         if request.method == "CONNECT":
             # a 2xx answer to CONNECT means "tunnel established" (RFC 9110, 9.3.6): clients would never read it
             return error_response(ApiError(INVALID_HTTP_METHOD), status_code=405, headers={"Allow": "POST"})
         return error_response(ApiError(INVALID_HTTP_METHOD))
 
     async def unknown_route(request: Request) -> Response:
-        metrics.observe("other", UNSUPPORTED_METHOD, 0.0)
+        metrics.observe(routes.V1_UNKNOWN.label, UNSUPPORTED_METHOD, 0.0)
         return error_response(ApiError(UNSUPPORTED_METHOD))
 
     async def documented_wrong_method(request: Request, api_name: str) -> Response:
@@ -187,14 +190,15 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     # The methods OpenAPI can describe get documented routes; then routes with methods=None and an ASGI endpoint
     # match every other method (CONNECT, PROPFIND, ...). The router tries routes in order, so the POST routes
     # above keep POST and the model routes come before the /rpc/ catch-all.
-    for kind, path in (("completion", COMPLETIONS_ROUTE), ("chat", CHAT_ROUTE)):
+    for kind, entry in (("completion", routes.V1_COMPLETION), ("chat", routes.V1_CHAT)):
         for method in openapi.OTHER_METHODS:
-            add(path, documented_wrong_method, methods=[method], **openapi.wrong_method(kind, method))
-        app.router.routes.append(Route(path, AnyMethod(wrong_method), methods=None, include_in_schema=False))
-    app.router.routes.append(Route(TOKENIZER_ROUTE, AnyMethod(wrong_method), methods=None, include_in_schema=False))
+            add(entry.path, documented_wrong_method, methods=[method], **openapi.wrong_method(kind, method))
+        app.router.routes.append(Route(entry.path, AnyMethod(wrong_method), methods=None, include_in_schema=False))
+    app.router.routes.append(Route(routes.V1_TOKENIZER.path, AnyMethod(wrong_method), methods=None,
+                                   include_in_schema=False))
     for method in openapi.METHODS:
-        add("/rpc/{rest:path}", documented_unknown_route, methods=[method], **openapi.unknown_route(method))
-    app.router.routes.append(Route("/rpc/{rest:path}", AnyMethod(unknown_route), methods=None,
+        add(routes.V1_UNKNOWN.path, documented_unknown_route, methods=[method], **openapi.unknown_route(method))
+    app.router.routes.append(Route(routes.V1_UNKNOWN.path, AnyMethod(unknown_route), methods=None,
                                    include_in_schema=False))
 
     mount_console(app, settings, engine_client, platform)
@@ -217,11 +221,11 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     async def document() -> Response:
         return JSONResponse(app.openapi())
 
-    for method in ("GET", "HEAD"):
-        add("/health", health, methods=[method], **openapi.probe("health", method))
-        add("/ready", ready, methods=[method], **openapi.probe("ready", method))
-        add("/metrics", prometheus, methods=[method], **openapi.probe("metrics", method, METRICS_TYPE))
-        add("/openapi.json", document, methods=[method], **openapi.probe("openapi", method))
+    for method in routes.PROBE_METHODS:
+        add(routes.HEALTH.path, health, methods=[method], **openapi.probe("health", method))
+        add(routes.READY.path, ready, methods=[method], **openapi.probe("ready", method))
+        add(routes.METRICS.path, prometheus, methods=[method], **openapi.probe("metrics", method, METRICS_TYPE))
+        add(routes.OPENAPI.path, document, methods=[method], **openapi.probe("openapi", method))
     openapi.install(app)
 
     @app.exception_handler(StarletteHTTPException)

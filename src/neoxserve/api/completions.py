@@ -14,6 +14,7 @@ from .model_call import Call, ModelCalls
 from .platform_calls import authenticate
 from .streaming import Chunk, chunks, collect, frame
 from .body import parse_json
+from .routes import V1_CHAT, V1_COMPLETION, V1_PREFIX
 from .validation import parse_request
 
 
@@ -34,12 +35,13 @@ class Completions:
         return body
 
     async def handle(self, request: Request, api_name: str, chat: bool) -> Response:
-        c = self.calls.start("chat" if chat else "completions")
+        c = self.calls.start((V1_CHAT if chat else V1_COMPLETION).label)
         try:
             app = await authenticate(self.calls.platform, request)
             raw = await request.body()
             prepared = await c.prepare(app, api_name, len(raw), lambda: parse_request(parse_json(raw), chat),
-                                       completion_route=f"/completions/{api_name}" if chat else None)
+                                       completion_route=V1_COMPLETION.path.removeprefix(V1_PREFIX).format(api_name=api_name)
+                                       if chat else None)
             deltas = c.generate(prepared)
             object_ = "chat.completion" if chat else "completion"
             is_safe = prepared.is_safe

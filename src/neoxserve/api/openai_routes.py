@@ -27,6 +27,7 @@ from .openai_answers import Kind, Renderer, collect, error_frames, pieces
 from .openai_requests import (OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS, model_name, openai_chat, openai_completion,
                               qianfan_v2_chat)
 from .platform_calls import authenticate_bearer, call
+from . import routes
 from .validation import CompletionRequest
 
 
@@ -40,7 +41,8 @@ class RouteShape:
     parse: Callable[[Body], CompletionRequest]
     id_prefix: str                                 # before the response id's 10 characters
     qianfan: bool                                  # Qianfan v2 (its error shape, flag and ban_round) or OpenAI
-    completion_route: str | None = None            # where a completion model's callers go instead (chat only)
+    completion_route: str | None = None            # where a completion model's callers go instead (chat only;
+                                                   # a path template of api/routes.py)
     default_max_tokens: int | None = None          # when the request sets none (else the service's limit)
 
     def response_id(self, rid: str) -> str:
@@ -53,17 +55,12 @@ class RouteShape:
         return v2_error_body(error, rid) if self.qianfan else openai_error_body(error)
 
 
-OPENAI_CHAT = RouteShape("openai_chat", "chat", openai_chat, "chatcmpl-", qianfan=False,
-                         completion_route="/v1/completions")
-OPENAI_COMPLETION = RouteShape("openai_completions", "completion", openai_completion, "cmpl-", qianfan=False,
+OPENAI_CHAT = RouteShape(routes.OPENAI_CHAT.label, "chat", openai_chat, "chatcmpl-", qianfan=False,
+                         completion_route=routes.OPENAI_COMPLETION.path)
+OPENAI_COMPLETION = RouteShape(routes.OPENAI_COMPLETION.label, "completion", openai_completion, "cmpl-", qianfan=False,
                                default_max_tokens=OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS)
-QIANFAN_V2_CHAT = RouteShape("v2_chat", "chat", qianfan_v2_chat, "as-", qianfan=True,
-                             completion_route="/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/{model}")
-
-
-# path -> metrics label; api/app.py routes them, api/limits.py labels its refusals with them
-ROUTES = {"/v1/completions": OPENAI_COMPLETION, "/v1/chat/completions": OPENAI_CHAT,
-          "/v2/chat/completions": QIANFAN_V2_CHAT}
+QIANFAN_V2_CHAT = RouteShape(routes.V2_CHAT.label, "chat", qianfan_v2_chat, "as-", qianfan=True,
+                             completion_route=routes.V1_COMPLETION.path)
 
 
 def _safety(is_safe: bool) -> dict[str, Any]:
@@ -96,7 +93,7 @@ class OpenAIRoutes:
         except ApiError as e:
             outcome = e.code
             response = openai_error_response(e)
-        self.calls.metrics.observe("openai_models", outcome, time.monotonic() - started)
+        self.calls.metrics.observe(routes.OPENAI_MODELS.label, outcome, time.monotonic() - started)
         return response
 
     async def handle(self, request: Request, shape: RouteShape) -> Response:
@@ -109,7 +106,7 @@ class OpenAIRoutes:
             model = model_name(body)
             completion_route = shape.completion_route
             prepared = await c.prepare(app, model, len(raw), lambda: shape.parse(body),
-                                       completion_route=completion_route and completion_route.format(model=model),
+                                       completion_route=completion_route and completion_route.format(api_name=model),
                                        default_max_tokens=shape.default_max_tokens)
             req = prepared.req
             tokenizer = self.calls.engine.tokenizer

@@ -28,7 +28,8 @@ from ..platform.errors import (API_NAME_NOT_EXIST, DAILY_LIMIT, IAM_FAILED, INVA
                                QPS_LIMIT, RPM_LIMIT, TOKEN_EXPIRED, TOKEN_INVALID, TOTAL_LIMIT, TPM_LIMIT)
 from .errors import (INTERNAL, INVALID_ARGUMENT, INVALID_HTTP_METHOD, INVALID_JSON, OUT_OF_RANGE, OVERLOADED,
                      UNSUPPORTED_METHOD)
-from .limits import BCE_TOO_LARGE
+from .route_family import BCE_TOO_LARGE
+from .routes import Family, family_of
 
 REF = "#/components/schemas/{model}"
 METHODS = ["GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"]   # those OpenAPI can describe
@@ -391,7 +392,7 @@ def _finish(doc: dict[str, Any]) -> dict[str, Any]:
             operation["parameters"] = list(by_key.values())
             responses = operation["responses"]
             responses.pop("422", None)
-            if not path.startswith("/rpc/"):
+            if family_of(path) is not Family.V1:   # v1 answers a body too large at HTTP 200
                 responses.setdefault("413", TOO_LARGE)
             for answer in responses.values():
                 answer["headers"] = {"X-Baidu-Request-Id": REQUEST_ID, **answer.get("headers", {})}

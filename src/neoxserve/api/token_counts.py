@@ -29,8 +29,7 @@ from .http_errors import openai_error_response
 from .model_call import ModelCalls, engine_error
 from .openai_requests import chat_messages
 from .platform_calls import authenticate, authenticate_bearer, call
-
-TOKENIZER_ROUTE = "/rpc/2.0/ai_custom/v1/wenxinworkshop/tokenizer/erniebot"
+from .routes import DETOKENIZE, TOKENIZE, V1_TOKENIZER
 
 
 class TokenCounts:
@@ -100,7 +99,7 @@ class TokenCounts:
         def refusal(error: ApiError, rid: str) -> Response:
             return error_response(error, rid, error.headers)
 
-        return await self._counted("tokenizer", request, lambda: authenticate(self.calls.platform, request), work,
+        return await self._counted(V1_TOKENIZER.label, request, lambda: authenticate(self.calls.platform, request), work,
                                    answer, refusal)
 
     async def _named_service(self, app: App, body: Body) -> Service:
@@ -150,7 +149,7 @@ class TokenCounts:
                         "token_strs": [tokenizer.id_to_token(i) for i in ids] if strs else None}
             return run
 
-        return await self._counted("tokenize", request, lambda: authenticate_bearer(self.calls.platform, request),
+        return await self._counted(TOKENIZE.label, request, lambda: authenticate_bearer(self.calls.platform, request),
                                    work, lambda rid, result: result, lambda error, rid: openai_error_response(error))
 
     async def detokenize(self, request: Request) -> Response:
@@ -175,5 +174,5 @@ class TokenCounts:
             ids = list(tokens)
             return lambda: {"prompt": tokenizer.decode(ids, skip_special_tokens=False)}
 
-        return await self._counted("detokenize", request, lambda: authenticate_bearer(self.calls.platform, request),
+        return await self._counted(DETOKENIZE.label, request, lambda: authenticate_bearer(self.calls.platform, request),
                                    work, lambda rid, result: result, lambda error, rid: openai_error_response(error))
