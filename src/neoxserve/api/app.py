@@ -5,6 +5,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,17 +18,17 @@ from ..config import Settings
 from ..engine.client import EngineClient
 from ..platform import Platform
 from .bce_bearer import bearer_token
-from .completions import Completions
+from .completions import V1ModelRoute
 from .console import mount_console
 from .errors import INVALID_HTTP_METHOD, UNSUPPORTED_METHOD, ApiError, error_response
 from .limits import BodyLimitMiddleware
 from .route_family import InternalErrorMiddleware, family_error_response, validation_message
 from .metrics import Metrics
-from .model_call import ModelCalls
+from .model_call import ModelCallRunner
 from .moderation import Moderator
 from .oauth import issue_token
 from . import openai_openapi, openapi
-from .openai_routes import OPENAI_CHAT, OPENAI_COMPLETION, QIANFAN_V2_CHAT, OpenAIRoutes
+from .openai_routes import OPENAI_CHAT, OPENAI_COMPLETION, QIANFAN_V2_CHAT, ModelList, OpenAIModelRoute
 from . import routes
 from .token_counts import TokenCounts
 from .console_api import ConsoleApi
@@ -80,10 +81,15 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     """The app over a started engine client (its model is loaded) and an open platform."""
     app = FastAPI(title="neoxserve", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics(engine_client.stats, engine_client.model_info.name, lambda: engine_client.model_info)
-    calls = ModelCalls(settings, engine_client, platform, Moderator.from_file(settings.moderation_file), metrics)
-    completions = Completions(calls)
-    openai = OpenAIRoutes(calls)
-    counts = TokenCounts(calls)
+    runner = ModelCallRunner(settings, engine_client, platform, Moderator.from_file(settings.moderation_file),
+                             metrics)
+    v1_completion = V1ModelRoute(chat=False, stream_chunk_tokens=settings.stream_chunk_tokens)
+    v1_chat = V1ModelRoute(chat=True, stream_chunk_tokens=settings.stream_chunk_tokens)
+    openai_completion_route, openai_chat_route, v2_chat_route = (
+        OpenAIModelRoute(shape, runner.inputs, engine_client.tokenizer)
+        for shape in (OPENAI_COMPLETION, OPENAI_CHAT, QIANFAN_V2_CHAT))
+    model_list = ModelList(platform, metrics)
+    counts = TokenCounts(runner)
     console_api = ConsoleApi(platform, engine_client, metrics)
     app.state.metrics = metrics
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
@@ -110,11 +116,12 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     add(routes.BCE_BEARER_TOKEN.path, bce_bearer_token, methods=list(routes.BCE_BEARER_TOKEN.methods),
         **openapi.bearer_token())
 
+    # the model routes: api_name (the path's, read by the route) is in the signature for the OpenAPI document
     async def completion(request: Request, api_name: str) -> Response:
-        return await completions.handle(request, api_name, chat=False)
+        return await runner.answer(v1_completion, request)
 
     async def chat(request: Request, api_name: str) -> Response:
-        return await completions.handle(request, api_name, chat=True)
+        return await runner.answer(v1_chat, request)
 
     add(routes.V1_COMPLETION.path, completion, methods=list(routes.V1_COMPLETION.methods),
         **openapi.model_call(chat=False))
@@ -148,27 +155,28 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
 
     # The OpenAI and Qianfan v2 routes (api/openai_routes.py).
     async def models(request: Request) -> Response:
-        return await openai.models(request)
+        return await model_list.models(request)
 
     async def model(request: Request, model: str) -> Response:
-        return await openai.models(request, model)
+        return await model_list.models(request, model)
 
     async def openai_completion(request: Request) -> Response:
-        return await openai.handle(request, OPENAI_COMPLETION)
+        return await runner.answer(openai_completion_route, request)
 
     async def openai_chat(request: Request) -> Response:
-        return await openai.handle(request, OPENAI_CHAT)
+        return await runner.answer(openai_chat_route, request)
 
     async def v2_chat(request: Request) -> Response:
-        return await openai.handle(request, QIANFAN_V2_CHAT)
+        return await runner.answer(v2_chat_route, request)
 
-    for entry, handler, doc in (
+    openai_routes: list[tuple[routes.RouteEntry, Callable[..., Awaitable[Response]], dict[str, Any]]] = [
             (routes.OPENAI_MODELS, models, openai_openapi.models(one=False)),
             (routes.OPENAI_MODEL, model, openai_openapi.models(one=True)),
             (routes.OPENAI_COMPLETION, openai_completion, openai_openapi.openai_call(chat=False)),
             (routes.OPENAI_CHAT, openai_chat, openai_openapi.openai_call(chat=True)),
-            (routes.V2_CHAT, v2_chat, openai_openapi.v2_chat())):
-        add(entry.path, handler, methods=list(entry.methods), **doc)
+            (routes.V2_CHAT, v2_chat, openai_openapi.v2_chat())]
+    for entry, endpoint, doc in openai_routes:
+        add(entry.path, endpoint, methods=list(entry.methods), **doc)
 
     async def wrong_method(request: Request) -> Response:
         metrics.observe(routes.OTHER_LABEL, INVALID_HTTP_METHOD, 0.0)

@@ -1,67 +1,85 @@
-"""The v1 completion and chat handlers (Qianfan's `/rpc/2.0/ai_custom/v1/wenxinworkshop/...` routes): business
-errors at HTTP 200, sentence chunks as stream frames (docs/api.md). The steps every route shares are
-api/model_call.py."""
+"""The v1 completion and chat routes (Qianfan's `/rpc/2.0/ai_custom/v1/wenxinworkshop/...`): business errors at
+HTTP 200, sentence chunks as stream frames (docs/api.md). The handler they run, with the steps every model route
+shares, is api/model_call.py's; here are only what v1 does its own way."""
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
 
-from .errors import ApiError, compact, error_body, error_response
-from .model_call import Call, ModelCalls
-from .platform_calls import authenticate
-from .streaming import Chunk, chunks, collect, frame
+from ..engine.client import DeltaStream
+from ..platform import App, Platform
 from .body import parse_json
+from .errors import ApiError, compact, error_body, error_response
+from .model_call import Addressed, Admitted, ModelCall, ModelRoute
+from .platform_calls import authenticate
 from .routes import V1_CHAT, V1_COMPLETION, V1_PREFIX
+from .streaming import Chunk, chunks, frame, whole_chunk
 from .validation import parse_request
 
 
-class Completions:
-    def __init__(self, calls: ModelCalls) -> None:
-        self.calls = calls
+class V1Rendering:
+    """A v1 answer: the whole text as one body, or a stream of sentence chunks, each one frame."""
 
-    @staticmethod
-    def _body(c: Call, object_: str, chunk: Chunk, is_safe: bool, sentence_id: int | None) -> dict[str, Any]:
-        body: dict[str, Any] = {"id": c.rid, "object": object_, "created": int(time.time())}
+    def __init__(self, response_id: str, object_: str, is_safe: bool, stream_chunk_tokens: int) -> None:
+        self.response_id = response_id
+        self.object = object_
+        self.is_safe = is_safe
+        self.stream_chunk_tokens = stream_chunk_tokens
+        self.sentence_ids = iter(range(1 << 62))
+
+    def _body(self, chunk: Chunk, sentence_id: int | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": self.response_id, "object": self.object, "created": int(time.time())}
         if sentence_id is not None:
             body.update(sentence_id=sentence_id, is_end=chunk.is_end)
-        body.update(result=chunk.text, is_safe=int(is_safe), usage={
+        body.update(result=chunk.text, is_safe=int(self.is_safe), usage={
             "prompt_tokens": chunk.prompt_tokens,
             "completion_tokens": chunk.tokens,
             "total_tokens": chunk.prompt_tokens + chunk.completion_tokens,
         })
         return body
 
-    async def handle(self, request: Request, api_name: str, chat: bool) -> Response:
-        c = self.calls.start((V1_CHAT if chat else V1_COMPLETION).label)
-        try:
-            app = await authenticate(self.calls.platform, request)
-            raw = await request.body()
-            prepared = await c.prepare(app, api_name, len(raw), lambda: parse_request(parse_json(raw), chat),
-                                       completion_route=V1_COMPLETION.path.removeprefix(V1_PREFIX).format(api_name=api_name)
-                                       if chat else None)
-            deltas = c.generate(prepared)
-            object_ = "chat.completion" if chat else "completion"
-            is_safe = prepared.is_safe
-            if prepared.req.stream:
-                sentence_ids = iter(range(1 << 62))
+    def items(self, deltas: DeltaStream) -> AsyncGenerator[Chunk, None]:
+        return chunks(deltas, self.stream_chunk_tokens)
 
-                def render(chunk: Chunk) -> bytes:
-                    return frame(self._body(c, object_, chunk, is_safe, next(sentence_ids)))
+    def frames(self, chunk: Chunk) -> bytes:
+        return frame(self._body(chunk, next(self.sentence_ids)))
 
-                def error_line(error: ApiError) -> bytes:
-                    return (compact(error_body(error, c.rid)) + "\n").encode()
+    def error_frames(self, error: ApiError) -> bytes:
+        """A bare JSON error line."""
+        return (compact(error_body(error, self.response_id)) + "\n").encode()
 
-                return await c.stream(request, chunks(deltas, self.calls.settings.stream_chunk_tokens), render,
-                                      error_line)
-            chunk = await c.collect(request, collect(deltas))
-            if chunk is None:
-                return Response(status_code=204)
-            await c.succeeded(chunk.completion_tokens)
-            return Response(compact(self._body(c, object_, chunk, is_safe, None)), media_type="application/json",
-                            headers=c.headers)
-        except Exception as e:
-            error = await c.failed(e)
-            return error_response(error, c.rid, error.headers)
+    async def whole(self, deltas: DeltaStream) -> Chunk:
+        return await whole_chunk(deltas)
+
+    def body(self, chunk: Chunk) -> dict[str, Any]:
+        return self._body(chunk, None)
+
+
+class V1ModelRoute(ModelRoute[Chunk, Chunk]):
+    """POST .../completions/{api_name} (`chat` False) or .../chat/{api_name}."""
+
+    def __init__(self, chat: bool, stream_chunk_tokens: int) -> None:
+        self.chat = chat
+        self.label = (V1_CHAT if chat else V1_COMPLETION).label
+        self.stream_chunk_tokens = stream_chunk_tokens
+
+    async def authenticate(self, platform: Platform, request: Request) -> App:
+        return await authenticate(platform, request)
+
+    async def address(self, request: Request, raw: bytes) -> Addressed:
+        api_name: str = request.path_params["api_name"]
+        chat = self.chat
+        return Addressed(api_name, lambda: parse_request(parse_json(raw), chat),
+                         completion_route=V1_COMPLETION.path.removeprefix(V1_PREFIX).format(api_name=api_name)
+                         if chat else None)
+
+    def rendering(self, call: ModelCall, addressed: Addressed, admitted: Admitted) -> V1Rendering:
+        return V1Rendering(call.rid, "chat.completion" if self.chat else "completion", admitted.is_safe,
+                           self.stream_chunk_tokens)
+
+    def error_response(self, error: ApiError, response_id: str) -> Response:
+        return error_response(error, response_id, error.headers)

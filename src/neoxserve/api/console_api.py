@@ -32,7 +32,7 @@ from ..platform.records import SERVICE_DEFAULT_FIELDS, Service
 from .body import parse_json
 from .errors import INVALID_ARGUMENT, ApiError, bce_error_response, compact, console_v1_error
 from .metrics import Metrics
-from .platform_calls import call
+from .platform_calls import platform_call
 from .routes import CONSOLE_V1_LIST, CONSOLE_V2_SERVICE, V1_CHAT, V1_COMPLETION
 
 MODEL_ROUTES = {"chat": V1_CHAT, "completions": V1_COMPLETION}   # by the apiType the SDK reads
@@ -93,14 +93,14 @@ class ConsoleApi:
     async def v1(self, request: Request) -> Response:
         started, log_id = time.monotonic(), uuid.uuid4().hex
         try:
-            app = await call(self.platform.authenticate_iam, request.method, request.url.path, request.query_params,
-                             request.headers)
+            app = await platform_call(self.platform.authenticate_iam, request.method, request.url.path,
+                                      request.query_params, request.headers)
             body = await self._body(request)
             base = str(request.base_url).rstrip("/")
             if request.url.path == CONSOLE_V1_LIST.path:
-                result: dict[str, Any] = await call(self._v1_list, app, body, base)
+                result: dict[str, Any] = await platform_call(self._v1_list, app, body, base)
             else:
-                result = await call(self._v1_detail, app, body, base)
+                result = await platform_call(self._v1_detail, app, body, base)
             outcome: int | str = 0
             response = Response(compact({"log_id": log_id, "result": result}), media_type="application/json")
         except ApiError as e:
@@ -141,8 +141,8 @@ class ConsoleApi:
         started, request_id = time.monotonic(), str(uuid.uuid4())
         try:
             try:
-                app = await call(self.platform.authenticate_iam, request.method, request.url.path,
-                                 request.query_params, request.headers)
+                app = await platform_call(self.platform.authenticate_iam, request.method, request.url.path,
+                                          request.query_params, request.headers)
             except ApiError as e:
                 raise BceError(401, "AccessDenied", e.message) from None
             action = request.query_params.get("Action")

@@ -71,7 +71,7 @@ class Answer:
     prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
-async def collect(deltas: DeltaStream, n: int) -> Answer:
+async def whole_answer(deltas: DeltaStream, n: int) -> Answer:
     answer = Answer([Choice() for _ in range(n)])
     parts: list[list[str]] = [[] for _ in range(n)]
     async for piece in pieces(deltas, n):

@@ -3,30 +3,35 @@
 
 They authenticate with `Authorization: Bearer` (an API key or an IAM bearer token), read the service from the
 body's `model`, answer in OpenAI's shape and report errors with HTTP statuses (api/http_errors.py). Everything in
-between (admission against the app's limits, the engine call, settlement, usage, metrics) is the model call every
-route shares (api/model_call.py): an app's quotas and usage are the same whichever route a request came through.
+between (admission against the app's limits, the engine call, settlement, usage, metrics) is the handler every
+model route runs (api/model_call.py): an app's quotas and usage are the same whichever route a request came
+through.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from ..engine.client import DeltaStream, PromptTokenizer
+from ..platform import App, Platform
 from ..platform.errors import API_NAME_NOT_EXIST, MESSAGES
 from . import fields
 from .body import parse_json
-from .errors import ApiError, compact
+from .errors import ApiError
 from .fields import Body
 from .http_errors import openai_error_body, openai_error_response, v2_error_body, v2_error_response
-from .model_call import ModelCalls
-from .openai_answers import Kind, Renderer, collect, error_frames, pieces
+from .inputs import InputPreparer
+from .metrics import Metrics
+from .model_call import Addressed, Admitted, ModelCall, ModelRoute
+from .openai_answers import Answer, Kind, Piece, Renderer, error_frames, pieces, whole_answer
 from .openai_requests import (OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS, model_name, openai_chat, openai_completion,
                               qianfan_v2_chat)
-from .platform_calls import authenticate_bearer, call
+from .platform_calls import authenticate_bearer, platform_call
 from . import routes
 from .validation import CompletionRequest
 
@@ -69,16 +74,78 @@ def _safety(is_safe: bool) -> dict[str, Any]:
     return {"flag": 0 if is_safe else 1, "ban_round": -1}
 
 
-class OpenAIRoutes:
-    def __init__(self, calls: ModelCalls) -> None:
-        self.calls = calls
+class OpenAIRendering:
+    """An answer in the OpenAI (or Qianfan v2) shape: whole, or as frames ending with [DONE]."""
+
+    def __init__(self, renderer: Renderer, n: int, error_body: Callable[[ApiError], dict[str, object]]) -> None:
+        self.renderer = renderer
+        self.n = n
+        self.error_body = error_body
+
+    def items(self, deltas: DeltaStream) -> AsyncGenerator[Piece, None]:
+        return pieces(deltas, self.n)
+
+    def frames(self, piece: Piece) -> bytes:
+        return self.renderer.frames(piece)
+
+    def error_frames(self, error: ApiError) -> bytes:
+        return error_frames(self.error_body(error))
+
+    async def whole(self, deltas: DeltaStream) -> Answer:
+        return await whole_answer(deltas, self.n)
+
+    def body(self, answer: Answer) -> dict[str, Any]:
+        return self.renderer.whole(answer)
+
+
+class OpenAIModelRoute(ModelRoute[Piece, Answer]):
+    """A route of `shape`: the body names the service (`model`), parsed as JSON once, in the inputs pool."""
+
+    def __init__(self, shape: RouteShape, inputs: InputPreparer, tokenizer: PromptTokenizer) -> None:
+        self.shape = shape
+        self.label = shape.route
+        self.inputs = inputs
+        self.tokenizer = tokenizer
+
+    async def authenticate(self, platform: Platform, request: Request) -> App:
+        return await authenticate_bearer(platform, request)
+
+    async def address(self, request: Request, raw: bytes) -> Addressed:
+        # the body is read before the service: `model` names it
+        body = fields.json_object(await self.inputs.run(len(raw), lambda: parse_json(raw)))
+        model = model_name(body)
+        shape = self.shape
+        completion_route = shape.completion_route
+        return Addressed(model, lambda: shape.parse(body),
+                         completion_route=completion_route and completion_route.format(api_name=model),
+                         default_max_tokens=shape.default_max_tokens)
+
+    def rendering(self, call: ModelCall, addressed: Addressed, admitted: Admitted) -> OpenAIRendering:
+        req, shape, tokenizer = admitted.req, self.shape, self.tokenizer
+        renderer = Renderer(shape.kind, shape.response_id(call.rid), addressed.api_name,
+                            lambda token_id: tokenizer.token_bytes(token_id, skip_special_tokens=False),
+                            req.include_usage, _safety(admitted.is_safe) if shape.qianfan else {},
+                            echo=req.prompt if req.echo else "", prompt_ids=admitted.prompt_ids,
+                            logprobs=req.logprobs is not None)
+        return OpenAIRendering(renderer, req.n, lambda error: shape.error_body(error, call.rid))
+
+    def error_response(self, error: ApiError, response_id: str) -> Response:
+        return self.shape.error_response(error, response_id)
+
+
+class ModelList:
+    """GET /v1/models and /v1/models/{model}."""
+
+    def __init__(self, platform: Platform, metrics: Metrics) -> None:
+        self.platform = platform
+        self.metrics = metrics
 
     async def models(self, request: Request, model: str | None = None) -> Response:
         """The services the key's app may call, as OpenAI models (or the one named `model`)."""
         started = time.monotonic()
         try:
-            app = await authenticate_bearer(self.calls.platform, request)
-            services = await call(self.calls.platform.list_services)
+            app = await authenticate_bearer(self.platform, request)
+            services = await platform_call(self.platform.list_services)
             data = [{"id": s.api_name, "object": "model", "created": int(s.created_at), "owned_by": "neoxserve"}
                     for s in services if s.api_name in app.services]
             answer: dict[str, Any] = {"object": "list", "data": data}
@@ -93,37 +160,5 @@ class OpenAIRoutes:
         except ApiError as e:
             outcome = e.code
             response = openai_error_response(e)
-        self.calls.metrics.observe(routes.OPENAI_MODELS.label, outcome, time.monotonic() - started)
+        self.metrics.observe(routes.OPENAI_MODELS.label, outcome, time.monotonic() - started)
         return response
-
-    async def handle(self, request: Request, shape: RouteShape) -> Response:
-        c = self.calls.start(shape.route)
-        try:
-            app = await authenticate_bearer(self.calls.platform, request)
-            raw = await request.body()
-            # the body is read before the service: `model` names it
-            body = fields.json_object(await self.calls.inputs.run(len(raw), lambda: parse_json(raw)))
-            model = model_name(body)
-            completion_route = shape.completion_route
-            prepared = await c.prepare(app, model, len(raw), lambda: shape.parse(body),
-                                       completion_route=completion_route and completion_route.format(api_name=model),
-                                       default_max_tokens=shape.default_max_tokens)
-            req = prepared.req
-            tokenizer = self.calls.engine.tokenizer
-            renderer = Renderer(shape.kind, shape.response_id(c.rid), model,
-                                lambda token_id: tokenizer.token_bytes(token_id, skip_special_tokens=False),
-                                req.include_usage, _safety(prepared.is_safe) if shape.qianfan else {},
-                                echo=req.prompt if req.echo else "", prompt_ids=prepared.prompt_ids,
-                                logprobs=req.logprobs is not None)
-            deltas = c.generate(prepared)
-            if req.stream:
-                return await c.stream(request, pieces(deltas, req.n), renderer.frames,
-                                      lambda error: error_frames(shape.error_body(error, c.rid)))
-            answer = await c.collect(request, collect(deltas, req.n))
-            if answer is None:
-                return Response(status_code=204)
-            await c.succeeded(answer.completion_tokens)
-            return Response(compact(renderer.whole(answer)), media_type="application/json", headers=c.headers)
-        except Exception as e:
-            error = await c.failed(e)
-            return shape.error_response(error, c.rid)
