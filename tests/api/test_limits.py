@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from neoxserve.api.inputs import max_prompt_chars
+from neoxserve.api.context_fit import max_prompt_chars
 from neoxserve.config import Settings
 from neoxserve.engine.protocol import ModelInfo
 from neoxserve.model.demo import write_tiny_model

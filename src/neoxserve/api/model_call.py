@@ -33,7 +33,8 @@ from .metrics import Metrics
 from .inputs import InputPreparer
 from .structured import Grammars
 from .moderation import Moderator
-from .params import max_new_tokens, sampling_params
+from .context_fit import max_new_tokens
+from .params import sampling_params
 from .platform_calls import platform_call, platform_check
 from .responses import ClientGone, StreamResponse, unless_disconnected
 from .validation import CompletionRequest
