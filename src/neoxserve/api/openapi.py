@@ -15,6 +15,7 @@ answers BCE's error shape with an HTTP status, one schema per status with its on
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI
@@ -24,10 +25,13 @@ from pydantic.json_schema import models_json_schema
 
 from .. import __version__
 from ..engine.readiness import EngineState
+from ..engine.sampling_params import SamplingParams
 from ..platform.errors import (API_NAME_NOT_EXIST, DAILY_LIMIT, IAM_FAILED, INVALID_PARAMETER, NO_PERMISSION,
                                QPS_LIMIT, RPM_LIMIT, TOKEN_EXPIRED, TOKEN_INVALID, TOTAL_LIMIT, TPM_LIMIT)
+from ..platform.records import SAMPLING_RULES
 from .errors import (INTERNAL, INVALID_ARGUMENT, INVALID_HTTP_METHOD, INVALID_JSON, OUT_OF_RANGE, OVERLOADED,
                      UNSUPPORTED_METHOD)
+from .fields import MAX_SEED, MAX_STOP, MAX_STOP_CHARS
 from .route_family import BCE_TOO_LARGE
 from .routes import Family, family_of
 
@@ -39,20 +43,52 @@ RESPONSE_ID = r"^as-[a-z0-9]{10}$"
 # ---- request bodies ----------------------------------------------------------------------------------------
 
 
+_INTERVAL = re.compile(r"in ([(\[])(-?[\d.]+), (-?[\d.]+)([)\]])")
+
+
+def bound(value: float) -> int | float:
+    """A bound as the document writes it: 1, not 1.0."""
+    return int(value) if float(value).is_integer() else value
+
+
+def rule_field(name: str, description: str | None = None) -> Any:
+    """An optional body field ruled by SAMPLING_RULES[name], with the bounds of that rule as its message states it
+    (an interval such as "in (0, 1.0]", or "a positive integer"): what validation refuses, the document shows."""
+    _, rule, _ = SAMPLING_RULES[name]
+    if rule == "a positive integer":
+        return Field(None, ge=1, description=description)
+    found = _INTERVAL.fullmatch(rule)
+    if found is None:
+        raise ValueError(f"SAMPLING_RULES[{name!r}] is {rule!r}: neither an interval nor a positive integer")
+    low, high = bound(float(found[2])), bound(float(found[3]))
+    low_open, high_open = found[1] == "(", found[4] == ")"
+    return Field(None, gt=low if low_open else None, ge=None if low_open else low,
+                 lt=high if high_open else None, le=None if high_open else high, description=description)
+
+
+def _else(value: float) -> str:
+    """What a request that sets a sampling field gets without it: the service's default, else the engine's."""
+    return f"default: the service's, else {value or 'off'}"
+
+
+Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+_DEFAULTS = SamplingParams()
+
+
 class _Fields(BaseModel):
     """The optional fields of both model routes (docs/api.md, "Request body"); unknown fields are ignored."""
 
     model_config = ConfigDict(extra="allow")
 
     stream: bool = Field(False, description="answer as text/event-stream frames")
-    temperature: float | None = Field(None, gt=0, le=1, description="default: the service's, else 0.7")
-    top_k: int | None = Field(None, ge=1, description="default: the service's, else off")
-    top_p: float | None = Field(None, ge=0, le=1, description="0 = greedy; default: the service's, else 0.9")
-    penalty_score: float | None = Field(None, ge=1, le=2, description="default: the service's, else 1.0")
-    stop: list[Annotated[str, Field(min_length=1, max_length=20)]] | None = Field(
-        None, max_length=4, description="generation ends before the first of these; null means none")
-    max_output_tokens: int | None = Field(None, ge=1, description="at most the service's max_output_tokens")
-    seed: int | None = Field(None, ge=0, lt=2**63, description="same seed, same text")
+    temperature: float | None = rule_field("temperature", _else(_DEFAULTS.temperature))
+    top_k: int | None = rule_field("top_k", _else(_DEFAULTS.top_k))
+    top_p: float | None = rule_field("top_p", "0 = greedy; " + _else(_DEFAULTS.top_p))
+    penalty_score: float | None = rule_field("penalty_score", _else(_DEFAULTS.penalty_score))
+    stop: list[Stop] | None = Field(
+        None, max_length=MAX_STOP, description="generation ends before the first of these; null means none")
+    max_output_tokens: int | None = rule_field("max_output_tokens", "at most the service's max_output_tokens")
+    seed: int | None = Field(None, ge=0, lt=MAX_SEED, description="same seed, same text")
     user_id: str | None = Field(None, description="accepted, not used")
 
 
