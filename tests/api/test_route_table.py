@@ -1,10 +1,10 @@
-"""The route table (api/routes.py) is what the app serves: every entry routed with its methods, no other route
+"""The route table (api/route_table.py) is what the app serves: every entry routed with its methods, no other route
 outside the web console's, and the body limit's metrics label of a path is the label of the route serving it."""
 from __future__ import annotations
 
 import pytest
 
-from neoxserve.api import routes
+from neoxserve.api import route_table as routes
 from neoxserve.api.app import create_app
 from neoxserve.config import Settings
 

@@ -17,21 +17,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..config import Settings
 from ..engine.client import EngineClient
 from ..platform import Platform
-from .bce_bearer import bearer_token
-from .completions import V1ModelRoute
+from . import openapi, route_table
 from .console import mount_console
 from .errors import INVALID_HTTP_METHOD, UNSUPPORTED_METHOD, ApiError, error_response
 from .limits import BodyLimitMiddleware
-from .route_family import InternalErrorMiddleware, family_error_response, validation_message
 from .metrics import Metrics
 from .model_call import ModelCallRunner
 from .moderation import Moderator
-from .oauth import issue_token
-from . import openai_openapi, openapi
-from .openai_routes import OPENAI_CHAT, OPENAI_COMPLETION, QIANFAN_V2_CHAT, ModelList, OpenAIModelRoute
-from . import routes
+from .openai_v2 import openapi as openai_openapi
+from .openai_v2.model_routes import OPENAI_CHAT, OPENAI_COMPLETION, QIANFAN_V2_CHAT, ModelList, OpenAIModelRoute
+from .qianfan_v1.bce_bearer import bearer_token
+from .qianfan_v1.console_api import ConsoleApi
+from .qianfan_v1.model_routes import V1ModelRoute
+from .qianfan_v1.oauth import issue_token
+from .route_family import InternalErrorMiddleware, family_error_response, validation_message
 from .token_counts import TokenCounts
-from .console_api import ConsoleApi
 
 log = logging.getLogger("neoxserve.api")
 
@@ -101,19 +101,19 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     async def token(request: Request) -> Response:
         started = time.monotonic()
         response, outcome = await issue_token(platform, request)
-        metrics.observe(routes.OAUTH_TOKEN.label, outcome, time.monotonic() - started)
+        metrics.observe(route_table.OAUTH_TOKEN.label, outcome, time.monotonic() - started)
         return response
 
-    for method in routes.OAUTH_TOKEN.methods:
-        add(routes.OAUTH_TOKEN.path, token, methods=[method], **openapi.token(method))
+    for method in route_table.OAUTH_TOKEN.methods:
+        add(route_table.OAUTH_TOKEN.path, token, methods=[method], **openapi.token(method))
 
     async def bce_bearer_token(request: Request) -> Response:
         started = time.monotonic()
         response, outcome = await bearer_token(platform, request)
-        metrics.observe(routes.BCE_BEARER_TOKEN.label, outcome, time.monotonic() - started)
+        metrics.observe(route_table.BCE_BEARER_TOKEN.label, outcome, time.monotonic() - started)
         return response
 
-    add(routes.BCE_BEARER_TOKEN.path, bce_bearer_token, methods=list(routes.BCE_BEARER_TOKEN.methods),
+    add(route_table.BCE_BEARER_TOKEN.path, bce_bearer_token, methods=list(route_table.BCE_BEARER_TOKEN.methods),
         **openapi.bearer_token())
 
     # the model routes: api_name (the path's, read by the route) is in the signature for the OpenAPI document
@@ -123,9 +123,9 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     async def chat(request: Request, api_name: str) -> Response:
         return await runner.answer(v1_chat, request)
 
-    add(routes.V1_COMPLETION.path, completion, methods=list(routes.V1_COMPLETION.methods),
+    add(route_table.V1_COMPLETION.path, completion, methods=list(route_table.V1_COMPLETION.methods),
         **openapi.model_call(chat=False))
-    add(routes.V1_CHAT.path, chat, methods=list(routes.V1_CHAT.methods), **openapi.model_call(chat=True))
+    add(route_table.V1_CHAT.path, chat, methods=list(route_table.V1_CHAT.methods), **openapi.model_call(chat=True))
 
     # Token counting (api/token_counts.py): Qianfan's tokenizer route and vLLM's /tokenize and /detokenize.
     async def erniebot_tokens(request: Request) -> Response:
@@ -137,23 +137,23 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     async def detokenize(request: Request) -> Response:
         return await counts.detokenize(request)
 
-    for entry, handler in ((routes.V1_TOKENIZER, erniebot_tokens), (routes.TOKENIZE, tokenize),
-                           (routes.DETOKENIZE, detokenize)):
+    for entry, handler in ((route_table.V1_TOKENIZER, erniebot_tokens), (route_table.TOKENIZE, tokenize),
+                           (route_table.DETOKENIZE, detokenize)):
         add(entry.path, handler, methods=list(entry.methods), include_in_schema=False)
 
-    # The console API the SDK calls with IAM keys (api/console_api.py).
+    # The console API the SDK calls with IAM keys (api/qianfan_v1/console_api.py).
     async def console_v1(request: Request) -> Response:
         return await console_api.v1(request)
 
     async def console_v2(request: Request) -> Response:
         return await console_api.v2(request)
 
-    for entry in (routes.CONSOLE_V1_LIST, routes.CONSOLE_V1_DETAIL, routes.CONSOLE_V1_GET):
+    for entry in (route_table.CONSOLE_V1_LIST, route_table.CONSOLE_V1_DETAIL, route_table.CONSOLE_V1_GET):
         add(entry.path, console_v1, methods=list(entry.methods), include_in_schema=False)
-    add(routes.CONSOLE_V2_SERVICE.path, console_v2, methods=list(routes.CONSOLE_V2_SERVICE.methods),
+    add(route_table.CONSOLE_V2_SERVICE.path, console_v2, methods=list(route_table.CONSOLE_V2_SERVICE.methods),
         include_in_schema=False)
 
-    # The OpenAI and Qianfan v2 routes (api/openai_routes.py).
+    # The OpenAI and Qianfan v2 routes (api/openai_v2/model_routes.py).
     async def models(request: Request) -> Response:
         return await model_list.models(request)
 
@@ -169,24 +169,24 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     async def v2_chat(request: Request) -> Response:
         return await runner.answer(v2_chat_route, request)
 
-    openai_routes: list[tuple[routes.RouteEntry, Callable[..., Awaitable[Response]], dict[str, Any]]] = [
-            (routes.OPENAI_MODELS, models, openai_openapi.models(one=False)),
-            (routes.OPENAI_MODEL, model, openai_openapi.models(one=True)),
-            (routes.OPENAI_COMPLETION, openai_completion, openai_openapi.openai_call(chat=False)),
-            (routes.OPENAI_CHAT, openai_chat, openai_openapi.openai_call(chat=True)),
-            (routes.V2_CHAT, v2_chat, openai_openapi.v2_chat())]
-    for entry, endpoint, doc in openai_routes:
+    openai_endpoints: list[tuple[route_table.RouteEntry, Callable[..., Awaitable[Response]], dict[str, Any]]] = [
+            (route_table.OPENAI_MODELS, models, openai_openapi.models(one=False)),
+            (route_table.OPENAI_MODEL, model, openai_openapi.models(one=True)),
+            (route_table.OPENAI_COMPLETION, openai_completion, openai_openapi.openai_call(chat=False)),
+            (route_table.OPENAI_CHAT, openai_chat, openai_openapi.openai_call(chat=True)),
+            (route_table.V2_CHAT, v2_chat, openai_openapi.v2_chat())]
+    for entry, endpoint, doc in openai_endpoints:
         add(entry.path, endpoint, methods=list(entry.methods), **doc)
 
     async def wrong_method(request: Request) -> Response:
-        metrics.observe(routes.OTHER_LABEL, INVALID_HTTP_METHOD, 0.0)
+        metrics.observe(route_table.OTHER_LABEL, INVALID_HTTP_METHOD, 0.0)
         if request.method == "CONNECT":
             # a 2xx answer to CONNECT means "tunnel established" (RFC 9110, 9.3.6): clients would never read it
             return error_response(ApiError(INVALID_HTTP_METHOD), status_code=405, headers={"Allow": "POST"})
         return error_response(ApiError(INVALID_HTTP_METHOD))
 
     async def unknown_route(request: Request) -> Response:
-        metrics.observe(routes.V1_UNKNOWN.label, UNSUPPORTED_METHOD, 0.0)
+        metrics.observe(route_table.V1_UNKNOWN.label, UNSUPPORTED_METHOD, 0.0)
         return error_response(ApiError(UNSUPPORTED_METHOD))
 
     async def documented_wrong_method(request: Request, api_name: str) -> Response:
@@ -198,15 +198,15 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     # The methods OpenAPI can describe get documented routes; then routes with methods=None and an ASGI endpoint
     # match every other method (CONNECT, PROPFIND, ...). The router tries routes in order, so the POST routes
     # above keep POST and the model routes come before the /rpc/ catch-all.
-    for kind, entry in (("completion", routes.V1_COMPLETION), ("chat", routes.V1_CHAT)):
+    for kind, entry in (("completion", route_table.V1_COMPLETION), ("chat", route_table.V1_CHAT)):
         for method in openapi.OTHER_METHODS:
             add(entry.path, documented_wrong_method, methods=[method], **openapi.wrong_method(kind, method))
         app.router.routes.append(Route(entry.path, AnyMethod(wrong_method), methods=None, include_in_schema=False))
-    app.router.routes.append(Route(routes.V1_TOKENIZER.path, AnyMethod(wrong_method), methods=None,
+    app.router.routes.append(Route(route_table.V1_TOKENIZER.path, AnyMethod(wrong_method), methods=None,
                                    include_in_schema=False))
     for method in openapi.METHODS:
-        add(routes.V1_UNKNOWN.path, documented_unknown_route, methods=[method], **openapi.unknown_route(method))
-    app.router.routes.append(Route(routes.V1_UNKNOWN.path, AnyMethod(unknown_route), methods=None,
+        add(route_table.V1_UNKNOWN.path, documented_unknown_route, methods=[method], **openapi.unknown_route(method))
+    app.router.routes.append(Route(route_table.V1_UNKNOWN.path, AnyMethod(unknown_route), methods=None,
                                    include_in_schema=False))
 
     mount_console(app, settings, engine_client, platform)
@@ -229,11 +229,11 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     async def document() -> Response:
         return JSONResponse(app.openapi())
 
-    for method in routes.PROBE_METHODS:
-        add(routes.HEALTH.path, health, methods=[method], **openapi.probe("health", method))
-        add(routes.READY.path, ready, methods=[method], **openapi.probe("ready", method))
-        add(routes.METRICS.path, prometheus, methods=[method], **openapi.probe("metrics", method, METRICS_TYPE))
-        add(routes.OPENAPI.path, document, methods=[method], **openapi.probe("openapi", method))
+    for method in route_table.PROBE_METHODS:
+        add(route_table.HEALTH.path, health, methods=[method], **openapi.probe("health", method))
+        add(route_table.READY.path, ready, methods=[method], **openapi.probe("ready", method))
+        add(route_table.METRICS.path, prometheus, methods=[method], **openapi.probe("metrics", method, METRICS_TYPE))
+        add(route_table.OPENAPI.path, document, methods=[method], **openapi.probe("openapi", method))
     openapi.install(app)
 
     @app.exception_handler(StarletteHTTPException)

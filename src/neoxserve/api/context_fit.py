@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..engine.protocol import ModelInfo
 from .errors import ApiError, out_of_range
-from .validation import CompletionRequest
+from .completion_request import CompletionRequest
 
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 

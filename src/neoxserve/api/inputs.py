@@ -21,7 +21,7 @@ from ..engine.client import PromptTokenizer, TooManyTokens
 from ..engine.protocol import ModelInfo
 from .context_fit import check_prompt_chars, max_prompt_chars
 from .moderation import Moderator
-from .validation import CompletionRequest
+from .completion_request import CompletionRequest
 
 T = TypeVar("T")
 

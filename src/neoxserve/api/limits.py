@@ -13,7 +13,7 @@ BCE's `EntityTooLarge` on `/v1/BCE-BEARER/`; `request_too_large` on the OpenAI a
 OAuth's `invalid_request` elsewhere.
 
 A refusal here comes before authentication: no app is known, so the call ledger records nothing. The metrics
-count it under the label of the route the path belongs to (api/routes.py).
+count it under the label of the route the path belongs to (api/route_table.py).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .errors import OUT_OF_RANGE
 from .metrics import Metrics
 from .route_family import BCE_TOO_LARGE, family_error_response
-from .routes import Family, family_of, label_of
+from .route_table import Family, family_of, label_of
 
 # the metrics outcome of a 413, per family: the code its answer carries
 _OUTCOMES = {Family.V1: str(OUT_OF_RANGE), Family.BCE: BCE_TOO_LARGE, Family.OAUTH: "invalid_request"}

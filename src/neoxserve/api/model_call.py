@@ -37,7 +37,7 @@ from .context_fit import max_new_tokens
 from .params import sampling_params
 from .platform_calls import platform_call, platform_check
 from .responses import ClientGone, StreamResponse, unless_disconnected
-from .validation import CompletionRequest
+from .completion_request import CompletionRequest
 
 log = logging.getLogger("neoxserve.api")
 
@@ -131,7 +131,7 @@ class Rendering(Protocol[Item, Whole]):
 class ModelRoute(ABC, Generic[Item, Whole]):
     """What a model route brings to the handler every model route runs (`ModelCallRunner.answer`)."""
 
-    label: str   # its metrics label (api/routes.py)
+    label: str   # its metrics label (api/route_table.py)
 
     @abstractmethod
     async def authenticate(self, platform: Platform, request: Request) -> App: ...

@@ -33,7 +33,7 @@ from .errors import (INTERNAL, INVALID_ARGUMENT, INVALID_HTTP_METHOD, INVALID_JS
                      UNSUPPORTED_METHOD)
 from .fields import MAX_SEED, MAX_STOP, MAX_STOP_CHARS
 from .route_family import BCE_TOO_LARGE
-from .routes import Family, family_of
+from .route_table import Family, family_of
 
 REF = "#/components/schemas/{model}"
 METHODS = ["GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"]   # those OpenAPI can describe

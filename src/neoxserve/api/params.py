@@ -5,7 +5,7 @@ from typing import TypeVar
 
 from ..engine.sampling_params import SamplingParams
 from ..platform.records import Service
-from .validation import CompletionRequest
+from .completion_request import CompletionRequest
 
 T = TypeVar("T", int, float)
 

@@ -1,4 +1,4 @@
-"""The error shape of each route family (the families and which paths belong to which: api/routes.py).
+"""The error shape of each route family (the families and which paths belong to which: api/route_table.py).
 
 Every refusal the service makes outside a handler (a body over the limit, an unknown path or method, a body
 FastAPI cannot parse, an internal error or a store outage) is answered here, in the shape and status the route's
@@ -19,7 +19,7 @@ from .errors import (INTERNAL, INVALID_HTTP_METHOD, MESSAGES, OUT_OF_RANGE, UNSU
                      bce_error_response, compact, console_v1_error, error_response, new_id, oauth_error_response,
                      out_of_range)
 from .http_errors import openai_error_response, v2_error_response
-from .routes import Family, family_of
+from .route_table import Family, family_of
 
 log = logging.getLogger("neoxserve.api")
 

@@ -27,9 +27,9 @@ from .errors import ApiError, compact, error_response, new_id, out_of_range
 from .fields import Body
 from .http_errors import openai_error_response
 from .model_call import ModelCallRunner, engine_error
-from .openai_requests import chat_messages
+from .openai_v2.requests import chat_messages
 from .platform_calls import authenticate, authenticate_bearer, platform_call, platform_check
-from .routes import DETOKENIZE, TOKENIZE, V1_TOKENIZER
+from .route_table import DETOKENIZE, TOKENIZE, V1_TOKENIZER
 
 
 class TokenCounts:

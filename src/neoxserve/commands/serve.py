@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from ..api.routes import OAUTH_TOKEN, V1_COMPLETION
+from ..api.route_table import OAUTH_TOKEN, V1_COMPLETION
 from ..config import Settings
 from .model_flags import LOAD_FLAGS, add_load_arguments
 from .speculative_flags import SPECULATIVE_FLAGS, add_speculative_arguments

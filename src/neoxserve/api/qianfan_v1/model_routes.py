@@ -10,15 +10,15 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
-from ..engine.client import DeltaStream
-from ..platform import App, Platform
-from .body import parse_json
-from .errors import ApiError, compact, error_body, error_response
-from .model_call import Addressed, Admitted, ModelCall, ModelRoute
-from .platform_calls import authenticate
-from .routes import V1_CHAT, V1_COMPLETION, V1_PREFIX
+from ...engine.client import DeltaStream
+from ...platform import App, Platform
+from ..body import parse_json
+from ..errors import ApiError, compact, error_body, error_response
+from ..model_call import Addressed, Admitted, ModelCall, ModelRoute
+from ..platform_calls import authenticate
+from ..route_table import V1_CHAT, V1_COMPLETION, V1_PREFIX
+from .requests import parse_request
 from .streaming import Chunk, chunks, frame, whole_chunk
-from .validation import parse_request
 
 
 class V1Rendering:

@@ -10,8 +10,8 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.client import DeltaStream
-from .errors import compact
+from ...engine.client import DeltaStream
+from ..errors import compact
 
 SENTENCE_END = frozenset(".!?。！？\n")
 

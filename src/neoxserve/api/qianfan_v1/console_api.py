@@ -25,15 +25,15 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
-from ..engine.client import EngineClient
-from ..platform import App, Platform
-from ..platform.errors import BceError, PlatformError
-from ..platform.records import SERVICE_DEFAULT_FIELDS, Service
-from .body import parse_json
-from .errors import INVALID_ARGUMENT, ApiError, bce_error_response, compact, console_v1_error
-from .metrics import Metrics
-from .platform_calls import platform_call
-from .routes import CONSOLE_V1_LIST, CONSOLE_V2_SERVICE, V1_CHAT, V1_COMPLETION
+from ...engine.client import EngineClient
+from ...platform import App, Platform
+from ...platform.errors import BceError, PlatformError
+from ...platform.records import SERVICE_DEFAULT_FIELDS, Service
+from ..body import parse_json
+from ..errors import INVALID_ARGUMENT, ApiError, bce_error_response, compact, console_v1_error
+from ..metrics import Metrics
+from ..platform_calls import platform_call
+from ..route_table import CONSOLE_V1_LIST, CONSOLE_V2_SERVICE, V1_CHAT, V1_COMPLETION
 
 MODEL_ROUTES = {"chat": V1_CHAT, "completions": V1_COMPLETION}   # by the apiType the SDK reads
 V2_ACTIONS = ("DescribeServices", "DescribeService", "DescribeServiceMetric")

@@ -10,10 +10,10 @@ from urllib.parse import parse_qsl
 from fastapi import Request
 from fastapi.responses import Response
 
-from ..platform import Platform
-from ..platform.errors import OAuthError
-from .errors import compact, oauth_error_response
-from .platform_calls import platform_call
+from ...platform import Platform
+from ...platform.errors import OAuthError
+from ..errors import compact, oauth_error_response
+from ..platform_calls import platform_call
 
 FIELDS = ("grant_type", "client_id", "client_secret")
 

@@ -1,7 +1,7 @@
 """The OpenAPI documentation of the OpenAI routes and Qianfan v2's chat route (api/openapi.py documents the rest;
 docs/api.md, "OpenAI routes and Qianfan v2", says the same in words).
 
-As in api/openapi.py, the pydantic models only describe: the handlers' own validation (api/openai_requests.py)
+As in api/openapi.py, the pydantic models only describe: the handlers' own validation (api/openai_v2/requests.py)
 decides what is refused, with which status and message. Errors are HTTP statuses, each with the route's error
 shape (api/http_errors.py). A stream's events are `data: <JSON chunk>`, the last one `data: [DONE]`.
 """
@@ -11,10 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .fields import MAX_SEED, MAX_STOP
-from .openai_requests import (MAX_COMPLETION_LOGPROBS, MAX_N, MAX_TOP_LOGPROBS, OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS,
+from ..fields import MAX_SEED, MAX_STOP
+from .requests import (MAX_COMPLETION_LOGPROBS, MAX_N, MAX_TOP_LOGPROBS, OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS,
                               OPENAI_TEMPERATURE)
-from .openapi import RATE_HEADERS, Stop, Usage, bound, component, json_body, rule_field
+from ..openapi import RATE_HEADERS, Stop, Usage, bound, component, json_body, rule_field
 
 # ---- request bodies ----------------------------------------------------------------------------------------
 

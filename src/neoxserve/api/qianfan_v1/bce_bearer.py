@@ -9,9 +9,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
-from ..platform.errors import BceError
-from .errors import bce_error_response, compact
-from .platform_calls import platform_call
+from ...platform.errors import BceError
+from ..errors import bce_error_response, compact
+from ..platform_calls import platform_call
 
 
 async def bearer_token(platform: Any, request: Request) -> tuple[Response, str]:

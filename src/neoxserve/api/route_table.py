@@ -61,7 +61,7 @@ class RouteEntry:
 
 V1_PREFIX = "/rpc/2.0/ai_custom/v1/wenxinworkshop"   # Qianfan's v1 model routes
 BCE_PREFIX = "/v1/BCE-BEARER/"
-CONSOLE_V1_PREFIX = "/wenxinworkshop/"   # the Qianfan console API the SDK calls (api/console_api.py)
+CONSOLE_V1_PREFIX = "/wenxinworkshop/"   # the Qianfan console API the SDK calls (api/qianfan_v1/console_api.py)
 PROBE_METHODS = ("GET", "HEAD")
 
 # Qianfan v1 and its authentication
@@ -73,7 +73,7 @@ V1_TOKENIZER = RouteEntry(V1_PREFIX + "/tokenizer/erniebot", ("POST",), "tokeniz
 # token counting, as vLLM has it
 TOKENIZE = RouteEntry("/tokenize", ("POST",), "tokenize")
 DETOKENIZE = RouteEntry("/detokenize", ("POST",), "detokenize")
-# the console API the SDK calls (api/console_api.py)
+# the console API the SDK calls (api/qianfan_v1/console_api.py)
 CONSOLE_V1_LIST = RouteEntry(CONSOLE_V1_PREFIX + "service/list", ("POST",), "console_api")
 CONSOLE_V1_DETAIL = RouteEntry(CONSOLE_V1_PREFIX + "service/detail", ("POST",), "console_api")
 CONSOLE_V1_GET = RouteEntry(CONSOLE_V1_PREFIX + "service/get", ("POST",), "console_api")

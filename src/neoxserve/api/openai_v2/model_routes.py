@@ -17,23 +17,23 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from ..engine.client import DeltaStream, PromptTokenizer
-from ..platform import App, Platform
-from ..platform.errors import API_NAME_NOT_EXIST, MESSAGES
-from . import fields
-from .body import parse_json
-from .errors import ApiError
-from .fields import Body
-from .http_errors import openai_error_body, openai_error_response, v2_error_body, v2_error_response
-from .inputs import InputPreparer
-from .metrics import Metrics
-from .model_call import Addressed, Admitted, ModelCall, ModelRoute
-from .openai_answers import Answer, Kind, Piece, Renderer, error_frames, pieces, whole_answer
-from .openai_requests import (OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS, model_name, openai_chat, openai_completion,
+from ...engine.client import DeltaStream, PromptTokenizer
+from ...platform import App, Platform
+from ...platform.errors import API_NAME_NOT_EXIST, MESSAGES
+from .. import fields
+from ..body import parse_json
+from ..errors import ApiError
+from ..fields import Body
+from ..http_errors import openai_error_body, openai_error_response, v2_error_body, v2_error_response
+from ..inputs import InputPreparer
+from ..metrics import Metrics
+from ..model_call import Addressed, Admitted, ModelCall, ModelRoute
+from .answers import Answer, Kind, Piece, Renderer, error_frames, pieces, whole_answer
+from .requests import (OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS, model_name, openai_chat, openai_completion,
                               qianfan_v2_chat)
-from .platform_calls import authenticate_bearer, platform_call
-from . import routes
-from .validation import CompletionRequest
+from ..platform_calls import authenticate_bearer, platform_call
+from .. import route_table
+from ..completion_request import CompletionRequest
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,13 @@ class RouteShape:
     """What differs between the OpenAI routes and Qianfan v2: the body parser, the answer's id, the error shape,
     the extra fields of a choice."""
 
-    route: str                                     # the metrics label
+    label: str                                     # the metrics label (api/route_table.py)
     kind: Kind
     parse: Callable[[Body], CompletionRequest]
     id_prefix: str                                 # before the response id's 10 characters
     qianfan: bool                                  # Qianfan v2 (its error shape, flag and ban_round) or OpenAI
     completion_route: str | None = None            # where a completion model's callers go instead (chat only;
-                                                   # a path template of api/routes.py)
+                                                   # a path template of api/route_table.py)
     default_max_tokens: int | None = None          # when the request sets none (else the service's limit)
 
     def response_id(self, rid: str) -> str:
@@ -60,12 +60,12 @@ class RouteShape:
         return v2_error_body(error, rid) if self.qianfan else openai_error_body(error)
 
 
-OPENAI_CHAT = RouteShape(routes.OPENAI_CHAT.label, "chat", openai_chat, "chatcmpl-", qianfan=False,
-                         completion_route=routes.OPENAI_COMPLETION.path)
-OPENAI_COMPLETION = RouteShape(routes.OPENAI_COMPLETION.label, "completion", openai_completion, "cmpl-", qianfan=False,
-                               default_max_tokens=OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS)
-QIANFAN_V2_CHAT = RouteShape(routes.V2_CHAT.label, "chat", qianfan_v2_chat, "as-", qianfan=True,
-                             completion_route=routes.V1_COMPLETION.path)
+OPENAI_CHAT = RouteShape(route_table.OPENAI_CHAT.label, "chat", openai_chat, "chatcmpl-", qianfan=False,
+                         completion_route=route_table.OPENAI_COMPLETION.path)
+OPENAI_COMPLETION = RouteShape(route_table.OPENAI_COMPLETION.label, "completion", openai_completion, "cmpl-",
+                               qianfan=False, default_max_tokens=OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS)
+QIANFAN_V2_CHAT = RouteShape(route_table.V2_CHAT.label, "chat", qianfan_v2_chat, "as-", qianfan=True,
+                             completion_route=route_table.V1_COMPLETION.path)
 
 
 def _safety(is_safe: bool) -> dict[str, Any]:
@@ -103,7 +103,7 @@ class OpenAIModelRoute(ModelRoute[Piece, Answer]):
 
     def __init__(self, shape: RouteShape, inputs: InputPreparer, tokenizer: PromptTokenizer) -> None:
         self.shape = shape
-        self.label = shape.route
+        self.label = shape.label
         self.inputs = inputs
         self.tokenizer = tokenizer
 
@@ -160,5 +160,5 @@ class ModelList:
         except ApiError as e:
             outcome = e.code
             response = openai_error_response(e)
-        self.metrics.observe(routes.OPENAI_MODELS.label, outcome, time.monotonic() - started)
+        self.metrics.observe(route_table.OPENAI_MODELS.label, outcome, time.monotonic() - started)
         return response
