@@ -27,6 +27,7 @@ from .moderation import Moderator
 from .openai_v2 import openapi as openai_openapi
 from .openai_v2.model_routes import OPENAI_CHAT, OPENAI_COMPLETION, QIANFAN_V2_CHAT, ModelList, OpenAIModelRoute
 from .qianfan_v1.bce_bearer import bearer_token
+from .qianfan_v1 import openapi as v1_openapi
 from .qianfan_v1.console_api import ConsoleApi
 from .qianfan_v1.model_routes import V1ModelRoute
 from .qianfan_v1.oauth import issue_token
@@ -105,7 +106,7 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
         return response
 
     for method in route_table.OAUTH_TOKEN.methods:
-        add(route_table.OAUTH_TOKEN.path, token, methods=[method], **openapi.token(method))
+        add(route_table.OAUTH_TOKEN.path, token, methods=[method], **v1_openapi.token(method))
 
     async def bce_bearer_token(request: Request) -> Response:
         started = time.monotonic()
@@ -114,7 +115,7 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
         return response
 
     add(route_table.BCE_BEARER_TOKEN.path, bce_bearer_token, methods=list(route_table.BCE_BEARER_TOKEN.methods),
-        **openapi.bearer_token())
+        **v1_openapi.bearer_token())
 
     # the model routes: api_name (the path's, read by the route) is in the signature for the OpenAPI document
     async def completion(request: Request, api_name: str) -> Response:
@@ -124,8 +125,8 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
         return await runner.answer(v1_chat, request)
 
     add(route_table.V1_COMPLETION.path, completion, methods=list(route_table.V1_COMPLETION.methods),
-        **openapi.model_call(chat=False))
-    add(route_table.V1_CHAT.path, chat, methods=list(route_table.V1_CHAT.methods), **openapi.model_call(chat=True))
+        **v1_openapi.model_call(chat=False))
+    add(route_table.V1_CHAT.path, chat, methods=list(route_table.V1_CHAT.methods), **v1_openapi.model_call(chat=True))
 
     # Token counting (api/token_counts.py): Qianfan's tokenizer route and vLLM's /tokenize and /detokenize.
     async def erniebot_tokens(request: Request) -> Response:
@@ -199,13 +200,13 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     # match every other method (CONNECT, PROPFIND, ...). The router tries routes in order, so the POST routes
     # above keep POST and the model routes come before the /rpc/ catch-all.
     for kind, entry in (("completion", route_table.V1_COMPLETION), ("chat", route_table.V1_CHAT)):
-        for method in openapi.OTHER_METHODS:
-            add(entry.path, documented_wrong_method, methods=[method], **openapi.wrong_method(kind, method))
+        for method in v1_openapi.OTHER_METHODS:
+            add(entry.path, documented_wrong_method, methods=[method], **v1_openapi.wrong_method(kind, method))
         app.router.routes.append(Route(entry.path, AnyMethod(wrong_method), methods=None, include_in_schema=False))
     app.router.routes.append(Route(route_table.V1_TOKENIZER.path, AnyMethod(wrong_method), methods=None,
                                    include_in_schema=False))
-    for method in openapi.METHODS:
-        add(route_table.V1_UNKNOWN.path, documented_unknown_route, methods=[method], **openapi.unknown_route(method))
+    for method in v1_openapi.METHODS:
+        add(route_table.V1_UNKNOWN.path, documented_unknown_route, methods=[method], **v1_openapi.unknown_route(method))
     app.router.routes.append(Route(route_table.V1_UNKNOWN.path, AnyMethod(unknown_route), methods=None,
                                    include_in_schema=False))
 
@@ -234,7 +235,7 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
         add(route_table.READY.path, ready, methods=[method], **openapi.probe("ready", method))
         add(route_table.METRICS.path, prometheus, methods=[method], **openapi.probe("metrics", method, METRICS_TYPE))
         add(route_table.OPENAPI.path, document, methods=[method], **openapi.probe("openapi", method))
-    openapi.install(app)
+    openapi.install(app, v1_openapi.ALWAYS_DOCUMENTED)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_refusal(request: Request, exc: StarletteHTTPException) -> Response:

@@ -1,5 +1,5 @@
-"""The OpenAPI documentation of the OpenAI routes and Qianfan v2's chat route (api/openapi.py documents the rest;
-docs/api.md, "OpenAI routes and Qianfan v2", says the same in words).
+"""The OpenAPI documentation of the OpenAI routes and Qianfan v2's chat route (api/qianfan_v1/openapi.py documents
+the v1 routes; docs/api.md, "OpenAI routes and Qianfan v2", says the same in words).
 
 As in api/openapi.py, the pydantic models only describe: the handlers' own validation (api/openai_v2/requests.py)
 decides what is refused, with which status and message. Errors are HTTP statuses, each with the route's error
