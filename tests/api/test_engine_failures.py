@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from neoxserve.api.app import create_app
-from neoxserve.api.streaming import chunks
+from neoxserve.api.qianfan_v1.streaming import chunks
 from neoxserve.config import Settings
 from neoxserve.engine.client import failure_error
 from neoxserve.engine.errors import (EngineDead, EngineInternalError, EngineOverloaded, QueueTimeout,

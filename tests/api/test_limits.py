@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from neoxserve.api.inputs import max_prompt_chars
+from neoxserve.api.context_fit import max_prompt_chars
 from neoxserve.config import Settings
 from neoxserve.engine.protocol import ModelInfo
 from neoxserve.model.tokenizer import MAX_CHARS_PER_NORMALIZED_BYTE, Tokenizer

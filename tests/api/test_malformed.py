@@ -12,7 +12,7 @@ from neoxserve.api.body import MAX_INTEGER_DIGITS, LongInteger, parse_json
 from neoxserve.api.errors import ApiError
 from neoxserve.api.inputs import InputPreparer
 from neoxserve.api.moderation import Moderator
-from neoxserve.api.validation import parse_request
+from neoxserve.api.qianfan_v1.requests import parse_request
 from neoxserve.engine.protocol import ModelInfo
 from neoxserve.model.tokenizer import Tokenizer
 

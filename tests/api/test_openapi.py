@@ -23,7 +23,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_headers_conformance,
                                                response_schema_conformance, status_code_conformance)
 
-from neoxserve.api import openai_openapi, openapi
+from neoxserve.api.qianfan_v1 import openapi
+from neoxserve.api.openai_v2 import openapi as openai_openapi
 from neoxserve.api.app import create_app
 from neoxserve.config import Settings
 from neoxserve.platform import Limits

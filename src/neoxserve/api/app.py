@@ -5,6 +5,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,28 +17,27 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..config import Settings
 from ..engine.client import EngineClient
 from ..platform import Platform
-from .bce_bearer import bearer_token
-from .completions import Completions
+from . import openapi, route_table
 from .console import mount_console
 from .errors import INVALID_HTTP_METHOD, UNSUPPORTED_METHOD, ApiError, error_response
 from .limits import BodyLimitMiddleware
-from .route_family import InternalErrorMiddleware, family_error_response, validation_message
 from .metrics import Metrics
-from .model_call import ModelCalls
+from .model_call import ModelCallRunner
 from .moderation import Moderator
-from .oauth import issue_token
-from . import openai_openapi, openapi
-from .openai_routes import OPENAI_CHAT, OPENAI_COMPLETION, QIANFAN_V2_CHAT, OpenAIRoutes
-from .token_counts import TOKENIZER_ROUTE, TokenCounts
-from .console_api import V1_DETAILS, V1_LIST, V2_SERVICE, ConsoleApi
+from .openai_v2 import openapi as openai_openapi
+from .openai_v2.model_routes import OPENAI_CHAT, OPENAI_COMPLETION, QIANFAN_V2_CHAT, ModelList, OpenAIModelRoute
+from .qianfan_v1.bce_bearer import bearer_token
+from .qianfan_v1 import openapi as v1_openapi
+from .qianfan_v1.console_api import ConsoleApi
+from .qianfan_v1.model_routes import V1ModelRoute
+from .qianfan_v1.oauth import issue_token
+from .route_family import InternalErrorMiddleware, family_error_response, validation_message
+from .token_counts import TokenCounts
 
 log = logging.getLogger("neoxserve.api")
 
 ALLOW_CANDIDATES = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-MODEL_ROUTE = "/rpc/2.0/ai_custom/v1/wenxinworkshop/{kind}/{api_name}"
-COMPLETIONS_ROUTE = MODEL_ROUTE.format(kind="completions", api_name="{api_name}")
-CHAT_ROUTE = MODEL_ROUTE.format(kind="chat", api_name="{api_name}")
 
 
 class RequestIdMiddleware:
@@ -82,10 +82,15 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     """The app over a started engine client (its model is loaded) and an open platform."""
     app = FastAPI(title="neoxserve", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics(engine_client.stats, engine_client.model_info.name, lambda: engine_client.model_info)
-    calls = ModelCalls(settings, engine_client, platform, Moderator.from_file(settings.moderation_file), metrics)
-    completions = Completions(calls)
-    openai = OpenAIRoutes(calls)
-    counts = TokenCounts(calls)
+    runner = ModelCallRunner(settings, engine_client, platform, Moderator.from_file(settings.moderation_file),
+                             metrics)
+    v1_completion = V1ModelRoute(chat=False, stream_chunk_tokens=settings.stream_chunk_tokens)
+    v1_chat = V1ModelRoute(chat=True, stream_chunk_tokens=settings.stream_chunk_tokens)
+    openai_completion_route, openai_chat_route, v2_chat_route = (
+        OpenAIModelRoute(shape, runner.inputs, engine_client.tokenizer)
+        for shape in (OPENAI_COMPLETION, OPENAI_CHAT, QIANFAN_V2_CHAT))
+    model_list = ModelList(platform, metrics)
+    counts = TokenCounts(runner)
     console_api = ConsoleApi(platform, engine_client, metrics)
     app.state.metrics = metrics
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
@@ -97,28 +102,31 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     async def token(request: Request) -> Response:
         started = time.monotonic()
         response, outcome = await issue_token(platform, request)
-        metrics.observe("oauth", outcome, time.monotonic() - started)
+        metrics.observe(route_table.OAUTH_TOKEN.label, outcome, time.monotonic() - started)
         return response
 
-    for method in ("GET", "POST"):
-        add("/oauth/2.0/token", token, methods=[method], **openapi.token(method))
+    for method in route_table.OAUTH_TOKEN.methods:
+        add(route_table.OAUTH_TOKEN.path, token, methods=[method], **v1_openapi.token(method))
 
     async def bce_bearer_token(request: Request) -> Response:
         started = time.monotonic()
         response, outcome = await bearer_token(platform, request)
-        metrics.observe("bearer_token", outcome, time.monotonic() - started)
+        metrics.observe(route_table.BCE_BEARER_TOKEN.label, outcome, time.monotonic() - started)
         return response
 
-    add("/v1/BCE-BEARER/token", bce_bearer_token, methods=["GET"], **openapi.bearer_token())
+    add(route_table.BCE_BEARER_TOKEN.path, bce_bearer_token, methods=list(route_table.BCE_BEARER_TOKEN.methods),
+        **v1_openapi.bearer_token())
 
+    # the model routes: api_name (the path's, read by the route) is in the signature for the OpenAPI document
     async def completion(request: Request, api_name: str) -> Response:
-        return await completions.handle(request, api_name, chat=False)
+        return await runner.answer(v1_completion, request)
 
     async def chat(request: Request, api_name: str) -> Response:
-        return await completions.handle(request, api_name, chat=True)
+        return await runner.answer(v1_chat, request)
 
-    add(COMPLETIONS_ROUTE, completion, methods=["POST"], **openapi.model_call(chat=False))
-    add(CHAT_ROUTE, chat, methods=["POST"], **openapi.model_call(chat=True))
+    add(route_table.V1_COMPLETION.path, completion, methods=list(route_table.V1_COMPLETION.methods),
+        **v1_openapi.model_call(chat=False))
+    add(route_table.V1_CHAT.path, chat, methods=list(route_table.V1_CHAT.methods), **v1_openapi.model_call(chat=True))
 
     # Token counting (api/token_counts.py): Qianfan's tokenizer route and vLLM's /tokenize and /detokenize.
     async def erniebot_tokens(request: Request) -> Response:
@@ -130,52 +138,56 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     async def detokenize(request: Request) -> Response:
         return await counts.detokenize(request)
 
-    add(TOKENIZER_ROUTE, erniebot_tokens, methods=["POST"], include_in_schema=False)
-    add("/tokenize", tokenize, methods=["POST"], include_in_schema=False)
-    add("/detokenize", detokenize, methods=["POST"], include_in_schema=False)
+    for entry, handler in ((route_table.V1_TOKENIZER, erniebot_tokens), (route_table.TOKENIZE, tokenize),
+                           (route_table.DETOKENIZE, detokenize)):
+        add(entry.path, handler, methods=list(entry.methods), include_in_schema=False)
 
-    # The console API the SDK calls with IAM keys (api/console_api.py).
+    # The console API the SDK calls with IAM keys (api/qianfan_v1/console_api.py).
     async def console_v1(request: Request) -> Response:
         return await console_api.v1(request)
 
     async def console_v2(request: Request) -> Response:
         return await console_api.v2(request)
 
-    for path in (V1_LIST, *V1_DETAILS):
-        add(path, console_v1, methods=["POST"], include_in_schema=False)
-    add(V2_SERVICE, console_v2, methods=["POST"], include_in_schema=False)
+    for entry in (route_table.CONSOLE_V1_LIST, route_table.CONSOLE_V1_DETAIL, route_table.CONSOLE_V1_GET):
+        add(entry.path, console_v1, methods=list(entry.methods), include_in_schema=False)
+    add(route_table.CONSOLE_V2_SERVICE.path, console_v2, methods=list(route_table.CONSOLE_V2_SERVICE.methods),
+        include_in_schema=False)
 
-    # The OpenAI and Qianfan v2 routes (api/openai_routes.py).
+    # The OpenAI and Qianfan v2 routes (api/openai_v2/model_routes.py).
     async def models(request: Request) -> Response:
-        return await openai.models(request)
+        return await model_list.models(request)
 
     async def model(request: Request, model: str) -> Response:
-        return await openai.models(request, model)
+        return await model_list.models(request, model)
 
     async def openai_completion(request: Request) -> Response:
-        return await openai.handle(request, OPENAI_COMPLETION)
+        return await runner.answer(openai_completion_route, request)
 
     async def openai_chat(request: Request) -> Response:
-        return await openai.handle(request, OPENAI_CHAT)
+        return await runner.answer(openai_chat_route, request)
 
     async def v2_chat(request: Request) -> Response:
-        return await openai.handle(request, QIANFAN_V2_CHAT)
+        return await runner.answer(v2_chat_route, request)
 
-    add("/v1/models", models, methods=["GET"], **openai_openapi.models(one=False))
-    add("/v1/models/{model}", model, methods=["GET"], **openai_openapi.models(one=True))
-    add("/v1/completions", openai_completion, methods=["POST"], **openai_openapi.openai_call(chat=False))
-    add("/v1/chat/completions", openai_chat, methods=["POST"], **openai_openapi.openai_call(chat=True))
-    add("/v2/chat/completions", v2_chat, methods=["POST"], **openai_openapi.v2_chat())
+    openai_endpoints: list[tuple[route_table.RouteEntry, Callable[..., Awaitable[Response]], dict[str, Any]]] = [
+            (route_table.OPENAI_MODELS, models, openai_openapi.models(one=False)),
+            (route_table.OPENAI_MODEL, model, openai_openapi.models(one=True)),
+            (route_table.OPENAI_COMPLETION, openai_completion, openai_openapi.openai_call(chat=False)),
+            (route_table.OPENAI_CHAT, openai_chat, openai_openapi.openai_call(chat=True)),
+            (route_table.V2_CHAT, v2_chat, openai_openapi.v2_chat())]
+    for entry, endpoint, doc in openai_endpoints:
+        add(entry.path, endpoint, methods=list(entry.methods), **doc)
 
     async def wrong_method(request: Request) -> Response:
-        metrics.observe("other", INVALID_HTTP_METHOD, 0.0)
+        metrics.observe(route_table.OTHER_LABEL, INVALID_HTTP_METHOD, 0.0)
         if request.method == "CONNECT":
             # a 2xx answer to CONNECT means "tunnel established" (RFC 9110, 9.3.6): clients would never read it
             return error_response(ApiError(INVALID_HTTP_METHOD), status_code=405, headers={"Allow": "POST"})
         return error_response(ApiError(INVALID_HTTP_METHOD))
 
     async def unknown_route(request: Request) -> Response:
-        metrics.observe("other", UNSUPPORTED_METHOD, 0.0)
+        metrics.observe(route_table.V1_UNKNOWN.label, UNSUPPORTED_METHOD, 0.0)
         return error_response(ApiError(UNSUPPORTED_METHOD))
 
     async def documented_wrong_method(request: Request, api_name: str) -> Response:
@@ -187,14 +199,15 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     # The methods OpenAPI can describe get documented routes; then routes with methods=None and an ASGI endpoint
     # match every other method (CONNECT, PROPFIND, ...). The router tries routes in order, so the POST routes
     # above keep POST and the model routes come before the /rpc/ catch-all.
-    for kind, path in (("completion", COMPLETIONS_ROUTE), ("chat", CHAT_ROUTE)):
-        for method in openapi.OTHER_METHODS:
-            add(path, documented_wrong_method, methods=[method], **openapi.wrong_method(kind, method))
-        app.router.routes.append(Route(path, AnyMethod(wrong_method), methods=None, include_in_schema=False))
-    app.router.routes.append(Route(TOKENIZER_ROUTE, AnyMethod(wrong_method), methods=None, include_in_schema=False))
-    for method in openapi.METHODS:
-        add("/rpc/{rest:path}", documented_unknown_route, methods=[method], **openapi.unknown_route(method))
-    app.router.routes.append(Route("/rpc/{rest:path}", AnyMethod(unknown_route), methods=None,
+    for kind, entry in (("completion", route_table.V1_COMPLETION), ("chat", route_table.V1_CHAT)):
+        for method in v1_openapi.OTHER_METHODS:
+            add(entry.path, documented_wrong_method, methods=[method], **v1_openapi.wrong_method(kind, method))
+        app.router.routes.append(Route(entry.path, AnyMethod(wrong_method), methods=None, include_in_schema=False))
+    app.router.routes.append(Route(route_table.V1_TOKENIZER.path, AnyMethod(wrong_method), methods=None,
+                                   include_in_schema=False))
+    for method in v1_openapi.METHODS:
+        add(route_table.V1_UNKNOWN.path, documented_unknown_route, methods=[method], **v1_openapi.unknown_route(method))
+    app.router.routes.append(Route(route_table.V1_UNKNOWN.path, AnyMethod(unknown_route), methods=None,
                                    include_in_schema=False))
 
     mount_console(app, settings, engine_client, platform)
@@ -217,12 +230,12 @@ def create_app(settings: Settings, engine_client: EngineClient, platform: Platfo
     async def document() -> Response:
         return JSONResponse(app.openapi())
 
-    for method in ("GET", "HEAD"):
-        add("/health", health, methods=[method], **openapi.probe("health", method))
-        add("/ready", ready, methods=[method], **openapi.probe("ready", method))
-        add("/metrics", prometheus, methods=[method], **openapi.probe("metrics", method, METRICS_TYPE))
-        add("/openapi.json", document, methods=[method], **openapi.probe("openapi", method))
-    openapi.install(app)
+    for method in route_table.PROBE_METHODS:
+        add(route_table.HEALTH.path, health, methods=[method], **openapi.probe("health", method))
+        add(route_table.READY.path, ready, methods=[method], **openapi.probe("ready", method))
+        add(route_table.METRICS.path, prometheus, methods=[method], **openapi.probe("metrics", method, METRICS_TYPE))
+        add(route_table.OPENAPI.path, document, methods=[method], **openapi.probe("openapi", method))
+    openapi.install(app, v1_openapi.ALWAYS_DOCUMENTED)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_refusal(request: Request, exc: StarletteHTTPException) -> Response:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from ..platform import Platform
 from ..platform.records import Admission, App, Outcome, Service
-from .platform_calls import call
+from .platform_calls import platform_call
 
 log = logging.getLogger("neoxserve.api")
 
@@ -70,6 +70,6 @@ class CallLedger:
     async def _record(fn: Callable[..., Any], *args: Any) -> None:
         # The answer is already decided; a store failure here must not turn it into an error for the client.
         try:
-            await call(fn, *args)
+            await platform_call(fn, *args)
         except Exception:
             log.exception("recording the call failed")

@@ -7,8 +7,7 @@ answering. Bodies up to SMALL_BODY_BYTES use one pool and larger ones another, s
 hold up everyone's ordinary ones.
 
 Before tokenizing, the prompt's length in characters is checked against what the model's context can possibly
-hold: no token stands for more than `tokenizer.max_chars_per_token` characters, so a prompt of more than that
-times `ModelInfo.max_prompt_tokens` characters has more tokens than the context leaves room for, whatever its text.
+hold (api/context_fit.py).
 """
 from __future__ import annotations
 
@@ -20,10 +19,9 @@ from typing import TypeVar
 
 from ..engine.client import PromptTokenizer, TooManyTokens
 from ..engine.protocol import ModelInfo
-from .errors import out_of_range
+from .context_fit import check_prompt_chars, max_prompt_chars
 from .moderation import Moderator
-from .params import CONTEXT_LENGTH_EXCEEDED
-from .validation import CompletionRequest
+from .completion_request import CompletionRequest
 
 T = TypeVar("T")
 
@@ -34,15 +32,8 @@ SMALL_BODY_BYTES = 64 * 1024
 class PreparedInput:
     req: CompletionRequest
     prompt_tokens: int
-    prompt_ids: list[int] | None    # None past `ModelInfo.max_prompt_tokens`: params.max_new_tokens refuses it
+    prompt_ids: list[int] | None    # None past `ModelInfo.max_prompt_tokens`: context_fit.max_new_tokens refuses it
     is_safe: bool
-
-
-def max_prompt_chars(max_chars_per_token: float | None, model: ModelInfo) -> int | None:
-    """The most characters a prompt that fits the context (`model.max_prompt_tokens` tokens at most) can have."""
-    if max_chars_per_token is None:
-        return None
-    return int(max_chars_per_token * model.max_prompt_tokens)
 
 
 class InputPreparer:
@@ -67,12 +58,7 @@ class InputPreparer:
         the prompt (the chat template when the request has messages); ApiError for a body that is malformed or
         cannot fit."""
         req = parse()
-        chars = req.input_chars()
-        prompt_field = "messages" if req.messages else "prompt"
-        if self.max_chars is not None and chars > self.max_chars:
-            raise out_of_range(f"prompt is too long: {chars} characters, more than a context of "
-                               f"{self.model.max_context} tokens can hold ({self.max_chars} characters at most "
-                               "with this model's tokenizer)", param=prompt_field, reason=CONTEXT_LENGTH_EXCEEDED)
+        check_prompt_chars(req, self.max_chars, self.model)
         limit = self.model.max_prompt_tokens
         try:
             if req.messages:

@@ -12,7 +12,8 @@ The answer is HTTP 413 in the route family's shape (api/route_family.py; docs/ap
 BCE's `EntityTooLarge` on `/v1/BCE-BEARER/`; `request_too_large` on the OpenAI and v2 routes and the console;
 OAuth's `invalid_request` elsewhere.
 
-A refusal here comes before authentication: no app is known, so the call ledger records nothing.
+A refusal here comes before authentication: no app is known, so the call ledger records nothing. The metrics
+count it under the label of the route the path belongs to (api/route_table.py).
 """
 from __future__ import annotations
 
@@ -20,30 +21,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import OUT_OF_RANGE
 from .metrics import Metrics
-from .openai_routes import ROUTES
-from .route_family import BCE_CODES, BCE_PREFIX, Family, family_error_response, family_of
+from .route_family import BCE_TOO_LARGE, family_error_response
+from .route_table import Family, family_of, label_of
 
-BCE_TOO_LARGE = BCE_CODES[413]
 # the metrics outcome of a 413, per family: the code its answer carries
 _OUTCOMES = {Family.V1: str(OUT_OF_RANGE), Family.BCE: BCE_TOO_LARGE, Family.OAUTH: "invalid_request"}
 
 
 def body_too_large_message(limit: int) -> str:
     return f"request body is larger than {limit} bytes, the limit set by max_body_bytes"
-
-
-def route_label(path: str) -> str:
-    """The metrics route of a path (the labels the handlers use)."""
-    if path.startswith("/oauth/"):
-        return "oauth"
-    if path.startswith(BCE_PREFIX):
-        return "bearer_token"
-    if path in ROUTES:
-        return ROUTES[path].route
-    for kind in ("completions", "chat"):
-        if path.startswith(f"/rpc/2.0/ai_custom/v1/wenxinworkshop/{kind}/"):
-            return kind
-    return "other"
 
 
 def _declared_length(scope: Scope) -> int | None:
@@ -91,5 +77,5 @@ class BodyLimitMiddleware:
         path = scope["path"]
         response = family_error_response(path, 413, body_too_large_message(self.limit),
                                          {"Connection": "close"})   # the rest of the body is never read
-        self.metrics.observe(route_label(path), _OUTCOMES.get(family_of(path), "413"), 0.0)
+        self.metrics.observe(label_of(path), _OUTCOMES.get(family_of(path), "413"), 0.0)
         await response(scope, receive, send)

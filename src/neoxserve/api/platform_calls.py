@@ -17,16 +17,30 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-async def call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+def _api_error(e: PlatformError) -> ApiError:
+    """The ApiError of the same code and message (with the Retry-After and X-Ratelimit-* of a QuotaError)."""
+    if isinstance(e, QuotaError):
+        return ApiError(e.code, e.message, retry_after=e.retry_after, headers=e.headers)
+    return ApiError(e.code, e.message)
+
+
+async def platform_call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """`fn(*args)` in a worker thread: the Platform's store calls block (SQLite may wait up to its busy timeout for
     the write lock, Redis for the network), and must never stall other requests' streams. PlatformError becomes
-    the ApiError of the same code and message (with the Retry-After and X-Ratelimit-* of a QuotaError)."""
+    the ApiError of the same code and message."""
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)
-    except QuotaError as e:
-        raise ApiError(e.code, e.message, retry_after=e.retry_after, headers=e.headers) from e
     except PlatformError as e:
-        raise ApiError(e.code, e.message) from e
+        raise _api_error(e) from e
+
+
+def platform_check(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`fn(*args)` on the event loop, for a platform check that reads no store (a thread hop would cost more than
+    the check); PlatformError becomes the ApiError of the same code and message."""
+    try:
+        return fn(*args, **kwargs)
+    except PlatformError as e:
+        raise _api_error(e) from e
 
 
 def access_code(request: Request) -> str | None:
@@ -40,13 +54,13 @@ async def authenticate(platform: Platform, request: Request) -> App:
     (`Authorization: bce-auth-v1/...`) or `?access_token=`."""
     code = access_code(request)
     if code is not None:
-        return await call(platform.authenticate_access_code, code)
+        return await platform_call(platform.authenticate_access_code, code)
     authorization = request.headers.get("authorization", "")
     if authorization.lower().startswith("bce-auth-v1/"):
-        return await call(platform.authenticate_iam, request.method, request.url.path,
-                          request.query_params, request.headers)
+        return await platform_call(platform.authenticate_iam, request.method, request.url.path,
+                                   request.query_params, request.headers)
     # the platform answers a missing or malformed token with 100
-    return await call(platform.authenticate_token, request.query_params.get("access_token"))
+    return await platform_call(platform.authenticate_token, request.query_params.get("access_token"))
 
 
 # What the HTTP-status routes say about a refused bearer credential or access code (v1 sends Qianfan's fixed text).
@@ -69,9 +83,9 @@ async def authenticate_bearer(platform: Platform, request: Request) -> App:
                        detail="the Authorization header must be 'Bearer <API key>' or 'ACCESSCODE <code>'")
     try:
         if code is not None:
-            app = await call(platform.authenticate_access_code, code)
+            app = await platform_call(platform.authenticate_access_code, code)
         else:
-            app = await call(platform.authenticate_bearer, token.strip())
+            app = await platform_call(platform.authenticate_bearer, token.strip())
     except ApiError as e:
         e.detail = BEARER_REFUSALS.get(e.code, e.detail)
         raise

@@ -1,25 +1,12 @@
-"""The one rule for which error shape a path answers in (docs/api.md, "Error shapes by route family").
+"""The error shape of each route family (the families and which paths belong to which: api/route_table.py).
 
 Every refusal the service makes outside a handler (a body over the limit, an unknown path or method, a body
 FastAPI cannot parse, an internal error or a store outage) is answered here, in the shape and status the route's
 clients read; handlers answer their own refusals in the same shapes (api/errors.py, api/http_errors.py,
 api/console/guard.py).
-
-| family     | paths                 | shape                                                        |
-|------------|-----------------------|--------------------------------------------------------------|
-| v1         | /rpc/...              | `{"id", "error_code", "error_msg"}` at HTTP 200               |
-| console_v1 | /wenxinworkshop/...   | `{"log_id", "error_code", "error_msg"}` at HTTP 200           |
-| bce        | /v1/BCE-BEARER/..., /v2/service | BCE's `{"requestId", "code", "message"}` with a status        |
-| openai     | other /v1/..., /tokenize, /detokenize | `{"error": {"message", "type", "param", "code"}}` with a status |
-| v2         | /v2/...               | `{"error": {"code", "message", "type"}, "id"}` with a status   |
-| console    | /console...           | `{"error": {"code", "message"}}` with a status                |
-| oauth      | /oauth/... and the rest   | `{"error", "error_description"}` with a status                |
-
-(the rest: the probes, /metrics, /openapi.json and unknown paths)
 """
 from __future__ import annotations
 
-import enum
 import logging
 import uuid
 
@@ -32,44 +19,14 @@ from .errors import (INTERNAL, INVALID_HTTP_METHOD, MESSAGES, OUT_OF_RANGE, UNSU
                      bce_error_response, compact, console_v1_error, error_response, new_id, oauth_error_response,
                      out_of_range)
 from .http_errors import openai_error_response, v2_error_response
+from .route_table import Family, family_of
 
 log = logging.getLogger("neoxserve.api")
-
-BCE_PREFIX = "/v1/BCE-BEARER/"
-CONSOLE_V1_PREFIX = "/wenxinworkshop/"   # the Qianfan console API the SDK calls (api/console_api.py)
-V2_CONSOLE_PATHS = ("/v2/service",)      # its v2 actions: BCE's error shape
-VLLM_PATHS = ("/tokenize", "/detokenize")   # vLLM's token counting routes: OpenAI's error shape, as vLLM answers
-
-
-class Family(enum.Enum):
-    V1 = "v1"
-    CONSOLE_V1 = "console_v1"
-    BCE = "bce"
-    OPENAI = "openai"
-    V2 = "v2"
-    CONSOLE = "console"
-    OAUTH = "oauth"
-
-
-def family_of(path: str) -> Family:
-    if path.startswith("/rpc/"):
-        return Family.V1
-    if path.startswith(CONSOLE_V1_PREFIX):
-        return Family.CONSOLE_V1
-    if path.startswith(BCE_PREFIX) or path in V2_CONSOLE_PATHS:
-        return Family.BCE
-    if path.startswith("/v1/") or path in ("/v1", *VLLM_PATHS):
-        return Family.OPENAI
-    if path.startswith("/v2/") or path == "/v2":
-        return Family.V2
-    if path == "/console" or path.startswith("/console/"):
-        return Family.CONSOLE
-    return Family.OAUTH
-
 
 # Per HTTP status: the codes of the families whose codes are strings (BCE, OpenAI/v2 `code`, console, OAuth).
 BCE_CODES = {400: "InvalidHTTPRequest", 404: "NoSuchURI", 405: "MethodNotAllowed", 413: "EntityTooLarge",
               431: "RequestHeaderTooLarge", 500: "InternalError", 503: "ServiceUnavailable"}
+BCE_TOO_LARGE = BCE_CODES[413]
 _CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large",
           431: "request_header_too_large", 500: "internal_error", 503: "service_unavailable"}
 

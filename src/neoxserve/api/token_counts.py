@@ -26,16 +26,15 @@ from .call_ledger import CallLedger
 from .errors import ApiError, compact, error_response, new_id, out_of_range
 from .fields import Body
 from .http_errors import openai_error_response
-from .model_call import ModelCalls, engine_error
-from .openai_requests import chat_messages
-from .platform_calls import authenticate, authenticate_bearer, call
-
-TOKENIZER_ROUTE = "/rpc/2.0/ai_custom/v1/wenxinworkshop/tokenizer/erniebot"
+from .model_call import ModelCallRunner, engine_error
+from .openai_v2.requests import chat_messages
+from .platform_calls import authenticate, authenticate_bearer, platform_call, platform_check
+from .route_table import DETOKENIZE, TOKENIZE, V1_TOKENIZER
 
 
 class TokenCounts:
-    def __init__(self, calls: ModelCalls) -> None:
-        self.calls = calls
+    def __init__(self, runner: ModelCallRunner) -> None:
+        self.runner = runner
 
     async def _counted(self, route: str, request: Request, app_of: Callable[[], Awaitable[App]],
                        work: Callable[[App, Body], Awaitable[tuple[Service, Callable[[], Callable[[], Any]]]]],
@@ -44,35 +43,35 @@ class TokenCounts:
         """One counted call: authenticate (`app_of`), read the body, let `work` pick the service; check the
         permission, then the rest of the body (work's second result, which returns the tokenizer work), admit, run
         the work in the inputs pool, answer. Recorded once in the app's usage however it ends."""
-        calls = self.calls
+        runner = self.runner
         started, rid = time.monotonic(), new_id()
-        ledger = CallLedger(calls.platform)
+        ledger = CallLedger(runner.platform)
         headers: dict[str, str] = {}
         try:
             app = await app_of()
             raw = await request.body()
-            body = fields.json_object(await calls.inputs.run(len(raw), lambda: parse_json(raw)))
+            body = fields.json_object(await runner.inputs.run(len(raw), lambda: parse_json(raw)))
             service, parse = await work(app, body)
             ledger.identified(app, service)
-            await call(calls.platform.check_permission, app, service)
+            platform_check(runner.platform.check_permission, app, service)
             tokenize = parse()
-            admission = await call(calls.platform.admit, app, service, 0)
+            admission = await platform_call(runner.platform.admit, app, service, 0)
             ledger.admitted(admission, 0)
             headers = admission.rate_limit_headers()
-            result = await calls.inputs.run(len(raw), tokenize)
+            result = await runner.inputs.run(len(raw), tokenize)
             await ledger.succeeded(0)
-            calls.metrics.observe(route, 0, time.monotonic() - started)
+            runner.metrics.observe(route, 0, time.monotonic() - started)
             return Response(compact(answer(rid, result)), media_type="application/json", headers=headers)
         except Exception as e:
             error = engine_error(e, rid)
             await ledger.failed()
-            calls.metrics.observe(route, error.code, time.monotonic() - started)
+            runner.metrics.observe(route, error.code, time.monotonic() - started)
             error.headers = {**headers, **error.headers}
             return refusal(error, rid)
 
     async def _service(self, app: App, name: str) -> Service:
         try:
-            return await call(self.calls.platform.find_service, app, name)
+            return await platform_call(self.runner.platform.find_service, app, name)
         except ApiError as e:
             e.detail, e.param = f"the model {fields.echo(name)!r} does not exist (no service is published as it)", \
                 "model"
@@ -80,7 +79,7 @@ class TokenCounts:
 
     async def erniebot(self, request: Request) -> Response:
         """Qianfan's token count: `{"prompt", "model"}` -> `usage.prompt_tokens` = `usage.total_tokens`."""
-        tokenizer = self.calls.engine.tokenizer
+        tokenizer = self.runner.engine.tokenizer
 
         async def work(app: App, body: Body) -> tuple[Service, Callable[[], Callable[[], int]]]:
             model = fields.string(body, "model")
@@ -100,8 +99,8 @@ class TokenCounts:
         def refusal(error: ApiError, rid: str) -> Response:
             return error_response(error, rid, error.headers)
 
-        return await self._counted("tokenizer", request, lambda: authenticate(self.calls.platform, request), work,
-                                   answer, refusal)
+        return await self._counted(V1_TOKENIZER.label, request, lambda: authenticate(self.runner.platform, request),
+                                   work, answer, refusal)
 
     async def _named_service(self, app: App, body: Body) -> Service:
         """vLLM's optional `model`: a service's api_name or model name; absent, the app's first service."""
@@ -116,7 +115,7 @@ class TokenCounts:
     async def tokenize(self, request: Request) -> Response:
         """vLLM's `POST /tokenize`: `{"prompt"}` or `{"messages"}` (the chat template, as /v1/chat/completions
         renders them) -> `{"count", "max_model_len", "tokens", "token_strs"}`."""
-        engine = self.calls.engine
+        engine = self.runner.engine
         tokenizer = engine.tokenizer
 
         async def work(app: App, body: Body) -> tuple[Service, Callable[[], Callable[[], dict[str, Any]]]]:
@@ -150,12 +149,13 @@ class TokenCounts:
                         "token_strs": [tokenizer.id_to_token(i) for i in ids] if strs else None}
             return run
 
-        return await self._counted("tokenize", request, lambda: authenticate_bearer(self.calls.platform, request),
-                                   work, lambda rid, result: result, lambda error, rid: openai_error_response(error))
+        return await self._counted(TOKENIZE.label, request,
+                                   lambda: authenticate_bearer(self.runner.platform, request), work,
+                                   lambda rid, result: result, lambda error, rid: openai_error_response(error))
 
     async def detokenize(self, request: Request) -> Response:
         """vLLM's `POST /detokenize`: `{"tokens": [ids]}` -> `{"prompt": text}`."""
-        tokenizer = self.calls.engine.tokenizer
+        tokenizer = self.runner.engine.tokenizer
 
         async def work(app: App, body: Body) -> tuple[Service, Callable[[], Callable[[], dict[str, Any]]]]:
             service = await self._named_service(app, body)
@@ -175,5 +175,6 @@ class TokenCounts:
             ids = list(tokens)
             return lambda: {"prompt": tokenizer.decode(ids, skip_special_tokens=False)}
 
-        return await self._counted("detokenize", request, lambda: authenticate_bearer(self.calls.platform, request),
-                                   work, lambda rid, result: result, lambda error, rid: openai_error_response(error))
+        return await self._counted(DETOKENIZE.label, request,
+                                   lambda: authenticate_bearer(self.runner.platform, request), work,
+                                   lambda rid, result: result, lambda error, rid: openai_error_response(error))

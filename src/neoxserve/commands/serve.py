@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from ..api.route_table import OAUTH_TOKEN, V1_COMPLETION
 from ..choices import DEMO_MODEL, DEMO_RANDOM_MODEL, DTYPES
 from ..config import Settings
 from .model_flags import LOAD_FLAGS, add_load_arguments
@@ -83,9 +84,9 @@ def base_url(settings: Settings) -> str:
 
 def banner(settings: Settings, api_name: str, keys: NewKeys, model: str) -> str:
     base = base_url(settings)
-    token_url = (f"{base}/oauth/2.0/token?grant_type=client_credentials"
+    token_url = (f"{base}{OAUTH_TOKEN.path}?grant_type=client_credentials"
                  f"&client_id={keys.api_key}&client_secret={keys.secret_key}")
-    completion_url = f"{base}/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/{api_name}?access_token=ACCESS_TOKEN"
+    completion_url = f"{base}{V1_COMPLETION.path.format(api_name=api_name)}?access_token=ACCESS_TOKEN"
     lines = [
         f"Published service '{api_name}' and created app '{keys.name}'. Its keys are shown only this once:",
         f"  API Key:    {keys.api_key}",

@@ -10,8 +10,8 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.client import DeltaStream
-from .errors import compact
+from ...engine.client import DeltaStream
+from ..errors import compact
 
 SENTENCE_END = frozenset(".!?。！？\n")
 
@@ -45,7 +45,7 @@ async def chunks(deltas: DeltaStream, max_tokens: int) -> AsyncGenerator[Chunk, 
     yield Chunk(text, completion_tokens - emitted, completion_tokens, prompt_tokens, True)
 
 
-async def collect(deltas: DeltaStream) -> Chunk:
+async def whole_chunk(deltas: DeltaStream) -> Chunk:
     """The whole generation as one chunk (non-stream responses)."""
     parts, prompt_tokens, completion_tokens = [], 0, 0
     async with aclosing(deltas):

@@ -25,19 +25,17 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
-from ..engine.client import EngineClient
-from ..platform import App, Platform
-from ..platform.errors import BceError, PlatformError
-from ..platform.records import SERVICE_DEFAULT_FIELDS, Service
-from .body import parse_json
-from .errors import INVALID_ARGUMENT, ApiError, bce_error_response, compact, console_v1_error
-from .metrics import Metrics
-from .platform_calls import call
+from ...engine.client import EngineClient
+from ...platform import App, Platform
+from ...platform.errors import BceError, PlatformError
+from ...platform.records import SERVICE_DEFAULT_FIELDS, Service
+from ..body import parse_json
+from ..errors import INVALID_ARGUMENT, ApiError, bce_error_response, compact, console_v1_error
+from ..metrics import Metrics
+from ..platform_calls import platform_call
+from ..route_table import CONSOLE_V1_LIST, CONSOLE_V2_SERVICE, V1_CHAT, V1_COMPLETION
 
-V1_LIST = "/wenxinworkshop/service/list"
-V1_DETAILS = ("/wenxinworkshop/service/detail", "/wenxinworkshop/service/get")
-V2_SERVICE = "/v2/service"
-MODEL_PATH = "/rpc/2.0/ai_custom/v1/wenxinworkshop/{kind}/{api_name}"
+MODEL_ROUTES = {"chat": V1_CHAT, "completions": V1_COMPLETION}   # by the apiType the SDK reads
 V2_ACTIONS = ("DescribeServices", "DescribeService", "DescribeServiceMetric")
 MAX_KEYS, DEFAULT_KEYS = 100, 10
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"   # the SDK's Consts.DateTimeFormat
@@ -72,7 +70,7 @@ class ConsoleApi:
 
     @staticmethod
     def _url(base: str, kind: str, service: Service) -> str:
-        return base + MODEL_PATH.format(kind=kind, api_name=service.api_name)
+        return base + MODEL_ROUTES[kind].path.format(api_name=service.api_name)
 
     def _v1_entry(self, base: str, service: Service, kind: str) -> dict[str, Any]:
         return {"serviceId": service.api_name, "name": service.model, "apiName": service.api_name,
@@ -95,20 +93,20 @@ class ConsoleApi:
     async def v1(self, request: Request) -> Response:
         started, log_id = time.monotonic(), uuid.uuid4().hex
         try:
-            app = await call(self.platform.authenticate_iam, request.method, request.url.path, request.query_params,
-                             request.headers)
+            app = await platform_call(self.platform.authenticate_iam, request.method, request.url.path,
+                                      request.query_params, request.headers)
             body = await self._body(request)
             base = str(request.base_url).rstrip("/")
-            if request.url.path == V1_LIST:
-                result: dict[str, Any] = await call(self._v1_list, app, body, base)
+            if request.url.path == CONSOLE_V1_LIST.path:
+                result: dict[str, Any] = await platform_call(self._v1_list, app, body, base)
             else:
-                result = await call(self._v1_detail, app, body, base)
+                result = await platform_call(self._v1_detail, app, body, base)
             outcome: int | str = 0
             response = Response(compact({"log_id": log_id, "result": result}), media_type="application/json")
         except ApiError as e:
             outcome = e.code
             response = console_v1_error(e.code, e.message, log_id)
-        self.metrics.observe("console_api", outcome, time.monotonic() - started)
+        self.metrics.observe(CONSOLE_V1_LIST.label, outcome, time.monotonic() - started)
         return response
 
     @staticmethod
@@ -143,8 +141,8 @@ class ConsoleApi:
         started, request_id = time.monotonic(), str(uuid.uuid4())
         try:
             try:
-                app = await call(self.platform.authenticate_iam, request.method, request.url.path,
-                                 request.query_params, request.headers)
+                app = await platform_call(self.platform.authenticate_iam, request.method, request.url.path,
+                                          request.query_params, request.headers)
             except ApiError as e:
                 raise BceError(401, "AccessDenied", e.message) from None
             action = request.query_params.get("Action")
@@ -166,7 +164,7 @@ class ConsoleApi:
         except BceError as e:
             outcome = e.code
             response = bce_error_response(e, request_id)
-        self.metrics.observe("console_api", outcome, time.monotonic() - started)
+        self.metrics.observe(CONSOLE_V2_SERVICE.label, outcome, time.monotonic() - started)
         return response
 
     def _v2_list(self, app: App, body: dict[str, Any], base: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..engine.outputs import TokenLogprob
+from ...engine.outputs import TokenLogprob
 
 TokenBytes = Callable[[int], bytes]
 NO_PROBABILITY = -9999.0

@@ -10,10 +10,10 @@ from urllib.parse import parse_qsl
 from fastapi import Request
 from fastapi.responses import Response
 
-from ..platform import Platform
-from ..platform.errors import OAuthError
-from .errors import compact, oauth_error_response
-from .platform_calls import call
+from ...platform import Platform
+from ...platform.errors import OAuthError
+from ..errors import compact, oauth_error_response
+from ..platform_calls import platform_call
 
 FIELDS = ("grant_type", "client_id", "client_secret")
 
@@ -34,7 +34,7 @@ async def issue_token(platform: Platform, request: Request) -> tuple[Response, s
     params = await token_parameters(request)
     try:
         # the platform checks the parameters: missing ones, the grant type, then the keys
-        result = await call(platform.issue_token, *(params.get(k) for k in FIELDS))
+        result = await platform_call(platform.issue_token, *(params.get(k) for k in FIELDS))
     except OAuthError as e:
         return oauth_error_response(e), e.error
     return Response(compact(result), media_type="application/json"), "ok"

@@ -3,7 +3,7 @@
 
 The Qianfan v2 chat answer is OpenAI's chat answer plus `flag` and `ban_round` on each choice. With `n` > 1 the
 engine's deltas of the samples arrive interleaved, each tagged with its choice `index`; usage counts the prompt
-once and the output of every sample. Logprobs, when asked, are rendered by api/openai_logprobs.py.
+once and the output of every sample. Logprobs, when asked, are rendered by api/openai_v2/logprobs.py.
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..engine.client import DeltaStream
-from ..engine.outputs import TokenLogprob
-from .errors import compact
-from .openai_logprobs import CompletionLogprobs, TokenBytes, chat_logprobs
+from ...engine.client import DeltaStream
+from ...engine.outputs import TokenLogprob
+from ..errors import compact
+from .logprobs import CompletionLogprobs, TokenBytes, chat_logprobs
 
 Kind = Literal["chat", "completion"]
 DONE = b"data: [DONE]\n\n"
@@ -71,7 +71,7 @@ class Answer:
     prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
-async def collect(deltas: DeltaStream, n: int) -> Answer:
+async def whole_answer(deltas: DeltaStream, n: int) -> Answer:
     answer = Answer([Choice() for _ in range(n)])
     parts: list[list[str]] = [[] for _ in range(n)]
     async for piece in pieces(deltas, n):

@@ -1,22 +1,22 @@
-"""The OpenAPI documentation of the OpenAI routes and Qianfan v2's chat route (api/openapi.py documents the rest;
-docs/api.md, "OpenAI routes and Qianfan v2", says the same in words).
+"""The OpenAPI documentation of the OpenAI routes and Qianfan v2's chat route (api/qianfan_v1/openapi.py documents
+the v1 routes; docs/api.md, "OpenAI routes and Qianfan v2", says the same in words).
 
-As in api/openapi.py, the pydantic models only describe: the handlers' own validation (api/openai_requests.py)
+As in api/openapi.py, the pydantic models only describe: the handlers' own validation (api/openai_v2/requests.py)
 decides what is refused, with which status and message. Errors are HTTP statuses, each with the route's error
 shape (api/http_errors.py). A stream's events are `data: <JSON chunk>`, the last one `data: [DONE]`.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .openai_requests import MAX_COMPLETION_LOGPROBS, MAX_N, MAX_TOP_LOGPROBS
-from .openapi import RATE_HEADERS, Usage, component, json_body
+from ..fields import MAX_SEED, MAX_STOP
+from .requests import (MAX_COMPLETION_LOGPROBS, MAX_N, MAX_TOP_LOGPROBS, OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS,
+                              OPENAI_TEMPERATURE)
+from ..openapi import RATE_HEADERS, Stop, Usage, bound, component, json_body, rule_field
 
 # ---- request bodies ----------------------------------------------------------------------------------------
-
-Stop = Annotated[str, Field(min_length=1, max_length=20)]
 
 
 class StreamOptions(BaseModel):
@@ -31,13 +31,14 @@ class _OpenAIFields(BaseModel):
     model: str = Field(min_length=1, description="a published api_name the key's app may call")
     stream: bool | None = None
     stream_options: StreamOptions | None = Field(None, description="only with stream: true")
-    temperature: float | None = Field(None, ge=0, le=2, description="0 is greedy; default: the service's")
-    top_p: float | None = Field(None, ge=0, le=1)
+    temperature: float | None = Field(None, ge=bound(OPENAI_TEMPERATURE[0]), le=bound(OPENAI_TEMPERATURE[1]),
+                                      description="0 is greedy; default: the service's")
+    top_p: float | None = rule_field("top_p")
     n: int | None = Field(None, ge=1, le=MAX_N)
-    stop: Stop | list[Stop] | None = Field(None, description="at most 4")
-    seed: int | None = Field(None, ge=0, lt=2**63)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    stop: Stop | list[Stop] | None = Field(None, description=f"at most {MAX_STOP}")
+    seed: int | None = Field(None, ge=0, lt=MAX_SEED)
+    presence_penalty: float | None = rule_field("presence_penalty")
+    frequency_penalty: float | None = rule_field("frequency_penalty")
     user: str | None = Field(None, description="accepted, not used")
 
 
@@ -49,15 +50,15 @@ class OpenAIMessage(BaseModel):
 class OpenAIChatBody(_OpenAIFields):
     messages: list[OpenAIMessage] = Field(min_length=1, description="system messages first, then user and "
                                                                     "assistant in any order")
-    max_completion_tokens: int | None = Field(None, ge=1)
-    max_tokens: int | None = Field(None, ge=1, description="used when max_completion_tokens is not set")
+    max_completion_tokens: int | None = rule_field("max_output_tokens")
+    max_tokens: int | None = rule_field("max_output_tokens", "used when max_completion_tokens is not set")
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="needs logprobs: true")
 
 
 class OpenAICompletionBody(_OpenAIFields):
     prompt: str = Field(min_length=1, description="one prompt (or a list holding one)")
-    max_tokens: int | None = Field(None, ge=1, description="default 16")
+    max_tokens: int | None = rule_field("max_output_tokens", f"default {OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS}")
     logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     echo: bool | None = None
 
@@ -77,14 +78,14 @@ class V2ChatBody(BaseModel):
                                                                 "assistant, ..., user")
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(None, gt=0, le=1)
-    top_p: float | None = Field(None, ge=0, le=1)
-    penalty_score: float | None = Field(None, ge=1, le=2)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    stop: list[Stop] | None = Field(None, max_length=4)
-    seed: int | None = Field(None, ge=0, lt=2**63)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    temperature: float | None = rule_field("temperature")
+    top_p: float | None = rule_field("top_p")
+    penalty_score: float | None = rule_field("penalty_score")
+    max_completion_tokens: int | None = rule_field("max_output_tokens")
+    stop: list[Stop] | None = Field(None, max_length=MAX_STOP)
+    seed: int | None = Field(None, ge=0, lt=MAX_SEED)
+    presence_penalty: float | None = rule_field("presence_penalty")
+    frequency_penalty: float | None = rule_field("frequency_penalty")
     user: str | None = None
 
 # ---- answers -----------------------------------------------------------------------------------------------

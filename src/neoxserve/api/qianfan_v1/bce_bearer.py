@@ -9,17 +9,17 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
-from ..platform.errors import BceError
-from .errors import bce_error_response, compact
-from .platform_calls import call
+from ...platform.errors import BceError
+from ..errors import bce_error_response, compact
+from ..platform_calls import platform_call
 
 
 async def bearer_token(platform: Any, request: Request) -> tuple[Response, str]:
     """The response and the outcome for metrics ("ok" or the BCE error code)."""
     request_id = str(uuid.uuid4())
     try:
-        body = await call(platform.bearer_token_request, request.method, request.url.path, request.query_params,
-                          request.headers)
+        body = await platform_call(platform.bearer_token_request, request.method, request.url.path,
+                                   request.query_params, request.headers)
     except BceError as e:
         return bce_error_response(e, request_id), e.code
     return Response(compact(body), media_type="application/json", headers={"X-Bce-Request-Id": request_id}), "ok"

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..engine.sampling_params import MAX_LOGPROBS
-from . import fields, structured
-from .errors import out_of_range
-from .fields import Body
-from .validation import CompletionRequest
+from ...engine.sampling_params import MAX_LOGPROBS
+from .. import fields, structured
+from ..errors import out_of_range
+from ..fields import Body
+from ..completion_request import CompletionRequest
 
 MAX_N = 16                  # samples per request (each holds its own KV blocks past the shared prompt)
 MAX_TOP_LOGPROBS = MAX_LOGPROBS   # chat `top_logprobs` (OpenAI's limit is the engine's, 20)
