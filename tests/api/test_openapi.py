@@ -179,7 +179,8 @@ def test_documented_ranges_are_the_validation_rules():
     for body, renamed in ((openapi.CompletionBody, {}), (openai_openapi.V2ChatBody, {"max_output_tokens":
                                                                                       "max_completion_tokens"})):
         fields = body.model_json_schema()["properties"]
-        for name, (integer, _, ok) in SAMPLING_RULES.items():
+        for name, rule in SAMPLING_RULES.items():
+            integer, ok = rule.integer, rule.ok
             if renamed.get(name, name) not in fields:
                 continue
             checked.add(name)

@@ -124,10 +124,11 @@ def in_range(name: str, value: float | None, low: float, high: float) -> None:
 def check_rule(name: str, value: float | None, field: str | None = None) -> None:
     """336003 outside the range a service's default must keep too (SAMPLING_RULES[name]); `field` is the name the
     client used, when it differs."""
-    integer_, rule, ok = SAMPLING_RULES[name]
+    rule = SAMPLING_RULES[name]
     field = field or name
-    if value is not None and not ok(value):
-        raise out_of_range(f"{field} is {value if integer_ else format(value, 'g')}, it must be {rule}", param=field)
+    if value is not None and not rule.ok(value):
+        shown = value if rule.integer else format(value, "g")
+        raise out_of_range(f"{field} is {shown}, it must be {rule.message}", param=field)
 
 
 def sampling_number(body: Body, name: str) -> float | None:

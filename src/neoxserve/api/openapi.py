@@ -11,7 +11,6 @@ outside the v1 family that do not document their own, and the `X-Baidu-Request-I
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -27,7 +26,6 @@ from .fields import MAX_STOP_CHARS
 from .route_table import Family, family_of
 
 REF = "#/components/schemas/{model}"
-_INTERVAL = re.compile(r"in ([(\[])(-?[\d.]+), (-?[\d.]+)([)\]])")
 
 
 def bound(value: float) -> int | float:
@@ -36,18 +34,12 @@ def bound(value: float) -> int | float:
 
 
 def rule_field(name: str, description: str | None = None) -> Any:
-    """An optional body field ruled by SAMPLING_RULES[name], with the bounds of that rule as its message states it
-    (an interval such as "in (0, 1.0]", or "a positive integer"): what validation refuses, the document shows."""
-    _, rule, _ = SAMPLING_RULES[name]
-    if rule == "a positive integer":
-        return Field(None, ge=1, description=description)
-    found = _INTERVAL.fullmatch(rule)
-    if found is None:
-        raise ValueError(f"SAMPLING_RULES[{name!r}] is {rule!r}: neither an interval nor a positive integer")
-    low, high = bound(float(found[2])), bound(float(found[3]))
-    low_open, high_open = found[1] == "(", found[4] == ")"
-    return Field(None, gt=low if low_open else None, ge=None if low_open else low,
-                 lt=high if high_open else None, le=None if high_open else high, description=description)
+    """An optional body field with the bounds of SAMPLING_RULES[name]: what validation refuses, the document shows."""
+    rule = SAMPLING_RULES[name]
+    low = bound(rule.low)
+    high = None if rule.high is None else bound(rule.high)
+    return Field(None, gt=low if rule.low_open else None, ge=None if rule.low_open else low,
+                 lt=high if rule.high_open else None, le=None if rule.high_open else high, description=description)
 
 
 Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]

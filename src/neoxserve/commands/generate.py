@@ -47,9 +47,9 @@ def _out_of_range(args: argparse.Namespace, greedy: bool) -> str | None:
     given = {"temperature": None if greedy else args.temperature, "top_k": args.top_k or None,
              "top_p": args.top_p, "penalty_score": args.penalty_score}
     for name, value in given.items():
-        _, rule, ok = SAMPLING_RULES[name]
-        if value is not None and not ok(value):
-            return f"{name} is {value:g}, it must be {rule}"
+        rule = SAMPLING_RULES[name]
+        if value is not None and not rule.ok(value):
+            return f"{name} is {value:g}, it must be {rule.message}"
     return None
 
 

@@ -466,10 +466,10 @@ def _check_limits(limits: Limits) -> None:
 
 def _check_defaults(s: Service) -> None:
     for name in (f.name for f in fields(s) if f.name in SAMPLING_RULES):   # the service's sampling defaults
-        integer, rule, ok = SAMPLING_RULES[name]
+        rule = SAMPLING_RULES[name]
         value = getattr(s, name)
         if value is None:
             continue
-        typed = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
-        if not (typed and ok(value)):
-            raise AdminError(f"invalid {name} {value!r}: must be {rule}")
+        typed = isinstance(value, int) if rule.integer else isinstance(value, (int, float)) and math.isfinite(value)
+        if not (typed and rule.ok(value)):
+            raise AdminError(f"invalid {name} {value!r}: must be {rule.message}")

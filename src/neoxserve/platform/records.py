@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import asdict, dataclass, field, fields
-from collections.abc import Callable
 from typing import ClassVar
 
 
@@ -95,17 +95,46 @@ class Service:
         return asdict(self)
 
 
-# The ranges of the sampling fields, shared by request validation (336003) and a service's defaults (publish; the
-# Service fields named here):
-# name -> (integer?, the rule as the error messages say it, the check on a number of the right type).
-SAMPLING_RULES: dict[str, tuple[bool, str, Callable[[float], bool]]] = {
-    "temperature": (False, "in (0, 1.0]", lambda v: 0 < v <= 1),
-    "top_p": (False, "in [0, 1.0]", lambda v: 0 <= v <= 1),
-    "top_k": (True, "a positive integer", lambda v: v > 0),
-    "penalty_score": (False, "in [1.0, 2.0]", lambda v: 1 <= v <= 2),
-    "presence_penalty": (False, "in [-2.0, 2.0]", lambda v: -2 <= v <= 2),    # OpenAI's and Qianfan v2's
-    "frequency_penalty": (False, "in [-2.0, 2.0]", lambda v: -2 <= v <= 2),
-    "max_output_tokens": (True, "a positive integer", lambda v: v > 0),
+@dataclass(frozen=True)
+class SamplingRule:
+    """The values one sampling field may take: a positive integer, or a number in an interval. `message` is the
+    rule as error messages say it; the bounds are read from it once, so what is said and what is checked agree."""
+
+    message: str            # "a positive integer", or an interval such as "in (0, 1.0]"
+    integer: bool = field(init=False)
+    low: float = field(init=False)
+    high: float | None = field(init=False)      # None: no upper bound
+    low_open: bool = field(init=False)
+    high_open: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.message == "a positive integer":
+            bounds: tuple[bool, float, float | None, bool, bool] = (True, 1, None, False, False)
+        else:
+            found = re.fullmatch(r"in ([(\[])(-?[\d.]+), (-?[\d.]+)([)\]])", self.message)
+            if found is None:
+                raise ValueError(f"a sampling rule is an interval or 'a positive integer', not {self.message!r}")
+            bounds = (False, float(found[2]), float(found[3]), found[1] == "(", found[4] == ")")
+        for name, value in zip(("integer", "low", "high", "low_open", "high_open"), bounds, strict=True):
+            object.__setattr__(self, name, value)
+
+    def ok(self, value: float) -> bool:
+        """Whether a number of the right type keeps the rule."""
+        above = value > self.low if self.low_open else value >= self.low
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+
+# The ranges of the sampling fields, shared by request validation (336003), the OpenAPI document's bounds and a
+# service's defaults (publish; the Service fields named here).
+SAMPLING_RULES: dict[str, SamplingRule] = {
+    "temperature": SamplingRule("in (0, 1.0]"),
+    "top_p": SamplingRule("in [0, 1.0]"),
+    "top_k": SamplingRule("a positive integer"),
+    "penalty_score": SamplingRule("in [1.0, 2.0]"),
+    "presence_penalty": SamplingRule("in [-2.0, 2.0]"),    # OpenAI's and Qianfan v2's
+    "frequency_penalty": SamplingRule("in [-2.0, 2.0]"),
+    "max_output_tokens": SamplingRule("a positive integer"),
 }
 
 # The sampling defaults a published service can carry: its fields that have a rule above (the penalties of the

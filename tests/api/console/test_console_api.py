@@ -213,7 +213,7 @@ def test_services_carry_the_platforms_rules(admin):
     from neoxserve.platform.records import SAMPLING_RULES
 
     listing = admin.get("/console/api/services").json()
-    assert listing["rules"] == {name: SAMPLING_RULES[name][1]
+    assert listing["rules"] == {name: SAMPLING_RULES[name].message
                                 for name in ("temperature", "top_p", "top_k", "penalty_score", "max_output_tokens")}
     assert "presence_penalty" not in listing["rules"]    # per request only (OpenAI / v2), not a service default
     assert listing["rules"]["temperature"] == "in (0, 1.0]" and listing["default_max_output_tokens"] == 256

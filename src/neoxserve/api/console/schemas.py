@@ -52,7 +52,7 @@ class ServiceName(Body):
 
 
 # A service's sampling defaults (SERVICE_DEFAULT_FIELDS, ruled by the platform's SAMPLING_RULES), each optional.
-_SAMPLING_FIELDS: dict[str, Any] = {name: (int | None if SAMPLING_RULES[name][0] else float | None, None)
+_SAMPLING_FIELDS: dict[str, Any] = {name: (int | None if SAMPLING_RULES[name].integer else float | None, None)
                                     for name in SERVICE_DEFAULT_FIELDS}
 if TYPE_CHECKING:
     NewService = ServiceName   # what the code reads by name; the sampling fields are read with model_dump

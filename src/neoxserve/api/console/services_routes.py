@@ -24,7 +24,7 @@ def router(platform: Platform, settings: Settings) -> APIRouter:
     @r.get("", summary="every published service, its sampling defaults and the apps allowed to call it; the rules "
                        "of the sampling defaults")
     async def list_services() -> dict[str, Any]:
-        rules = {name: SAMPLING_RULES[name][1] for name in SERVICE_DEFAULT_FIELDS}
+        rules = {name: SAMPLING_RULES[name].message for name in SERVICE_DEFAULT_FIELDS}
         return {"services": await run(listing), "rules": rules,
                 "default_max_output_tokens": settings.default_max_output_tokens}
 
