@@ -192,7 +192,8 @@ def test_app_lifecycle_and_csv(admin, console_server):
     admin.put("/console/api/apps/api-life/services/demo")
     r = httpx.post(console_server.completions_url(), params={"access_token": token["access_token"]},
                    json={"prompt": "hi", "max_output_tokens": 3})
-    assert r.json()["usage"]["completion_tokens"] == 3
+    completion = r.json()["usage"]["completion_tokens"]      # the trained demo model may end before 3 tokens
+    assert 1 <= completion <= 3, r.text
     today = admin.get("/console/api/usage").json()["today"]
     csv = admin.get("/console/api/usage.csv", params={"app": "api-life", "since": today, "until": today})
     assert csv.headers["content-type"] == "text/csv; charset=utf-8"
@@ -200,7 +201,7 @@ def test_app_lifecycle_and_csv(admin, console_server):
     prompt = r.json()["usage"]["prompt_tokens"]
     # two calls: the one refused with 336004 failed, the other succeeded
     assert csv.text == ("day,app_name,api_name,calls,succeeded,failed,prompt_tokens,completion_tokens,total_tokens"
-                        f"\r\n{today},api-life,demo,2,1,1,{prompt},3,{prompt + 3}\r\n")
+                        f"\r\n{today},api-life,demo,2,1,1,{prompt},{completion},{prompt + completion}\r\n")
     rotated = admin.post("/console/api/apps/api-life/rotate").json()["keys"]
     assert rotated["api_key"] != keys["api_key"]
     assert httpx.post(console_server.completions_url(), params={"access_token": token["access_token"]},

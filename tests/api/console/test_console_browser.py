@@ -205,7 +205,7 @@ def test_access_codes_are_shown_once_listed_by_id_used_and_revoked(console):
     headers = {"Authorization": f"ACCESSCODE {code}"}
     r = httpx.post(c.server.completions_url(), headers=headers,
                    json={"prompt": "Hello there", "max_output_tokens": 3}, timeout=60)
-    assert r.json()["usage"]["completion_tokens"] == 3, r.text
+    assert 1 <= r.json()["usage"]["completion_tokens"] <= 3, r.text     # the trained model may end early
     row.get_by_role("button", name="Revoke").click()
     c.page.click("[data-testid=confirm]")
     expect(dialog.locator("[role=alert]")).to_have_text(f"Revoked access code {listed.id}.")
