@@ -19,26 +19,18 @@ import pytest
 from neoxserve.commands.cluster import REPLICA_HEADER, LocalCluster, find_nginx, find_redis_server
 from neoxserve.config import Settings
 from neoxserve.platform import Limits, Platform
+from needs import need
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 COMPLETIONS = "/rpc/2.0/ai_custom/v1/wenxinworkshop/completions/demo-random"
 # With this seed the random-weight demo model does not emit end-of-text early: a stream runs its full length unless cut.
 LONG = {"prompt": "Beijing", "max_output_tokens": 256, "seed": 1, "stream": True}
 SHORT = {"prompt": "hi", "max_output_tokens": 2}
 
 
-def _need(binary: str | None, what: str) -> None:
-    if binary is None:
-        reason = f"no {what}: `make test` installs it where the machine allows (`make {what}`)"
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    _need(find_nginx(), "nginx")
-    _need(find_redis_server(), "redis-server")
+    need(find_nginx(), "nginx")
+    need(find_redis_server(), "redis-server")
     c = LocalCluster.start(tmp_path_factory.mktemp("cluster"), replicas=2, model="demo-random")
     try:
         yield c

@@ -7,7 +7,6 @@ Prometheus that scrapes every replica's metrics, with those rules loaded (its HT
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -20,12 +19,12 @@ import pytest
 from neoxserve.api.metrics import Metrics
 from neoxserve.commands.cluster import LocalCluster, find_nginx, find_prometheus, find_promtool, find_redis_server
 from neoxserve.engine.stats import EngineStats, carry_over, idle_snapshot
+from needs import need
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy/prometheus/rules.yml"
 RULES_TEST = REPO / "deploy/prometheus/rules_test.yml"
 DASHBOARD = REPO / "deploy/grafana/neoxserve.json"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # PromQL words that look like metric names: functions, aggregations, keywords
 PROMQL_WORDS = {"sum", "max", "min", "avg", "count", "by", "without", "rate", "increase", "irate",
@@ -35,14 +34,7 @@ NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    binary = find_promtool()
-    if binary is None:
-        reason = ("no promtool: `make test` installs Debian's prometheus package where the machine allows "
-                  "(`make promtool`)")
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return binary
+    return need(find_promtool(), "promtool")
 
 
 def run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -116,19 +108,11 @@ ADMIN_KEY = "monitoring-test-admin-key-0123456789"   # as a Kubernetes Secret wo
 WAIT = 60.0    # scrapes every 2 s, rules evaluated every 2 s: well within this
 
 
-def _need(binary: str | None, what: str, make: str) -> None:
-    if binary is None:
-        reason = f"no {what}: `make test` installs it where the machine allows (`make {make}`)"
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory):
-    _need(find_nginx(), "nginx", "nginx")
-    _need(find_redis_server(), "redis-server", "redis-server")
-    _need(find_prometheus(), "prometheus", "promtool")
+    need(find_nginx(), "nginx", "nginx")
+    need(find_redis_server(), "redis-server", "redis-server")
+    need(find_prometheus(), "prometheus", "promtool")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("NEOXSERVE_ADMIN_KEY", ADMIN_KEY)      # the replicas' environment
         c = LocalCluster.start(tmp_path_factory.mktemp("monitored"), replicas=2, prometheus=True,
